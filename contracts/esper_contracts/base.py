@@ -1,0 +1,38 @@
+"""Building blocks shared by every contract: the strict base model and constrained types."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Non-empty, trimmed identifiers. Ids travel in topic keys and URLs, so whitespace is never part of one.
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Correlation = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
+
+
+class StrictModel(BaseModel):
+    """Base of every contract: unknown fields are rejected and assignments are re-validated.
+
+    Strictness is the point of the contracts: a producer that misspells a field gets an error at
+    the producer, not a silently dropped value at the consumer.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, use_enum_values=False)
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime (contracts never carry naive timestamps)."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh random identifier (32 hex characters)."""
+    return uuid.uuid4().hex

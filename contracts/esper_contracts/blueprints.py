@@ -1,0 +1,303 @@
+"""Blueprint and kernel contracts: the declarative IR, compiled artifacts, queries and validation reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from .base import (
+    FiniteFloat,
+    Identifier,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    StrictModel,
+    new_id,
+    utc_now,
+)
+from .enums import BlueprintClass, CompilationPipeline, KernelStatus
+
+#: Hard size limits of a BlueprintIR: a blueprint is a small kernel, not a model.
+MAX_IR_NODES = 256
+MAX_IR_EDGES = 1024
+MAX_IR_PARAMETERS = 50_000_000
+
+INPUT_NODE = "input"
+OUTPUT_NODE = "output"
+
+
+class OpType(StrEnum):
+    """The standard layer and tensor operations a BlueprintIR may use (and nothing else)."""
+
+    LINEAR = "linear"  # attrs: in_features, out_features, bias
+    CONV2D = "conv2d"  # attrs: in_channels, out_channels, kernel_size, padding, groups, bias
+    RELU = "relu"
+    GELU = "gelu"
+    SILU = "silu"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    LAYER_NORM = "layer_norm"  # attrs: normalized_shape
+    BATCH_NORM2D = "batch_norm2d"  # attrs: num_features
+    GROUP_NORM = "group_norm"  # attrs: num_groups, num_channels
+    DROPOUT = "dropout"  # attrs: p
+    ADD = "add"  # two inputs (ports 0 and 1)
+    MUL = "mul"  # two inputs
+    SCALE = "scale"  # attrs: value (a constant factor)
+    IDENTITY = "identity"
+    MULTIHEAD_ATTENTION = "multihead_attention"  # attrs: embed_dim, num_heads (self-attention, batch first)
+
+
+#: How many inputs each op takes.
+OP_ARITY: dict[OpType, int] = {op: 1 for op in OpType} | {OpType.ADD: 2, OpType.MUL: 2}
+
+AttrValue = int | float | bool | str | list[int]
+
+
+class TensorInterface(StrictModel):
+    """The shape contract at a blueprint's boundary.
+
+    ``layout`` names the axes: ``BD`` (batch, features), ``BTD`` (batch, tokens, features) or
+    ``BCHW`` (batch, channels, height, width). ``features`` is the size of the feature/channel axis,
+    the one a Kasmina chunk slices.
+    """
+
+    layout: Literal["BD", "BTD", "BCHW"]
+    features: PositiveInt
+
+
+class IRNode(StrictModel):
+    """One operation of a BlueprintIR graph."""
+
+    id: Identifier = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    op: OpType
+    attrs: dict[Identifier, AttrValue] = Field(default_factory=dict)
+
+
+class IREdge(StrictModel):
+    """Data flows from ``src`` into input ``port`` of ``dst``."""
+
+    src: Identifier
+    dst: Identifier
+    port: NonNegativeInt = 0
+
+
+class ScaffoldSunset(StrictModel):
+    """When and how a scaffold blueprint retires (required for class ``scaffold``)."""
+
+    ttl_epochs: PositiveInt
+    wean_epochs: PositiveInt = 1
+    max_jitter: NonNegativeFloat = 0.05
+    max_drift: NonNegativeFloat = 0.05
+    min_diversity: NonNegativeFloat = 0.0
+
+
+class BlueprintIR(StrictModel):
+    """A declarative graph of standard layers with a fixed input/output interface.
+
+    It is data, never code. The reserved node ids ``input`` and ``output`` are the graph's boundary:
+    edges leave ``input`` and exactly one edge enters ``output``. Structure is checked on construction
+    (unique ids, known endpoints, port arity, no cycles, size limits); shapes and parameter counts are
+    checked by the IR interpreter, which knows the layer semantics.
+    """
+
+    name: Identifier = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    version: PositiveInt = 1
+    blueprint_class: BlueprintClass
+    description: str = Field(default="", max_length=4000)
+    input: TensorInterface
+    output: TensorInterface
+    nodes: list[IRNode] = Field(min_length=1, max_length=MAX_IR_NODES)
+    edges: list[IREdge] = Field(min_length=1, max_length=MAX_IR_EDGES)
+    tags: list[Identifier] = Field(default_factory=list)
+    parent_ids: list[Identifier] = Field(default_factory=list)
+    sunset: ScaffoldSunset | None = None
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Self:
+        ids = [n.id for n in self.nodes]
+        reserved = {INPUT_NODE, OUTPUT_NODE} & set(ids)
+        if reserved:
+            raise ValueError(f"node ids {sorted(reserved)} are reserved for the graph boundary")
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate node ids: {dupes}")
+        known = set(ids)
+        arity = {n.id: OP_ARITY[n.op] for n in self.nodes}
+        filled: dict[str, set[int]] = {i: set() for i in ids}
+        into_output = 0
+        for e in self.edges:
+            if e.src != INPUT_NODE and e.src not in known:
+                raise ValueError(f"edge from unknown node {e.src!r}")
+            if e.dst == OUTPUT_NODE:
+                into_output += 1
+                continue
+            if e.dst not in known:
+                raise ValueError(f"edge into unknown node {e.dst!r}")
+            if e.port >= arity[e.dst]:
+                raise ValueError(f"node {e.dst!r} takes {arity[e.dst]} input(s); edge targets port {e.port}")
+            if e.port in filled[e.dst]:
+                raise ValueError(f"port {e.port} of node {e.dst!r} has two incoming edges")
+            filled[e.dst].add(e.port)
+        if into_output != 1:
+            raise ValueError(f"exactly one edge must enter 'output', found {into_output}")
+        missing = sorted(n for n in ids if len(filled[n]) != arity[n])
+        if missing:
+            raise ValueError(f"nodes with unconnected inputs: {missing}")
+        self.topological_order()  # raises on a cycle
+        if (self.blueprint_class is BlueprintClass.SCAFFOLD) != (self.sunset is not None):
+            raise ValueError("sunset metadata is required for class 'scaffold' and only for it")
+        return self
+
+    def topological_order(self) -> list[str]:
+        """Node ids in an order where every node follows its inputs; raises ValueError on a cycle."""
+        preds: dict[str, set[str]] = {n.id: set() for n in self.nodes}
+        for e in self.edges:
+            if e.dst in preds and e.src != INPUT_NODE:
+                preds[e.dst].add(e.src)
+        order: list[str] = []
+        ready = sorted(n for n, p in preds.items() if not p)
+        remaining = {n: set(p) for n, p in preds.items() if p}
+        while ready:
+            node = ready.pop(0)
+            order.append(node)
+            for other in sorted(remaining):
+                remaining[other].discard(node)
+                if not remaining[other]:
+                    del remaining[other]
+                    ready.append(other)
+        if remaining:
+            raise ValueError(f"the graph has a cycle through {sorted(remaining)}")
+        return order
+
+    def ir_hash(self) -> str:
+        """sha256 of the canonical JSON of everything that defines the computation.
+
+        Name, description, tags and lineage are left out: two submissions of the same graph are the
+        same blueprint, whatever they are called.
+        """
+        body = self.model_dump(mode="json", include={"blueprint_class", "input", "output", "nodes", "edges"})
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+ARTIFACT_ID_PATTERN = r"^[0-9a-f]{64}-[a-z0-9_]+-(fast|standard|aggressive)-[0-9a-f]{12,64}$"
+
+
+def artifact_id(ir_hash: str, hardware: str, pipeline: CompilationPipeline, toolchain_hash: str) -> str:
+    """Build ``<ir-hash>-<hardware>-<pipeline>-<toolchain-hash>``; raises ValueError if malformed."""
+    value = f"{ir_hash}-{hardware}-{pipeline.value}-{toolchain_hash}"
+    if not re.match(ARTIFACT_ID_PATTERN, value):
+        raise ValueError(f"malformed artifact id {value!r}")
+    return value
+
+
+class UrabraskValidationReport(StrictModel):
+    """Urabrask's measured profile of one artifact on one hardware target."""
+
+    artifact_id: Identifier = Field(pattern=ARTIFACT_ID_PATTERN)
+    hardware: Identifier
+    passed: bool
+    rejection_reason: str | None = Field(default=None, max_length=4000)
+    latency_ms_mean: NonNegativeFloat = 0.0
+    latency_ms_p50: NonNegativeFloat = 0.0
+    latency_ms_p99: NonNegativeFloat = 0.0
+    throughput_ops_per_sec: NonNegativeFloat = 0.0
+    memory_mb_peak: NonNegativeFloat = 0.0
+    power_watts_avg: NonNegativeFloat | None = None
+    precision_drift_vs_fp32: NonNegativeFloat = 0.0
+    measurement_cv: NonNegativeFloat = 0.0
+    repeats: NonNegativeInt = 0
+    tags: list[Identifier] = Field(default_factory=list)
+    measured_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _reason_when_rejected(self) -> Self:
+        if not self.passed and not self.rejection_reason:
+            raise ValueError("a failed validation needs a rejection_reason")
+        return self
+
+
+class CompiledKernelArtifact(StrictModel):
+    """One compiled form of a blueprint for one hardware target, pipeline and toolchain. Immutable once COMPILED."""
+
+    artifact_id: Identifier = Field(pattern=ARTIFACT_ID_PATTERN)
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    hardware: Identifier
+    pipeline: CompilationPipeline
+    toolchain_hash: Identifier
+    status: KernelStatus = KernelStatus.PENDING
+    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size_bytes: NonNegativeInt | None = None
+    blob_uri: str | None = None
+    compile_time_s: NonNegativeFloat | None = None
+    error: str | None = Field(default=None, max_length=20000)
+    tags: list[Identifier] = Field(default_factory=list)
+    validation: UrabraskValidationReport | None = None
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class BlueprintRecord(StrictModel):
+    """Urza's record of a blueprint: its IR and every artifact compiled from it."""
+
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    ir: BlueprintIR
+    parameter_count: NonNegativeInt = 0
+    artifacts: list[CompiledKernelArtifact] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class KernelQuery(StrictModel):
+    """Tamiyo's request for kernels: tags, hardware, status, class and interface, sorted and limited."""
+
+    tags_required: list[Identifier] = Field(default_factory=list)
+    tags_excluded: list[Identifier] = Field(default_factory=list)
+    hardware: Identifier | None = None
+    status: KernelStatus | None = KernelStatus.VALIDATED
+    blueprint_class: BlueprintClass | None = None
+    interface: TensorInterface | None = None
+    pipeline: CompilationPipeline | None = None
+    sort_by: Literal["latency", "memory", "created_at"] = "latency"
+    limit: PositiveInt = Field(default=20, le=1000)
+
+    @model_validator(mode="after")
+    def _no_contradiction(self) -> Self:
+        both = set(self.tags_required) & set(self.tags_excluded)
+        if both:
+            raise ValueError(f"tags both required and excluded: {sorted(both)}")
+        return self
+
+
+class KernelQueryResult(StrictModel):
+    """Artifacts matching a KernelQuery, best first."""
+
+    artifacts: list[CompiledKernelArtifact] = Field(default_factory=list)
+    total: NonNegativeInt = 0
+
+
+class CompilationJob(StrictModel):
+    """Compile one blueprint for one injection shape with one pipeline (consumed by Tezzeret)."""
+
+    job_id: Identifier = Field(default_factory=new_id)
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    ir: BlueprintIR
+    pipeline: CompilationPipeline
+    hardware: Identifier
+    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
+    max_attempts: PositiveInt = 3
+
+
+class ValidationJob(StrictModel):
+    """Benchmark and characterise one compiled artifact (consumed by Urabrask)."""
+
+    job_id: Identifier = Field(default_factory=new_id)
+    artifact_id: Identifier = Field(pattern=ARTIFACT_ID_PATTERN)
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    hardware: Identifier
+    tolerance: FiniteFloat = Field(default=1e-4, gt=0.0)

@@ -1,0 +1,147 @@
+"""Seed lifecycle contracts: commands to Kasmina, telemetry from it, and the epoch-boundary heartbeat."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from .base import (
+    Correlation,
+    FiniteFloat,
+    Identifier,
+    NonNegativeFloat,
+    NonNegativeInt,
+    StrictModel,
+    UnitInterval,
+    new_id,
+)
+from .enums import CommandType, GraftingStrategy, Outcome, SeedStage
+
+S = SeedStage
+
+#: Every legal move of the lifecycle state machine. Kasmina enforces it; Tamiyo plans with it.
+#: CULLED is reachable from every stage where a kernel is live, so a regression can always be cut;
+#: ROLLED_BACK is reachable from every non-terminal active stage because Tolaria may roll back at any time.
+LEGAL_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
+    S.DORMANT: frozenset({S.GERMINATED}),
+    S.GERMINATED: frozenset({S.LOADING, S.CANCELLED, S.ROLLED_BACK}),
+    S.LOADING: frozenset({S.TRAINING, S.GRAFTING, S.CULLED, S.CANCELLED, S.ROLLED_BACK}),
+    S.TRAINING: frozenset({S.GRAFTING, S.CULLED, S.CANCELLED, S.ROLLED_BACK}),
+    S.GRAFTING: frozenset({S.STABILIZATION, S.CULLED, S.ROLLED_BACK}),
+    S.STABILIZATION: frozenset({S.EVALUATING, S.CULLED, S.ROLLED_BACK}),
+    S.EVALUATING: frozenset({S.FINE_TUNING, S.FOSSILIZED, S.CULLED, S.ROLLED_BACK}),
+    S.FINE_TUNING: frozenset({S.FOSSILIZED, S.CULLED, S.ROLLED_BACK}),
+    S.FOSSILIZED: frozenset(),
+    S.CULLED: frozenset({S.DORMANT}),
+    S.CANCELLED: frozenset({S.DORMANT}),
+    S.ROLLED_BACK: frozenset(),
+}
+
+#: Stages in which a seed holds a kernel (it occupies its slot).
+ACTIVE_STAGES = frozenset(
+    {S.GERMINATED, S.LOADING, S.TRAINING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING}
+)
+#: Stages skipped for fixed-function kernels (no trainable parameters).
+TRAINABLE_ONLY_STAGES = frozenset({S.TRAINING, S.FINE_TUNING})
+
+
+def is_legal_transition(src: SeedStage, dst: SeedStage) -> bool:
+    """True when the lifecycle allows moving a seed from ``src`` to ``dst``."""
+    return dst in LEGAL_TRANSITIONS[src]
+
+
+class KasminaControlCommand(StrictModel):
+    """A lifecycle command from Tamiyo to one seed of one KasminaLayer, applied at an epoch boundary."""
+
+    command_id: Identifier = Field(default_factory=new_id)
+    layer_id: Identifier = Field(description="Module path of the KasminaLayer (its slot name)")
+    seed_index: NonNegativeInt = Field(description="Index of the seed (chunk) within the layer")
+    command: CommandType
+    target_stage: SeedStage | None = Field(default=None, description="Destination stage for ADVANCE")
+    kernel_artifact_id: Identifier | None = Field(default=None, description="Kernel to load, for GERMINATE")
+    blueprint_id: Identifier | None = None
+    selected_for_tags: list[Identifier] = Field(default_factory=list)
+    grafting_strategy: GraftingStrategy = GraftingStrategy.LINEAR
+    issued_at_epoch: NonNegativeInt = 0
+    reason: str = Field(default="", max_length=2000)
+
+    @model_validator(mode="after")
+    def _check_arguments(self) -> Self:
+        if self.command is CommandType.GERMINATE and self.kernel_artifact_id is None:
+            raise ValueError("GERMINATE needs kernel_artifact_id")
+        if self.command is CommandType.ADVANCE and self.target_stage is None:
+            raise ValueError("ADVANCE needs target_stage")
+        if self.command is not CommandType.ADVANCE and self.target_stage is not None:
+            raise ValueError(f"target_stage is only meaningful for ADVANCE, not {self.command.value}")
+        return self
+
+
+class SeedTelemetry(StrictModel):
+    """Per-seed health report emitted by Kasmina at each epoch end."""
+
+    layer_id: Identifier
+    seed_index: NonNegativeInt
+    epoch: NonNegativeInt = Field(description="Training epoch the measurements belong to")
+    stage: SeedStage
+    alpha: UnitInterval = 0.0
+    epochs_in_stage: NonNegativeInt = 0
+    chunk_variance: NonNegativeFloat = 0.0
+    dead_node_ratio: UnitInterval = 0.0
+    avg_correlation: Correlation = 0.0
+    gradient_norm: NonNegativeFloat = 0.0
+    activation_sparsity: UnitInterval = 0.0
+    is_ready_for_transition: bool = False
+    kernel_artifact_id: Identifier | None = None
+    blueprint_id: Identifier | None = None
+    execution_latency_us: NonNegativeFloat = 0.0
+    error_count: NonNegativeInt = 0
+    embargo_until_epoch: NonNegativeInt | None = None
+
+    @property
+    def seed_id(self) -> str:
+        """Human-readable id of the seed: ``<layer path>[<index>]``."""
+        return f"{self.layer_id}[{self.seed_index}]"
+
+
+class SystemStatePacket(StrictModel):
+    """Tolaria's epoch-boundary heartbeat: global metrics plus every seed's telemetry."""
+
+    run_id: Identifier
+    epoch: NonNegativeInt
+    global_step: NonNegativeInt = 0
+    train_loss: FiniteFloat
+    val_loss: FiniteFloat
+    val_accuracy: UnitInterval | None = None
+    learning_rate: NonNegativeFloat | None = None
+    host_parameters: NonNegativeInt = 0
+    seed_parameters: NonNegativeInt = 0
+    epoch_time_s: NonNegativeFloat = 0.0
+    device: str = "cpu"
+    metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)
+    seeds: list[SeedTelemetry] = Field(default_factory=list)
+
+
+class AdaptationSignal(StrictModel):
+    """The controller's answer to a SystemStatePacket: commands to apply and what Tolaria must do."""
+
+    epoch: NonNegativeInt
+    commands: list[KasminaControlCommand] = Field(default_factory=list)
+    optimizer_rebuild_required: bool = False
+    emergency_rollback_required: bool = False
+    reason: str = Field(default="", max_length=2000)
+
+
+class FieldReport(StrictModel):
+    """Outcome of one adaptation in a real model, sent by Tamiyo to Karn, Urza and Simic."""
+
+    report_id: Identifier = Field(default_factory=new_id)
+    blueprint_id: Identifier
+    kernel_artifact_id: Identifier | None = None
+    seed_id: Identifier
+    run_id: Identifier | None = None
+    pre_metric: FiniteFloat
+    post_metric: FiniteFloat
+    outcome: Outcome
+    epochs_active: NonNegativeInt = 0
+    eval_metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)

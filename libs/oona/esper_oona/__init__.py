@@ -1,0 +1,1 @@
+"""Oona: the typed message bus client (memory:// and pulsar://)."""

@@ -1,0 +1,1 @@
+"""Shared service skeleton (settings, logging, health, metrics) and the esper CLI."""

@@ -1,0 +1,1 @@
+"""The researcher SDK: wrap a model, Kasmina seed slots, the Tolaria trainer."""

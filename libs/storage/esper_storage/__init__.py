@@ -1,0 +1,1 @@
+"""SQL and blob storage backends chosen by URL (SQLite/PostgreSQL, directory/S3)."""

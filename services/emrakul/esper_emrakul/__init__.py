@@ -1,0 +1,1 @@
+"""Esper emrakul service."""

@@ -1,0 +1,1 @@
+"""Esper narset-coordinator service."""

@@ -1,0 +1,1 @@
+"""Esper narset-worker service."""

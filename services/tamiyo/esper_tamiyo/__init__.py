@@ -1,0 +1,1 @@
+"""Esper tamiyo service."""

@@ -186,7 +186,7 @@ class BlueprintIR(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-ARTIFACT_ID_PATTERN = r"^[0-9a-f]{64}-[a-z0-9_]+-(fast|standard|aggressive)-[0-9a-f]{12,64}$"
+ARTIFACT_ID_PATTERN = r"^[0-9a-f]{64}-[a-z0-9_]+-(eager|fast|standard|aggressive)-[0-9a-f]{12,64}$"
 
 
 def artifact_id(ir_hash: str, hardware: str, pipeline: CompilationPipeline, toolchain_hash: str) -> str:

@@ -56,6 +56,7 @@ class GraftingStrategy(StrEnum):
 class CompilationPipeline(StrEnum):
     """Tezzeret's compilation pipelines, from quickest to most optimised."""
 
+    EAGER = "eager"  # the IR interpreted as an eager nn.Module: no compilation (standalone, in-process)
     FAST = "fast"  # torch.export program
     STANDARD = "standard"  # AOTInductor package
     AGGRESSIVE = "aggressive"  # AOTInductor with max-autotune

@@ -16,6 +16,7 @@ from .base import (
     UnitInterval,
     new_id,
 )
+from .blueprints import TensorInterface
 from .enums import CommandType, GraftingStrategy, Outcome, SeedStage
 
 S = SeedStage
@@ -97,6 +98,7 @@ class SeedTelemetry(StrictModel):
     execution_latency_us: NonNegativeFloat = 0.0
     error_count: NonNegativeInt = 0
     embargo_until_epoch: NonNegativeInt | None = None
+    interface: TensorInterface | None = Field(default=None, description="Shape contract of the seed's chunk")
 
     @property
     def seed_id(self) -> str:

@@ -40,7 +40,7 @@ class TopicSpec:
 
 _SPECS = [
     TopicSpec("control.kasmina.commands", KasminaControlCommand, ("tamiyo",), ("kasmina", "narset-worker"),
-              ordered_by_key=True, description="Lifecycle commands; keyed by layer so one layer's commands stay in order"),
+              ordered_by_key=True, description="Lifecycle commands, keyed by layer to keep each layer's order"),
     TopicSpec("control.adaptation.signals", AdaptationSignal, ("tamiyo",), ("tolaria",),
               ordered_by_key=True, description="Answer to each SystemStatePacket, keyed by run"),
     TopicSpec("telemetry.seed.health", SeedTelemetry, ("kasmina",), ("narset-worker", "tamiyo", "nissa"),

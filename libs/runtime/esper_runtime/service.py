@@ -1,0 +1,109 @@
+"""One shared way for a service to start: settings, logging, /healthz, /metrics, the bus, graceful shutdown.
+
+A service subclasses :class:`Service`, adds its routes to ``self.app`` and its bus subscriptions in
+``on_start``; :meth:`Service.run` serves it with uvicorn until SIGTERM/SIGINT, then stops consumers and
+flushes the bus before exiting, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from .logs import configure_logging
+from .settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from esper_oona import Bus
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], bool]
+
+
+class Service:
+    """Base of every Esper service process."""
+
+    #: Human-readable role, shown in the OpenAPI docs.
+    description = "An Esper service."
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.registry = CollectorRegistry()
+        self._bus: Bus | None = None
+        self._checks: dict[str, HealthCheck] = {}
+        self._started_at = time.time()
+        self.up = Gauge("esper_service_up", "1 while the service is running", ["service"], registry=self.registry)
+        self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
+        self.app.add_api_route("/healthz", self._healthz, methods=["GET"], tags=["ops"])
+        self.app.add_api_route("/metrics", self._metrics, methods=["GET"], tags=["ops"])
+
+    @property
+    def bus(self) -> Bus:
+        """The bus connection named by ``settings.bus_url``, opened on first use."""
+        if self._bus is None:
+            from esper_oona import connect
+
+            self._bus = connect(self.settings.bus_url, producer_name=self.name)
+        return self._bus
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """Register a readiness check; /healthz answers 503 while any check returns False or raises."""
+        self._checks[name] = check
+
+    def on_start(self) -> None:
+        """Start consumers and background work. Override in subclasses."""
+
+    def on_stop(self) -> None:
+        """Stop consumers and background work. Override in subclasses; the bus is closed afterwards."""
+
+    def _healthz(self, response: Response) -> dict[str, Any]:
+        results: dict[str, bool] = {}
+        for name, check in self._checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:  # a failing check means "not healthy", never a 500
+                log.exception("health check %s raised", name)
+                results[name] = False
+        healthy = all(results.values())
+        response.status_code = 200 if healthy else 503
+        return {"status": "ok" if healthy else "degraded", "service": self.name, "checks": results,
+                "uptime_s": round(time.time() - self._started_at, 3)}
+
+    def _metrics(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        log.info("starting", extra={"bus_url": self.settings.bus_url, "port": self.settings.port})
+        self.on_start()
+        self.up.labels(self.name).set(1)
+        try:
+            yield
+        finally:
+            log.info("stopping")
+            self.up.labels(self.name).set(0)
+            self.on_stop()
+            if self._bus is not None:
+                self._bus.close()
+            log.info("stopped")
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; uvicorn runs the lifespan shutdown, which stops and flushes cleanly."""
+        import uvicorn
+
+        configure_logging(self.name, self.settings.log_level, self.settings.log_format)
+        uvicorn.run(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s),
+        )

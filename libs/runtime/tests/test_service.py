@@ -1,0 +1,82 @@
+"""The shared service skeleton: settings precedence, health, metrics, structured logs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from esper_runtime import Service, ServiceSettings, SettingsFileError, load_settings
+from esper_runtime.cli import app
+from esper_runtime.logs import JsonFormatter
+
+
+def test_settings_precedence_yaml_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "svc.yaml"
+    cfg.write_text("service_name: urza\nport: 9100\nbus_url: pulsar://127.0.0.1:16650\n")
+    monkeypatch.setenv("ESPER_PORT", "9200")
+    settings = load_settings(ServiceSettings, cfg)
+    assert settings.service_name == "urza"  # from the file
+    assert settings.bus_url == "pulsar://127.0.0.1:16650"
+    assert settings.port == 9200  # the environment wins over the file
+
+
+def test_settings_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(SettingsFileError, match="not found"):
+        load_settings(ServiceSettings, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: [1, 2\n")
+    with pytest.raises(SettingsFileError, match="not valid YAML"):
+        load_settings(ServiceSettings, bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("prot: 80\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_settings(ServiceSettings, unknown)
+
+
+def test_health_and_metrics() -> None:
+    svc = Service(ServiceSettings(service_name="probe"))
+    state = {"ready": True}
+    svc.add_health_check("dependency", lambda: state["ready"])
+    with TestClient(svc.app) as client:
+        ok = client.get("/healthz")
+        assert ok.status_code == 200 and ok.json()["checks"] == {"dependency": True}
+        state["ready"] = False
+        assert client.get("/healthz").status_code == 503
+        metrics = client.get("/metrics").text
+        assert 'esper_service_up{service="probe"} 1.0' in metrics
+
+
+def test_lifecycle_hooks_run_in_order() -> None:
+    calls: list[str] = []
+
+    class Probe(Service):
+        def on_start(self) -> None:
+            calls.append("start")
+
+        def on_stop(self) -> None:
+            calls.append("stop")
+
+    with TestClient(Probe(ServiceSettings()).app):
+        assert calls == ["start"]
+    assert calls == ["start", "stop"]
+
+
+def test_json_log_line_carries_extras() -> None:
+    record = logging.LogRecord("esper.test", logging.INFO, __file__, 1, "compiled %s", ("k1",), None)
+    record.artifact_id = "abc"
+    line = json.loads(JsonFormatter("tezzeret").format(record))
+    assert line["service"] == "tezzeret" and line["msg"] == "compiled k1" and line["artifact_id"] == "abc"
+    assert line["ts"].endswith("+00:00")
+
+
+def test_cli_topics_and_unknown_service() -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["topics"], terminal_width=200)
+    assert out.exit_code == 0 and "control.kasmina.commands" in out.output
+    bad = runner.invoke(app, ["serve", "nonexistent"])
+    assert bad.exit_code == 2 and "unknown service" in bad.output

@@ -1,0 +1,84 @@
+# Esper: one Makefile for development, tests, the demo, the proof and the benchmarks.
+# Everything it needs is installed by these targets: uv from PyPI, Python packages through uv,
+# Debian packages and the Pulsar broker (from Maven Central) by infra/install-deps.sh.
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+# Use the machine's Python; uv must never try to download an interpreter.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
+        unit integration demo proof bench bench-oona bench-kasmina clean
+
+help:
+	@echo "make dev            create .venv with every package (uv workspace)"
+	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
+	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
+	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
+	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
+	@echo "make bench-oona     bus throughput vs the raw pulsar client"
+	@echo "make bench-kasmina  seed overheads and controller latency"
+
+uv:
+	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
+
+dev: uv
+	@$(UV) sync --all-packages --locked --quiet
+	@echo "dev environment ready: .venv ($$($(PY) --version))"
+
+infra-deps: dev
+	@bash infra/install-deps.sh
+
+infra-up: infra-deps
+	@bash infra/infra.sh up
+
+infra-down:
+	@bash infra/infra.sh down
+
+infra-status:
+	@bash infra/infra.sh status
+
+lint: dev
+	$(PY) -m ruff check .
+
+types: dev
+	$(PY) -m mypy contracts libs services
+
+imports: dev
+	.venv/bin/lint-imports
+
+unit: dev
+	$(PY) -m pytest -m "not integration and not slow"
+
+integration: dev
+	$(PY) -m pytest -m "integration or slow"
+
+# The infrastructure is always torn down, whether the checks pass or not.
+test: infra-deps
+	@status=0; \
+	$(MAKE) --no-print-directory infra-up || status=$$?; \
+	if [ $$status -eq 0 ]; then $(MAKE) --no-print-directory check || status=$$?; fi; \
+	$(MAKE) --no-print-directory infra-down; \
+	exit $$status
+
+check: lint types imports
+	$(PY) -m pytest
+
+demo: dev
+	$(PY) -m esper.demo
+
+proof: dev
+	$(PY) -m esper.proof
+
+bench: bench-oona bench-kasmina
+
+bench-oona: infra-deps
+	$(PY) bench/bench_oona.py
+
+bench-kasmina: dev
+	$(PY) bench/bench_kasmina.py
+
+clean: infra-down
+	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,1 +1,41 @@
-"""Tamiyo's control policies (heuristic v1) over contracts only: no torch."""
+"""Tamiyo's control policies over contracts only: no torch, no SDK.
+
+A policy reads a :class:`~esper_contracts.SystemStatePacket` at each epoch boundary and answers with an
+:class:`~esper_contracts.AdaptationSignal`. Tolaria calls one in-process today; the Tamiyo service will
+serve the same :class:`ControlPolicy` interface over the bus.
+"""
+
+from .base import FIXED_FUNCTION_TAGS, Adaptation, PolicyBase, artifact_name, next_stage, packet_metric
+from .baselines import NullPolicy, RandomGerminationPolicy
+from .config import TamiyoConfig
+from .heuristic import HeuristicPolicy, PlateauDetector, unhealthiness
+from .protocols import ControlPolicy, KernelSelector
+
+
+def build_policy(config: TamiyoConfig | None = None, kernels: KernelSelector | None = None) -> ControlPolicy:
+    """The policy named by ``config.policy`` ("heuristic", "random" or "none")."""
+    config = config or TamiyoConfig()
+    if config.policy == "heuristic":
+        return HeuristicPolicy(config, kernels)
+    if config.policy == "random":
+        return RandomGerminationPolicy(config, kernels)
+    return NullPolicy(config, kernels)
+
+
+__all__ = [
+    "FIXED_FUNCTION_TAGS",
+    "Adaptation",
+    "ControlPolicy",
+    "HeuristicPolicy",
+    "KernelSelector",
+    "NullPolicy",
+    "PlateauDetector",
+    "PolicyBase",
+    "RandomGerminationPolicy",
+    "TamiyoConfig",
+    "artifact_name",
+    "build_policy",
+    "next_stage",
+    "packet_metric",
+    "unhealthiness",
+]

@@ -1,0 +1,380 @@
+"""Bookkeeping every germinating policy shares.
+
+A policy keeps a small ledger of the adaptations it has started (what kernel went where, and the
+validation metric it has to beat), embargoes and locks on slots, and the field reports it owes.
+Subclasses decide *when* and *where* to germinate and *whether* a seed passes its gates; this module
+walks the packet, moves seeds through the readiness-driven stages and keeps the books.
+
+The packet's metric is "higher is better": validation accuracy when Tolaria reports one, otherwise
+minus the validation loss.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from esper_contracts import (
+    ACTIVE_STAGES,
+    AdaptationSignal,
+    CommandType,
+    CompiledKernelArtifact,
+    FieldReport,
+    KasminaControlCommand,
+    KernelQuery,
+    Outcome,
+    SeedStage,
+    SeedTelemetry,
+    SystemStatePacket,
+)
+
+from .config import TamiyoConfig
+from .protocols import KernelSelector
+
+S = SeedStage
+STATE_VERSION = 1
+
+#: Kernel tags that mark a kernel without trainable parameters (TRAINING and FINE_TUNING are skipped).
+FIXED_FUNCTION_TAGS = frozenset({"fixed_function", "fixed-function", "parameter_free", "parameter-free"})
+
+#: Stages a seed leaves as soon as it says it is ready (no judgement needed), and where it goes next.
+#: LOADING and EVALUATING depend on whether the kernel is trainable; see :func:`next_stage`.
+_READY_NEXT = {S.TRAINING: S.GRAFTING, S.GRAFTING: S.STABILIZATION, S.STABILIZATION: S.EVALUATING}
+
+
+def next_stage(stage: SeedStage, trainable: bool) -> SeedStage | None:
+    """The stage an ADVANCE moves a seed to from ``stage`` on the success path (None at the end)."""
+    if stage is S.GERMINATED:
+        return S.LOADING
+    if stage is S.LOADING:
+        return S.TRAINING if trainable else S.GRAFTING
+    if stage is S.EVALUATING:
+        return S.FINE_TUNING if trainable else S.FOSSILIZED
+    if stage is S.FINE_TUNING:
+        return S.FOSSILIZED
+    return _READY_NEXT.get(stage)
+
+
+def packet_metric(packet: SystemStatePacket) -> float:
+    """Validation metric of a packet, higher is better (accuracy if reported, else -loss)."""
+    return packet.val_accuracy if packet.val_accuracy is not None else -packet.val_loss
+
+
+def artifact_name(artifact: CompiledKernelArtifact) -> str:
+    """A readable name for a kernel: its first tag (blueprint names travel as tags), else a short id."""
+    return artifact.tags[0] if artifact.tags else artifact.blueprint_id[:12]
+
+
+@dataclass
+class Adaptation:
+    """One adaptation the policy started: where, which kernel, and the baseline it must beat."""
+
+    seed_id: str
+    blueprint_id: str
+    kernel_id: str
+    blueprint_name: str
+    trainable: bool
+    germinated_epoch: int
+    baseline: float
+    stage: str = S.GERMINATED.value
+    boundaries_in_stage: int = 0
+    scores: list[float] = field(default_factory=list)  # val metric at each boundary since grafting finished
+
+
+class PolicyBase:
+    """Ledger, embargoes, locks, field reports and the readiness-driven part of the lifecycle."""
+
+    def __init__(self, config: TamiyoConfig | None = None, kernels: KernelSelector | None = None) -> None:
+        self.config = config or TamiyoConfig()
+        self.kernels = kernels
+        self._live: dict[str, Adaptation] = {}
+        self._embargo: dict[str, int] = {}  # seed id -> first epoch it may regrow
+        self._locked: set[str] = set()  # rolled-back seeds: never touched again
+        self._failed: dict[str, list[str]] = {}  # seed id -> blueprints culled there (not retried)
+        self._reports: list[FieldReport] = []
+        self._recent: deque[float] = deque(maxlen=self.config.plateau_patience_epochs)
+        self._germinations = 0
+        self._last_germination: int | None = None
+        self._epoch = 0
+
+    # ----------------------------------------------------------------------------------- the boundary
+
+    def decide(self, packet: SystemStatePacket) -> AdaptationSignal:
+        """Steer every live seed, release expired embargoes, then maybe germinate one or more slots."""
+        self._epoch = packet.epoch
+        metric = packet_metric(packet)
+        self._observe(packet, metric)
+        commands: list[KasminaControlCommand] = []
+        dormant: list[SeedTelemetry] = []
+        live = 0
+        for t in packet.seeds:  # one pass; cheap attribute reads only, so 1000 seeds cost well under a ms
+            stage = t.stage
+            if stage is S.DORMANT:
+                dormant.append(t)
+            elif stage in ACTIVE_STAGES:
+                rec = self._live.get(t.seed_id) or self._adopt(t, metric)
+                if rec.stage != stage.value:
+                    rec.stage, rec.boundaries_in_stage = stage.value, 0
+                rec.boundaries_in_stage += 1
+                cmd = self._steer(t, rec, packet, metric)
+                if cmd is not None:
+                    commands.append(cmd)
+                if t.seed_id in self._live:
+                    live += 1
+            elif stage in (S.CULLED, S.CANCELLED):
+                commands.extend(self._release(t))
+        self._recent.append(metric)
+        if dormant and self._may_germinate(packet, live):
+            commands.extend(self._germinate(packet, dormant, live, metric))
+        reason = "; ".join(sorted({c.reason for c in commands if c.reason}))[:2000]
+        return AdaptationSignal(
+            epoch=packet.epoch, commands=commands, optimizer_rebuild_required=bool(commands), reason=reason
+        )
+
+    # Subclasses override these four.
+    def _observe(self, packet: SystemStatePacket, metric: float) -> None:
+        """Update trend trackers with this boundary's metrics (before any decision)."""
+
+    def _may_germinate(self, packet: SystemStatePacket, live: int) -> bool:
+        """Whether this boundary may start a new adaptation."""
+        return False
+
+    def _germinate(
+        self, packet: SystemStatePacket, dormant: list[SeedTelemetry], live: int, metric: float
+    ) -> list[KasminaControlCommand]:
+        """GERMINATE commands for chosen dormant seeds."""
+        return []
+
+    def _steer(
+        self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket, metric: float
+    ) -> KasminaControlCommand | None:
+        """The command (if any) for one live seed; the default advances on readiness, without gates."""
+        if t.error_count > 0:
+            return self._end(t, rec, packet, Outcome.CULLED, f"kernel raised {t.error_count} time(s)")
+        if t.stage in (S.EVALUATING, S.FINE_TUNING):
+            rec.scores.append(packet_metric(packet))
+            wanted = self.config.evaluation_epochs if t.stage is S.EVALUATING else self.config.fine_tuning_epochs
+            if rec.boundaries_in_stage < wanted:
+                return None
+            target = next_stage(t.stage, rec.trainable)
+            if target is S.FOSSILIZED:
+                return self._end(t, rec, packet, Outcome.FOSSILIZED, "fine-tuning finished")
+            return self._advance(t, target, "evaluation finished")
+        return self._advance_when_ready(t, rec, packet)
+
+    # ------------------------------------------------------------------------------ shared moves
+
+    def _advance_when_ready(
+        self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket
+    ) -> KasminaControlCommand | None:
+        """Move a seed on from a readiness-driven stage; time out a stage that never gets ready."""
+        stage = t.stage
+        if stage is S.GERMINATED:  # promotion to LOADING needs no readiness: the kernel is queued
+            return self._advance(t, S.LOADING, "kernel queued for loading")
+        target = next_stage(stage, rec.trainable)
+        if target is None or target is S.FOSSILIZED or stage in (S.EVALUATING, S.FINE_TUNING):
+            return None
+        if t.is_ready_for_transition:
+            return self._advance(t, target, f"{stage.value.lower()} ready")
+        if rec.boundaries_in_stage >= self.config.stage_timeout_epochs:
+            if stage is S.LOADING:
+                return self._end(t, rec, packet, Outcome.CULLED, "kernel never finished loading")
+            if stage is S.TRAINING:
+                return self._end(t, rec, packet, Outcome.CULLED, "reconstruction never converged")
+            return self._advance(t, target, f"{stage.value.lower()} timed out")
+        return None
+
+    def _advance(self, t: SeedTelemetry, target: SeedStage, reason: str) -> KasminaControlCommand:
+        return KasminaControlCommand(
+            layer_id=t.layer_id,
+            seed_index=t.seed_index,
+            command=CommandType.ADVANCE,
+            target_stage=target,
+            issued_at_epoch=self._epoch,
+            reason=reason,
+        )
+
+    def _end(
+        self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket, outcome: Outcome, reason: str
+    ) -> KasminaControlCommand:
+        """Fossilize or cull a seed, writing its field report now (the command is legal by construction)."""
+        self._report(rec, packet_metric(packet), outcome, packet, reason)
+        if outcome is Outcome.FOSSILIZED:
+            return self._advance(t, S.FOSSILIZED, reason)
+        return KasminaControlCommand(
+            layer_id=t.layer_id,
+            seed_index=t.seed_index,
+            command=CommandType.CULL,
+            issued_at_epoch=self._epoch,
+            reason=reason,
+        )
+
+    def _report(
+        self, rec: Adaptation, post: float, outcome: Outcome, packet: SystemStatePacket | None, reason: str
+    ) -> None:
+        del self._live[rec.seed_id]
+        if outcome is not Outcome.FOSSILIZED:
+            self._failed.setdefault(rec.seed_id, []).append(rec.blueprint_id)
+            self._embargo[rec.seed_id] = self._epoch + self.config.embargo_epochs
+        eval_metrics = {"baseline": rec.baseline}
+        if packet is not None:
+            eval_metrics["val_loss"] = packet.val_loss
+        self._reports.append(
+            FieldReport(
+                blueprint_id=rec.blueprint_id,
+                kernel_artifact_id=rec.kernel_id,
+                seed_id=rec.seed_id,
+                run_id=packet.run_id if packet is not None else None,
+                pre_metric=rec.baseline,
+                post_metric=post,
+                outcome=outcome,
+                epochs_active=max(0, self._epoch - rec.germinated_epoch),
+                eval_metrics=eval_metrics,
+            )
+        )
+
+    def _release(self, t: SeedTelemetry) -> list[KasminaControlCommand]:
+        """Return a culled or cancelled slot to DORMANT once its embargo is over."""
+        until = max(self._embargo.get(t.seed_id, 0), t.embargo_until_epoch or 0)
+        if t.stage is S.CULLED and self._epoch < until:
+            return []
+        return [self._advance(t, S.DORMANT, "embargo over" if t.stage is S.CULLED else "slot released")]
+
+    def _adopt(self, t: SeedTelemetry, metric: float) -> Adaptation:
+        """Track a live seed the policy did not start (restored model, or a command it thought failed)."""
+        rec = Adaptation(
+            seed_id=t.seed_id,
+            blueprint_id=t.blueprint_id or "unknown",
+            kernel_id=t.kernel_artifact_id or "unknown",
+            blueprint_name=t.blueprint_id or "unknown",
+            trainable=True,
+            germinated_epoch=self._epoch,
+            baseline=metric,
+            stage=t.stage.value,
+        )
+        self._live[t.seed_id] = rec
+        return rec
+
+    # ------------------------------------------------------------------------------ germination helpers
+
+    def _eligible(self, t: SeedTelemetry) -> bool:
+        """A dormant seed the policy may grow into: not locked, not embargoed, not protected."""
+        sid = t.seed_id
+        if sid in self._locked:
+            return False
+        if self._epoch < max(self._embargo.get(sid, 0), t.embargo_until_epoch or 0):
+            return False
+        return not any(fnmatch.fnmatchcase(t.layer_id, p) for p in self.config.protected_regions)
+
+    def _candidate_kernels(self, t: SeedTelemetry, cache: dict[Any, list[CompiledKernelArtifact]]) -> list[
+        CompiledKernelArtifact
+    ]:
+        """Kernels that fit the seed's interface, in preference order, minus those already culled here."""
+        if self.kernels is None or t.interface is None:
+            return []
+        key = (t.interface.layout, t.interface.features)
+        if key not in cache:
+            query = KernelQuery(
+                interface=t.interface,
+                tags_required=self.config.kernel_tags_required,
+                tags_excluded=self.config.kernel_tags_excluded,
+                status=self.config.kernel_status,
+                limit=100,
+            )
+            found = list(self.kernels.query(query).artifacts)
+            prefs = self.config.blueprint_preference
+
+            def rank(a: CompiledKernelArtifact) -> int:
+                return min((prefs.index(tag) for tag in a.tags if tag in prefs), default=len(prefs))
+
+            cache[key] = sorted(found, key=rank)  # stable: the library's own order breaks ties
+        failed = self._failed.get(t.seed_id, ())
+        return [a for a in cache[key] if a.blueprint_id not in failed]
+
+    def _germinate_with(
+        self, t: SeedTelemetry, artifact: CompiledKernelArtifact, metric: float, reason: str
+    ) -> KasminaControlCommand:
+        """Record a new adaptation and build its GERMINATE command."""
+        baseline = sum(self._recent) / len(self._recent) if self._recent else metric
+        self._live[t.seed_id] = Adaptation(
+            seed_id=t.seed_id,
+            blueprint_id=artifact.blueprint_id,
+            kernel_id=artifact.artifact_id,
+            blueprint_name=artifact_name(artifact),
+            trainable=not (FIXED_FUNCTION_TAGS & set(artifact.tags)),
+            germinated_epoch=self._epoch,
+            baseline=baseline,
+        )
+        self._germinations += 1
+        self._last_germination = self._epoch
+        return KasminaControlCommand(
+            layer_id=t.layer_id,
+            seed_index=t.seed_index,
+            command=CommandType.GERMINATE,
+            kernel_artifact_id=artifact.artifact_id,
+            blueprint_id=artifact.blueprint_id,
+            selected_for_tags=list(artifact.tags)[:16],
+            issued_at_epoch=self._epoch,
+            reason=reason,
+        )
+
+    def _under_caps(self, live: int) -> bool:
+        """Concurrency, total-germination and cooldown limits all allow one more adaptation."""
+        cfg = self.config
+        if live >= cfg.max_concurrent_adaptations:
+            return False
+        if cfg.max_germinations is not None and self._germinations >= cfg.max_germinations:
+            return False
+        if self._epoch < cfg.warmup_epochs:
+            return False
+        last = self._last_germination
+        return last is None or self._epoch - last >= cfg.germination_cooldown_epochs
+
+    # ------------------------------------------------------------------------------ outcomes and state
+
+    def observe_outcomes(self, reports: Sequence[FieldReport]) -> None:
+        """Forget seeds that Tolaria ended; lock rolled-back seeds and embargo crashed ones."""
+        for report in reports:
+            self._live.pop(report.seed_id, None)
+            if report.outcome is Outcome.ROLLED_BACK:
+                self._locked.add(report.seed_id)
+            elif report.outcome is Outcome.CULLED:
+                self._failed.setdefault(report.seed_id, []).append(report.blueprint_id)
+                self._embargo[report.seed_id] = self._epoch + self.config.embargo_epochs
+
+    def drain_field_reports(self) -> list[FieldReport]:
+        """Field reports written since the last call."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole policy state as plain JSON values."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "live": {sid: asdict(rec) for sid, rec in self._live.items()},
+            "embargo": dict(self._embargo),
+            "locked": sorted(self._locked),
+            "failed": {sid: list(bps) for sid, bps in self._failed.items()},
+            "reports": [r.model_dump(mode="json") for r in self._reports],
+            "recent": list(self._recent),
+            "germinations": self._germinations,
+            "last_germination": self._last_germination,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output exactly."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"policy state version {state.get('version')!r} is not {STATE_VERSION}")
+        self._epoch = int(state["epoch"])
+        self._live = {sid: Adaptation(**rec) for sid, rec in state["live"].items()}
+        self._embargo = {sid: int(e) for sid, e in state["embargo"].items()}
+        self._locked = set(state["locked"])
+        self._failed = {sid: list(bps) for sid, bps in state["failed"].items()}
+        self._reports = [FieldReport.model_validate(r) for r in state["reports"]]
+        self._recent = deque((float(m) for m in state["recent"]), maxlen=self.config.plateau_patience_epochs)
+        self._germinations = int(state["germinations"])
+        self._last_germination = state["last_germination"]

@@ -10,7 +10,7 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration demo proof bench bench-oona bench-kasmina clean
+        unit integration deploy-check demo proof bench bench-oona bench-kasmina clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -49,6 +49,10 @@ types: dev
 imports: dev
 	.venv/bin/lint-imports
 
+# docker-compose.yml against the Compose spec; the Helm chart linted, rendered and schema-checked.
+deploy-check: dev
+	@bash deploy/check.sh
+
 unit: dev
 	$(PY) -m pytest -m "not integration and not slow"
 
@@ -63,7 +67,7 @@ test: infra-deps
 	$(MAKE) --no-print-directory infra-down; \
 	exit $$status
 
-check: lint types imports
+check: lint types imports deploy-check
 	$(PY) -m pytest
 
 demo: dev

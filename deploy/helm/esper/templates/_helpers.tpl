@@ -1,0 +1,17 @@
+{{/* Common labels for every object of the release. */}}
+{{- define "esper.labels" -}}
+app.kubernetes.io/part-of: esper
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Image reference of one service. */}}
+{{- define "esper.image" -}}
+{{- $root := index . 0 -}}{{- $name := index . 1 -}}
+{{- if $root.Values.image.registry -}}
+{{ printf "%s/esper-%s:%s" $root.Values.image.registry $name $root.Values.image.tag }}
+{{- else -}}
+{{ printf "esper-%s:%s" $name $root.Values.image.tag }}
+{{- end -}}
+{{- end -}}

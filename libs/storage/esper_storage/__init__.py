@@ -1,1 +1,36 @@
-"""SQL and blob storage backends chosen by URL (SQLite/PostgreSQL, directory/S3)."""
+"""SQL and blob storage backends chosen by URL (SQLite/PostgreSQL, directory/S3).
+
+``open_database(url)`` and ``open_blob_store(url)`` are the entry points; ``upgrade(url, package)``
+runs a service's Alembic migrations.
+"""
+
+from .blob import (
+    BlobConflictError,
+    BlobError,
+    BlobNotFoundError,
+    BlobStore,
+    BlobStoreURLError,
+    FileBlobStore,
+    InvalidBlobKeyError,
+    check_key,
+    content_key,
+    sha256_hex,
+)
+from .registry import BLOB_BACKENDS, open_blob_store, open_database, register_blob_backend
+from .sql import (
+    SQL_BACKENDS,
+    Database,
+    DatabaseURLError,
+    current_revision,
+    head_revision,
+    insert_ignore,
+    run_env,
+    upgrade,
+)
+
+__all__ = [
+    "BLOB_BACKENDS", "SQL_BACKENDS", "BlobConflictError", "BlobError", "BlobNotFoundError", "BlobStore",
+    "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore", "InvalidBlobKeyError", "check_key",
+    "content_key", "current_revision", "head_revision", "insert_ignore", "open_blob_store", "open_database",
+    "register_blob_backend", "run_env", "sha256_hex", "upgrade",
+]

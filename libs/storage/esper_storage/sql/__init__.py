@@ -1,0 +1,10 @@
+"""SQL databases by URL (SQLite, PostgreSQL) and programmatic Alembic migrations."""
+
+from .engine import SQL_BACKENDS, Database, DatabaseURLError, SqlBackend, parse_database_url
+from .migrate import current_revision, head_revision, run_env, upgrade
+from .statements import insert_ignore
+
+__all__ = [
+    "SQL_BACKENDS", "Database", "DatabaseURLError", "SqlBackend", "current_revision", "head_revision",
+    "insert_ignore", "parse_database_url", "run_env", "upgrade",
+]

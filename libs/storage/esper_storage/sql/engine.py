@@ -1,0 +1,180 @@
+"""SQL databases by URL: SQLite (embedded default) or PostgreSQL through psycopg 3, both via SQLAlchemy 2.
+
+``Database`` hands out connections inside transactions: ``read()`` for queries, ``write()`` for changes.
+On SQLite a write transaction starts with ``BEGIN IMMEDIATE``, taking the write lock up front; a
+deferred transaction that reads and then writes could otherwise fail with "database is locked" when
+another writer committed in between, which is exactly the compare-and-set pattern services use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+_BEGIN_OPTION = "esper_sqlite_begin"
+
+
+class DatabaseURLError(ValueError):
+    """A database URL that names no supported backend or cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class SqlBackend:
+    """How to open one kind of database: normalise its URL, pick engine arguments, install connection hooks."""
+
+    name: str
+    normalise: Callable[[URL], URL]
+    engine_kwargs: Callable[[URL], dict[str, Any]]
+    install_hooks: Callable[[Engine], None]
+
+
+# --- SQLite --------------------------------------------------------------------------------------------
+
+
+def _sqlite_normalise(url: URL) -> URL:
+    if url.drivername not in ("sqlite", "sqlite+pysqlite"):
+        raise DatabaseURLError(f"SQLite URLs use the built-in driver (sqlite:///path), got {url.drivername!r}")
+    if url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def _sqlite_engine_kwargs(url: URL) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if not url.database or url.database == ":memory:":
+        kwargs["poolclass"] = StaticPool  # one shared connection, or every checkout would see an empty database
+    return kwargs
+
+
+def _sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy (the "begin" hook below) instead of pysqlite's own
+        # implicit BEGIN, which cannot take the write lock up front.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+SQLITE = SqlBackend("sqlite", _sqlite_normalise, _sqlite_engine_kwargs, _sqlite_hooks)
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+def _postgres_normalise(url: URL) -> URL:
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")  # psycopg 3 is the one driver we ship
+    if url.drivername != "postgresql+psycopg":
+        raise DatabaseURLError(f"PostgreSQL URLs use psycopg 3 (postgresql+psycopg://...), got {url.drivername!r}")
+    return url
+
+
+def _postgres_engine_kwargs(_url: URL) -> dict[str, Any]:
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+
+
+def _no_hooks(_engine: Engine) -> None:
+    return None
+
+
+POSTGRESQL = SqlBackend("postgresql", _postgres_normalise, _postgres_engine_kwargs, _no_hooks)
+
+
+#: URL scheme (the part before ``://``, without a ``+driver``) -> backend.
+SQL_BACKENDS: dict[str, SqlBackend] = {"sqlite": SQLITE, "postgresql": POSTGRESQL, "postgres": POSTGRESQL}
+
+
+def parse_database_url(url: str | URL) -> tuple[SqlBackend, URL]:
+    """The backend for ``url`` and the URL normalised for it; DatabaseURLError says what is wrong."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise DatabaseURLError(f"cannot parse database URL {url!r}: {exc}") from None
+    scheme = parsed.drivername.split("+", 1)[0]
+    backend = SQL_BACKENDS.get(scheme)
+    if backend is None:
+        raise DatabaseURLError(f"unsupported database URL scheme {scheme!r}; use one of "
+                               f"{', '.join(sorted(SQL_BACKENDS))} (e.g. sqlite:///data/app.db)")
+    return backend, backend.normalise(parsed)
+
+
+class Database:
+    """One database: an engine plus transaction helpers. Thread-safe; share one per process."""
+
+    def __init__(self, url: str | URL, **engine_kwargs: Any) -> None:
+        self.backend, self.sa_url = parse_database_url(url)
+        kwargs = self.backend.engine_kwargs(self.sa_url) | engine_kwargs
+        self.engine: Engine = create_engine(self.sa_url, **kwargs)
+        self.backend.install_hooks(self.engine)
+        self._writer = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: what SQL to generate for dialect-specific statements."""
+        return self.engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        """The URL with any password hidden, for logs and health output."""
+        return self.sa_url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a transaction that is rolled back at the end: for queries."""
+        with self.engine.connect() as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a transaction committed on success and rolled back on error.
+
+        On SQLite the write lock is taken when the transaction starts, so reads inside it see the state
+        the writes will apply to; on PostgreSQL use compare-and-set statements (``UPDATE ... WHERE``).
+        """
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """An ORM session in a transaction committed on success, for callers that prefer the ORM."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def ping(self) -> bool:
+        """True when a trivial query succeeds (for health checks)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url!r})"

@@ -17,7 +17,10 @@ from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType,
 
 
 class _Graph:
-    """A tiny builder: ``add`` appends a node fed by earlier nodes (or ``input``), ``finish`` closes it."""
+    """A tiny builder: ``add`` appends a node fed by earlier nodes (or ``input``), ``finish`` closes it.
+
+    The first tag is the family name; it travels with the artifact as its readable name.
+    """
 
     def __init__(self) -> None:
         self.nodes: list[IRNode] = []
@@ -32,7 +35,7 @@ class _Graph:
                tags: list[str], description: str) -> BlueprintIR:
         self.edges.append(IREdge(src=last, dst="output"))
         return BlueprintIR(name=name, blueprint_class=cls, input=interface, output=interface, nodes=self.nodes,
-                           edges=self.edges, tags=["builtin", *tags], description=description)
+                           edges=self.edges, tags=[*tags[:1], "builtin", *tags[1:]], description=description)
 
 
 def _pointwise(g: _Graph, node_id: str, src: str, layout: str, fin: int, fout: int, *,
@@ -59,7 +62,7 @@ def residual_mlp(iface: TensorInterface) -> BlueprintIR:
     h = _pointwise(g, "down", h, lay, f, f, init="zeros")
     out = g.add("residual", OpType.ADD, "input", h)
     return g.finish(out, name=f"residual-mlp-{lay.lower()}-{f}", cls=BlueprintClass.MLP, interface=iface,
-                    tags=["residual", "mlp", "capacity"], description=residual_mlp.__doc__ or "")
+                    tags=["residual_mlp", "residual", "mlp", "capacity"], description=residual_mlp.__doc__ or "")
 
 
 def bottleneck(iface: TensorInterface) -> BlueprintIR:
@@ -74,7 +77,7 @@ def bottleneck(iface: TensorInterface) -> BlueprintIR:
     h = _pointwise(g, "expand", h, lay, r, f)
     out = g.add("residual", OpType.ADD, "input", h)
     return g.finish(out, name=f"bottleneck-{lay.lower()}-{f}", cls=BlueprintClass.MLP, interface=iface,
-                    tags=["residual", "bottleneck", "compact"], description=bottleneck.__doc__ or "")
+                    tags=["bottleneck", "residual", "compact"], description=bottleneck.__doc__ or "")
 
 
 def depthwise_conv(iface: TensorInterface) -> BlueprintIR:
@@ -86,7 +89,7 @@ def depthwise_conv(iface: TensorInterface) -> BlueprintIR:
     h = _pointwise(g, "pointwise", h, lay, f, f, init="zeros")
     out = g.add("residual", OpType.ADD, "input", h)
     return g.finish(out, name=f"depthwise-conv-{f}", cls=BlueprintClass.CONV, interface=iface,
-                    tags=["residual", "conv", "spatial"], description=depthwise_conv.__doc__ or "")
+                    tags=["depthwise_conv", "residual", "conv", "spatial"], description=depthwise_conv.__doc__ or "")
 
 
 def low_rank_adapter(iface: TensorInterface) -> BlueprintIR:
@@ -97,7 +100,8 @@ def low_rank_adapter(iface: TensorInterface) -> BlueprintIR:
     h = _pointwise(g, "b", h, lay, r, f, bias=False, init="zeros")
     out = g.add("residual", OpType.ADD, "input", h)
     return g.finish(out, name=f"low-rank-{lay.lower()}-{f}", cls=BlueprintClass.LOW_RANK, interface=iface,
-                    tags=["residual", "low_rank", "adapter", "cheap"], description=low_rank_adapter.__doc__ or "")
+                    tags=["low_rank_adapter", "residual", "low_rank", "adapter", "cheap"],
+                    description=low_rank_adapter.__doc__ or "")
 
 
 def attention_head(iface: TensorInterface) -> BlueprintIR:
@@ -108,7 +112,8 @@ def attention_head(iface: TensorInterface) -> BlueprintIR:
     h = g.add("attn", OpType.MULTIHEAD_ATTENTION, h, embed_dim=f, num_heads=heads)
     out = g.add("residual", OpType.ADD, "input", h)
     return g.finish(out, name=f"attention-head-{f}", cls=BlueprintClass.ATTENTION, interface=iface,
-                    tags=["residual", "attention", "token_mixing"], description=attention_head.__doc__ or "")
+                    tags=["attention_head", "residual", "attention", "token_mixing"],
+                    description=attention_head.__doc__ or "")
 
 
 @dataclass(frozen=True)
@@ -150,5 +155,6 @@ def fixed_function_blueprint(interface: TensorInterface) -> BlueprintIR:
     h = g.add("squash", OpType.TANH, "input")
     h = g.add("half", OpType.SCALE, h, value=0.5)
     out = g.add("residual", OpType.ADD, "input", h)
-    return g.finish(out, name=f"fixed-tanh-{interface.layout.lower()}-{interface.features}", cls=BlueprintClass.MLP,
-                    interface=interface, tags=["fixed_function"], description=fixed_function_blueprint.__doc__ or "")
+    return g.finish(out, name=f"fixed-tanh-{interface.layout.lower()}-{interface.features}",
+                    cls=BlueprintClass.MLP, interface=interface, tags=["fixed_tanh", "fixed_function"],
+                    description=fixed_function_blueprint.__doc__ or "")

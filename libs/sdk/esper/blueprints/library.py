@@ -112,7 +112,7 @@ class LocalKernelLibrary:
                 artifact_id=aid, blueprint_id=ir.ir_hash(), hardware=EAGER_HARDWARE,
                 pipeline=CompilationPipeline.EAGER, toolchain_hash=self._toolchain, status=status,
                 input_shape=representative_shape(ir.input), sha256=sha256_hex(data), size_bytes=len(data),
-                compile_time_s=0.0, tags=sorted(set(ir.tags) | set(tags or [])),
+                compile_time_s=0.0, tags=list(dict.fromkeys([*ir.tags, *(tags or [])])),  # first tag = family
             )
             self._blobs[aid], self._irs[aid], self._meta[aid], self._params[aid] = data, ir, meta, params
         return meta

@@ -1,0 +1,29 @@
+"""Kasmina: seed slots inside the model — the lifecycle state machine, alpha blending, telemetry, kernel loading."""
+
+from .blending import ChunkLayout, alpha_at, blend, chunk_bounds
+from .config import KasminaConfig
+from .grafted import GraftedModule
+from .layer import KasminaLayer
+from .lifecycle import SeedFacts, resolve_command
+from .model import (
+    apply_commands,
+    collect_telemetry,
+    drain_events,
+    host_parameter_count,
+    kasmina_layers,
+    reconstruction_loss,
+    seed_parameter_count,
+    seed_parameters,
+    unwrap,
+    wait_for_loads,
+    wrap,
+)
+from .state import F as StateField
+from .telemetry import EventKind, SeedEvent
+
+__all__ = [
+    "ChunkLayout", "EventKind", "GraftedModule", "KasminaConfig", "KasminaLayer", "SeedEvent", "SeedFacts",
+    "StateField", "alpha_at", "apply_commands", "blend", "chunk_bounds", "collect_telemetry", "drain_events",
+    "host_parameter_count", "kasmina_layers", "reconstruction_loss", "resolve_command", "seed_parameter_count",
+    "seed_parameters", "unwrap", "wait_for_loads", "wrap",
+]

@@ -1,0 +1,26 @@
+"""Puts Urza's API onto a FastAPI app: routers, error handling, limits and the objects the routes use."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ..catalog import Catalog
+from ..ledger import Ledger
+from ..settings import UrzaSettings
+from .blueprints import router as blueprints_router
+from .errors import BodySizeLimit, ErrorBoundary, install_error_handlers
+from .kernels import router as kernels_router
+
+
+def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSettings) -> None:
+    """Mount ``/api/v1`` on ``app`` (whose /healthz, /metrics and /docs come from esper_runtime)."""
+    app.state.urza_catalog = catalog
+    app.state.urza_ledger = ledger
+    app.state.urza_settings = settings
+    app.include_router(blueprints_router)
+    app.include_router(kernels_router)
+    install_error_handlers(app)
+    # Added innermost first: ErrorBoundary wraps BodySizeLimit, so a 413 already carries a trace id.
+    app.add_middleware(BodySizeLimit, max_json_bytes=settings.max_body_bytes,
+                       max_binary_bytes=settings.max_binary_bytes)
+    app.add_middleware(ErrorBoundary)

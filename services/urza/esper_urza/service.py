@@ -1,0 +1,78 @@
+"""The Urza process: storage by URL, migrations and the seed library at start-up, REST API, bus consumers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Gauge
+
+from esper_runtime import Service, load_settings
+from esper_storage import open_blob_store, open_database, upgrade
+
+from .api import install_api
+from .catalog import Catalog
+from .consumers import UrzaConsumers
+from .context import UrzaContext
+from .ledger import Ledger
+from .library import library_blueprints
+from .publisher import OutboxDispatcher
+from .settings import UrzaSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = "esper_urza.migrations"
+
+
+class UrzaService(Service):
+    """Central asset hub: blueprint IRs, compiled kernel artifacts, validation reports and lineage."""
+
+    description = ("Central asset hub of Esper: blueprint IRs, compiled kernel artifacts, validation reports and "
+                   "lineage, on SQL + blob storage. Tamiyo finds kernels with POST /api/v1/kernels/query.")
+
+    def __init__(self, settings: UrzaSettings) -> None:
+        super().__init__(settings)
+        self.urza_settings = settings
+        self.db = open_database(settings.resolved_database_url)
+        self.blobs = open_blob_store(settings.resolved_blob_url)
+        self.dispatcher = OutboxDispatcher(self.db, lambda: self.bus)
+        ctx = UrzaContext(self.db, self.blobs, settings, after_commit=self.dispatcher.kick)
+        self.catalog = Catalog(ctx)
+        self.ledger = Ledger(ctx)
+        self.consumers = UrzaConsumers(self.catalog, self.ledger)
+        self._subscriptions: list[Any] = []
+        install_api(self.app, self.catalog, self.ledger, settings)
+        self.add_health_check("database", self.db.ping)
+        backlog = Gauge("esper_urza_outbox_backlog", "Jobs written but not yet published to the bus",
+                        registry=self.registry)
+        backlog.set_function(lambda: float(self.dispatcher.backlog()))
+        sent = Gauge("esper_urza_outbox_sent", "Jobs published since start", registry=self.registry)
+        sent.set_function(lambda: float(self.dispatcher.sent))
+
+    def on_start(self) -> None:
+        """Migrate, seed the library, send what an earlier run left unsent, then start consuming."""
+        s = self.urza_settings
+        upgrade(self.db, MIGRATIONS)
+        if s.seed_library:
+            new = self.catalog.seed(library_blueprints())
+            log.info("seed library registered", extra={"new_blueprints": new})
+        self.dispatcher.kick()
+        if s.consume:
+            self._subscriptions = self.consumers.subscribe(self.bus, s.subscription)
+        self.dispatcher.start(s.outbox_interval_s)
+        log.info("urza ready", extra={"database": self.db.url, "blobs": self.blobs.url})
+
+    def on_stop(self) -> None:
+        """Stop consuming and dispatching, then release storage (the base class closes the bus)."""
+        for sub in self._subscriptions:
+            sub.close()
+        self._subscriptions = []
+        self.dispatcher.stop()
+        self.blobs.close()
+        self.db.dispose()
+
+
+def create_service(config_file: str | Path | None = None, **overrides: Any) -> UrzaService:
+    """Entry point of ``esper serve urza``: settings from the YAML file, overrides, then ``ESPER_*`` variables."""
+    return UrzaService(load_settings(UrzaSettings, config_file, **overrides))

@@ -1,0 +1,175 @@
+"""Urza's tables. Migrations in ``esper_urza/migrations`` create exactly these; a test compares the two.
+
+Kernel queries are the hot read, so ``artifacts`` repeats a few blueprint facts (class, interface)
+and validation figures (latency, memory) as plain indexed columns, and tags live one per row in
+``artifact_tags``: every KernelQuery filter becomes an indexed SQL predicate.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps stored in UTC and always read back timezone-aware (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Urza stores aware UTC timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Autoincrementing 64-bit keys; SQLite only autoincrements an INTEGER PRIMARY KEY.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+HASH = 64  # a sha256 hex digest
+ARTIFACT_ID = 256
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+blueprints = Table(
+    "blueprints", metadata,
+    Column("blueprint_id", String(HASH), primary_key=True, comment="sha256 of the canonical IR"),
+    Column("name", String(256), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("blueprint_class", String(32), nullable=False, index=True),
+    Column("input_layout", String(8), nullable=False),
+    Column("input_features", Integer, nullable=False),
+    Column("output_layout", String(8), nullable=False),
+    Column("output_features", Integer, nullable=False),
+    Column("parameter_count", BigInteger, nullable=False),
+    Column("tags_json", Text, nullable=False, comment="design tags of the IR, as a JSON list"),
+    Column("ir_json", Text, nullable=False, comment="the BlueprintIR as submitted (first submission wins)"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "created_at", "blueprint_id"),
+)
+
+blueprint_parents = Table(
+    "blueprint_parents", metadata,
+    Column("child_id", String(HASH), ForeignKey("blueprints.blueprint_id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key: a parent may be a design that was never stored here (lineage from elsewhere).
+    Column("parent_id", String(ARTIFACT_ID), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Index(None, "parent_id"),
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("artifact_id", String(ARTIFACT_ID), primary_key=True),
+    Column("blueprint_id", String(HASH), ForeignKey("blueprints.blueprint_id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("hardware", String(64), nullable=False),
+    Column("pipeline", String(16), nullable=False),
+    Column("toolchain_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input_shape_json", Text, nullable=False),
+    Column("sha256", String(HASH)),
+    Column("size_bytes", BigInteger),
+    Column("blob_uri", Text),
+    Column("compile_time_s", Float),
+    Column("error", Text, comment="compiler error (FAILED) or rejection reason (REJECTED)"),
+    Column("compile_tags_json", Text, nullable=False, comment="tags Tezzeret attached to the compiled artifact"),
+    Column("tags_json", Text, nullable=False, comment="effective tags: design, compile, then empirical"),
+    Column("validation_json", Text, comment="the latest UrabraskValidationReport"),
+    # Denormalised for the kernel query: copied from the blueprint and the validation report.
+    Column("blueprint_class", String(32), nullable=False),
+    Column("layout", String(8), nullable=False),
+    Column("features", Integer, nullable=False),
+    Column("latency_ms", Float),
+    Column("memory_mb", Float),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(None, "status", "hardware", "layout", "features", "latency_ms"),
+    Index(None, "status", "blueprint_class"),
+    Index(None, "status", "memory_mb"),
+    Index(None, "status", "created_at"),
+)
+
+artifact_tags = Table(
+    "artifact_tags", metadata,
+    Column("artifact_id", String(ARTIFACT_ID), ForeignKey("artifacts.artifact_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("tag", String(256), primary_key=True),
+    Index(None, "tag", "artifact_id"),
+)
+
+artifact_events = Table(
+    "artifact_events", metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("artifact_id", String(ARTIFACT_ID), nullable=False, index=True),
+    Column("from_status", String(16)),
+    Column("to_status", String(16), nullable=False),
+    Column("source", String(32), nullable=False, comment="bus or rest"),
+    Column("detail", Text),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+kernel_binaries = Table(
+    "kernel_binaries", metadata,
+    # No foreign key to artifacts: Tezzeret uploads the bytes before it reports the artifact compiled.
+    Column("artifact_id", String(ARTIFACT_ID), primary_key=True),
+    Column("sha256", String(HASH), nullable=False, index=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("blob_key", String(512), nullable=False),
+    Column("uploaded_at", UtcDateTime, nullable=False),
+)
+
+field_reports = Table(
+    "field_reports", metadata,
+    Column("report_id", String(ARTIFACT_ID), primary_key=True),
+    Column("blueprint_id", String(HASH), ForeignKey("blueprints.blueprint_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("kernel_artifact_id", String(ARTIFACT_ID)),
+    Column("seed_id", String(256), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("report_json", Text, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Index(None, "blueprint_id", "received_at"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(512), nullable=False, unique=True,
+           comment="one message per logical job, however often its cause is redelivered"),
+    Column("topic", String(128), nullable=False),
+    Column("message_key", String(256)),
+    Column("payload_json", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Index(None, "published_at", "id"),
+)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+
 from esper.blueprints import FAMILIES, IRValidationError, build_module, builtin_blueprints, fixed_function_blueprint
 from esper.blueprints.interpreter import ir_parameter_count
 from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+
 from esper.blueprints import (
     KernelCache,
     KernelIntegrityError,

@@ -1,12 +1,13 @@
-"""Shared helpers for the Kasmina tests (no tests here): small models, command shorthands, stage driving."""
+"""Helpers for testing code that drives Kasmina: small models, command shorthands, a stage driver."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import KasminaConfig, apply_commands, kasmina_layers, reconstruction_loss, wait_for_loads
 from esper_contracts import CommandType, KasminaControlCommand, KernelQuery, SeedStage
-from torch import nn
 
 S = SeedStage
 

@@ -1,1 +1,44 @@
-"""Oona: the typed message bus client (memory:// and pulsar://)."""
+"""Oona: the typed message bus client (memory:// and pulsar://).
+
+    bus = connect("pulsar://127.0.0.1:6650", producer_name="kasmina")
+    bus.publish("telemetry.seed.health", SeedTelemetry(...))
+    bus.subscribe("telemetry.seed.health", "tamiyo", handle)   # handle(envelope: Envelope[SeedTelemetry])
+"""
+
+from .bus import Bus, BusOptions, DeadLetter, Subscription
+from .delivery import (
+    DEAD_LETTER_SUBSCRIPTION,
+    REASON_MALFORMED,
+    REASON_REDELIVERY_LIMIT,
+    Handler,
+    SubscriptionStats,
+)
+from .errors import (
+    BusClosedError,
+    MalformedMessageError,
+    OonaError,
+    PayloadValidationError,
+    PublishError,
+    UnknownTopicError,
+)
+from .factory import BACKENDS, connect
+
+__all__ = [
+    "BACKENDS",
+    "DEAD_LETTER_SUBSCRIPTION",
+    "REASON_MALFORMED",
+    "REASON_REDELIVERY_LIMIT",
+    "Bus",
+    "BusClosedError",
+    "BusOptions",
+    "DeadLetter",
+    "Handler",
+    "MalformedMessageError",
+    "OonaError",
+    "PayloadValidationError",
+    "PublishError",
+    "Subscription",
+    "SubscriptionStats",
+    "UnknownTopicError",
+    "connect",
+]

@@ -1,0 +1,134 @@
+"""What happens to one delivered message, decided the same way by every backend.
+
+A backend hands over the raw bytes and how often the message was already redelivered; it gets back
+what to do with it: acknowledge, negatively acknowledge (redeliver later) or move it to the dead-letter
+topic. Keeping this in one function is what makes ``memory://`` and ``pulsar://`` behave alike.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from esper_contracts import Envelope
+
+from .codec import TopicCodec
+from .errors import MalformedMessageError
+
+logger = logging.getLogger("esper_oona")
+
+#: A subscriber's callback. Returning acknowledges the message; raising negatively acknowledges it.
+Handler = Callable[[Envelope[Any]], None]
+
+#: Dead-letter reasons, written into each dead letter's properties.
+REASON_MALFORMED = "malformed"
+REASON_REDELIVERY_LIMIT = "redelivery_limit"
+
+#: Message properties Oona writes on a dead letter (the payload is the original bytes, unchanged).
+PROP_SOURCE_TOPIC = "oona-source-topic"
+PROP_SUBSCRIPTION = "oona-subscription"
+PROP_REASON = "oona-reason"
+PROP_ERROR = "oona-error"
+PROP_REDELIVERY_COUNT = "oona-redelivery-count"
+
+#: Subscription that keeps every dead-letter topic's messages until someone reads them.
+DEAD_LETTER_SUBSCRIPTION = "oona-dead-letters"
+
+# Dead-letter error texts are for people; a pydantic report on a huge payload should not bloat the topic.
+_MAX_ERROR_CHARS = 2000
+
+
+class Verdict(enum.Enum):
+    """What the backend must do with a delivered message."""
+
+    ACK = "ack"
+    NACK = "nack"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A verdict with, for dead letters, the reason and error text to record."""
+
+    verdict: Verdict
+    reason: str = ""
+    error: str = ""
+
+
+_ACK = Outcome(Verdict.ACK)
+_NACK = Outcome(Verdict.NACK)
+
+
+def process(
+    codec: TopicCodec,
+    handler: Handler,
+    data: bytes,
+    redelivery_count: int,
+    max_redeliveries: int,
+    subscription: str,
+) -> Outcome:
+    """Decode ``data`` and run ``handler`` on it; decide ack, nack or dead letter.
+
+    Malformed bytes go straight to the dead-letter topic: redelivering them cannot help. A handler that
+    raises on a message already redelivered ``max_redeliveries`` times sends it to the dead-letter topic
+    instead of asking for another try, so the handler runs at most ``max_redeliveries + 1`` times.
+    """
+    try:
+        envelope = codec.decode(data)
+    except MalformedMessageError as exc:
+        logger.warning("oona: malformed message on %s/%s goes to the dead-letter topic: %s",
+                       codec.topic, subscription, _truncate(str(exc), 300))
+        return Outcome(Verdict.DEAD_LETTER, REASON_MALFORMED, _truncate(str(exc)))
+    try:
+        handler(envelope)
+    except Exception as exc:
+        error = _truncate(f"{type(exc).__name__}: {exc}")
+        if redelivery_count >= max_redeliveries:
+            logger.error("oona: handler of %s/%s failed on message %s after %d redeliveries; dead-lettered: %s",
+                         codec.topic, subscription, envelope.message_id, redelivery_count, error)
+            return Outcome(Verdict.DEAD_LETTER, REASON_REDELIVERY_LIMIT, error)
+        logger.warning("oona: handler of %s/%s failed on message %s (redelivery %d of %d); will retry",
+                       codec.topic, subscription, envelope.message_id, redelivery_count, max_redeliveries,
+                       exc_info=True)
+        return _NACK
+    return _ACK
+
+
+def dead_letter_properties(topic: str, subscription: str, outcome: Outcome, redelivery_count: int) -> dict[str, str]:
+    """The properties recorded with a dead letter: where it came from and why it was set aside."""
+    return {
+        PROP_SOURCE_TOPIC: topic,
+        PROP_SUBSCRIPTION: subscription,
+        PROP_REASON: outcome.reason,
+        PROP_ERROR: outcome.error,
+        PROP_REDELIVERY_COUNT: str(redelivery_count),
+    }
+
+
+def _truncate(text: str, limit: int = _MAX_ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class SubscriptionStats:
+    """Counters of one consumer, for metrics and tests. Updated only by the consumer's own thread."""
+
+    delivered: int = 0
+    acked: int = 0
+    nacked: int = 0
+    dead_lettered: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count one processed delivery."""
+        self.delivered += 1
+        if outcome.verdict is Verdict.ACK:
+            self.acked += 1
+        elif outcome.verdict is Verdict.NACK:
+            self.nacked += 1
+        else:
+            self.dead_lettered += 1
+            self.by_reason[outcome.reason] = self.by_reason.get(outcome.reason, 0) + 1

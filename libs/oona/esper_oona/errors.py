@@ -1,0 +1,38 @@
+"""The errors Oona raises. Every one is an OonaError, so a service can catch the bus's failures in one place."""
+
+from __future__ import annotations
+
+from esper_contracts import UnknownTopicError as ContractUnknownTopicError
+
+
+class OonaError(Exception):
+    """Base of every error raised by Oona."""
+
+
+class UnknownTopicError(OonaError, ContractUnknownTopicError):
+    """A topic name that is not in the catalogue (also an ``esper_contracts.UnknownTopicError``)."""
+
+
+class PayloadValidationError(OonaError, ValueError):
+    """A payload is not a valid instance of its topic's model; raised before anything is sent.
+
+    ``topic`` and ``model`` name what was expected; a pydantic failure is chained as ``__cause__``.
+    """
+
+    def __init__(self, topic: str, model: type, detail: str) -> None:
+        super().__init__(f"invalid payload for topic {topic!r} (expects {model.__name__}): {detail}")
+        self.topic = topic
+        self.model = model
+        self.detail = detail
+
+
+class MalformedMessageError(OonaError):
+    """Bytes that arrived on a topic and are not a valid envelope of that topic's model."""
+
+
+class PublishError(OonaError):
+    """Messages that were accepted by ``publish`` but that the broker did not persist (reported by ``flush``)."""
+
+
+class BusClosedError(OonaError):
+    """An operation on a bus (or subscription) that has been closed."""

@@ -1,6 +1,6 @@
 """Oona against the raw pulsar-client on the same workload, on a real broker.
 
-    .venv/bin/python bench/bench_oona.py [--messages 20000] [--rounds 5]
+    .venv/bin/python bench/bench_oona.py [--messages 20000] [--rounds 6]
 
 Workload: N realistic SeedTelemetry messages on ``telemetry.seed.health``, published and consumed in one
 process (publisher on the main thread, consumer on its own thread), timed from the first publish to the
@@ -284,7 +284,7 @@ def percentile(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000, help="messages per throughput run")
-    parser.add_argument("--rounds", type=int, default=5, help="oona/raw pairs (alternating order)")
+    parser.add_argument("--rounds", type=int, default=6, help="oona/raw pairs (alternating order)")
     parser.add_argument("--latency-messages", type=int, default=3000)
     parser.add_argument("--latency-rate", type=float, default=1000.0, help="messages/s in the latency runs")
     args = parser.parse_args(argv)

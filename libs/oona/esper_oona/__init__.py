@@ -14,6 +14,7 @@ from .delivery import (
     SubscriptionStats,
 )
 from .errors import (
+    BrokerError,
     BusClosedError,
     MalformedMessageError,
     OonaError,
@@ -28,6 +29,7 @@ __all__ = [
     "DEAD_LETTER_SUBSCRIPTION",
     "REASON_MALFORMED",
     "REASON_REDELIVERY_LIMIT",
+    "BrokerError",
     "Bus",
     "BusClosedError",
     "BusOptions",

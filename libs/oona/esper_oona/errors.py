@@ -30,6 +30,10 @@ class MalformedMessageError(OonaError):
     """Bytes that arrived on a topic and are not a valid envelope of that topic's model."""
 
 
+class BrokerError(OonaError):
+    """The broker could not be reached, or refused to create a producer or consumer."""
+
+
 class PublishError(OonaError):
     """Messages that were accepted by ``publish`` but that the broker did not persist (reported by ``flush``)."""
 

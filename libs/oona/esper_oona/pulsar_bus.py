@@ -21,7 +21,7 @@ import pulsar
 from .bus import Bus, BusOptions, DeadLetter, InitialPosition, Subscription
 from .codec import TopicCodec
 from .delivery import DEAD_LETTER_SUBSCRIPTION, Handler, Outcome, Verdict, dead_letter_properties, process
-from .errors import BusClosedError, PublishError
+from .errors import BrokerError, BusClosedError, PublishError
 
 logger = logging.getLogger("esper_oona")
 
@@ -54,16 +54,21 @@ class PulsarSubscription(Subscription):
         self._close_lock = threading.Lock()
         self._consumer_closed = False
         self._closed = False
-        self._consumer = bus.client.subscribe(
-            bus.full_topic(codec.topic),
-            name,
-            consumer_type=pulsar.ConsumerType.KeyShared if codec.ordered_by_key else pulsar.ConsumerType.Shared,
-            receiver_queue_size=bus.options.receiver_queue_size,
-            batch_index_ack_enabled=True,
-            negative_ack_redelivery_delay_ms=nack_delay_ms,
-            initial_position=_POSITIONS[initial_position],
-            consumer_name=f"{bus.producer_name}-{os.urandom(4).hex()}",
-        )
+        try:
+            self._consumer = bus.client.subscribe(
+                bus.full_topic(codec.topic),
+                name,
+                consumer_type=pulsar.ConsumerType.KeyShared if codec.ordered_by_key else pulsar.ConsumerType.Shared,
+                receiver_queue_size=bus.options.receiver_queue_size,
+                # Without batch-index acks a nack (or this consumer leaving) makes the broker redeliver the
+                # whole batch, acknowledged messages included; the broker must enable them too.
+                batch_index_ack_enabled=True,
+                negative_ack_redelivery_delay_ms=nack_delay_ms,
+                initial_position=_POSITIONS[initial_position],
+                consumer_name=f"{bus.producer_name}-{os.urandom(4).hex()}",
+            )
+        except pulsar.PulsarException as exc:
+            raise BrokerError(f"cannot subscribe {name!r} to {codec.topic!r} at {bus.service_url}: {exc}") from exc
         self._thread = threading.Thread(target=self._run, name=f"oona-pulsar-{codec.topic}-{name}", daemon=True)
         self._thread.start()
 
@@ -159,6 +164,8 @@ class PulsarBus(Bus):
         self._producers: dict[str, pulsar.Producer] = {}
         self._dead_letter_producers: dict[str, pulsar.Producer] = {}
         self._lock = threading.Lock()
+        # Taken by the client's I/O thread in _on_sent: never held across a blocking broker call.
+        self._failure_lock = threading.Lock()
         self._failures: list[str] = []
         self._failure_count = 0
 
@@ -181,17 +188,20 @@ class PulsarBus(Bus):
         # No producer_name: Pulsar requires names unique per topic, and several processes of one service
         # publish on the same topics. The envelope carries the service's name instead.
         options = self.options
-        return self.client.create_producer(
-            self.full_topic(codec.topic),
-            batching_enabled=True,
-            # Key_Shared dispatches a whole batch by its first key, so ordered topics batch per key.
-            batching_type=pulsar.BatchingType.KeyBased if codec.ordered_by_key else pulsar.BatchingType.Default,
-            batching_max_messages=options.batching_max_messages,
-            batching_max_publish_delay_ms=options.batching_max_publish_delay_ms,
-            max_pending_messages=options.max_pending_messages,
-            block_if_queue_full=True,
-            send_timeout_millis=options.send_timeout_ms,
-        )
+        try:
+            return self.client.create_producer(
+                self.full_topic(codec.topic),
+                batching_enabled=True,
+                # Key_Shared dispatches a whole batch by its first key, so ordered topics batch per key.
+                batching_type=pulsar.BatchingType.KeyBased if codec.ordered_by_key else pulsar.BatchingType.Default,
+                batching_max_messages=options.batching_max_messages,
+                batching_max_publish_delay_ms=options.batching_max_publish_delay_ms,
+                max_pending_messages=options.max_pending_messages,
+                block_if_queue_full=True,
+                send_timeout_millis=options.send_timeout_ms,
+            )
+        except pulsar.PulsarException as exc:
+            raise BrokerError(f"cannot publish on {codec.topic!r} at {self.service_url}: {exc}") from exc
 
     def _prepare(self, codec: TopicCodec) -> None:
         self._producer(codec)
@@ -209,7 +219,7 @@ class PulsarBus(Bus):
         # Runs on the client's I/O thread for every message: keep the success path to one comparison.
         if result == pulsar.Result.Ok:
             return
-        with self._lock:
+        with self._failure_lock:
             self._failure_count += 1
             if len(self._failures) < _MAX_REPORTED_FAILURES:
                 self._failures.append(str(result))
@@ -226,7 +236,7 @@ class PulsarBus(Bus):
     def _flush_producers(self) -> None:
         for producer in list(self._producers.values()):
             producer.flush()
-        with self._lock:
+        with self._failure_lock:
             failures, count = self._failures, self._failure_count
             self._failures, self._failure_count = [], 0
         if count:
@@ -273,8 +283,11 @@ class PulsarBus(Bus):
         """Take up to ``max_messages`` dead letters of ``topic``, waiting at most ``timeout_s``."""
         self._check_open()
         dlq = self.full_topic(self.dead_letter_topic_of(topic))
-        consumer = self.client.subscribe(dlq, DEAD_LETTER_SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
-                                         initial_position=pulsar.InitialPosition.Earliest)
+        try:
+            consumer = self.client.subscribe(dlq, DEAD_LETTER_SUBSCRIPTION, consumer_type=pulsar.ConsumerType.Shared,
+                                             initial_position=pulsar.InitialPosition.Earliest)
+        except pulsar.PulsarException as exc:
+            raise BrokerError(f"cannot read the dead letters of {topic!r} at {self.service_url}: {exc}") from exc
         letters: list[DeadLetter] = []
         deadline = time.monotonic() + timeout_s
         try:

@@ -9,6 +9,7 @@ import pytest
 import esper_contracts
 from esper_contracts import CommandType, Envelope, KasminaControlCommand, SeedStage, SeedTelemetry
 from esper_oona import (
+    BrokerError,
     BusClosedError,
     DeadLetter,
     MalformedMessageError,
@@ -109,3 +110,12 @@ def test_a_dead_letter_gives_back_its_envelope_when_it_has_one() -> None:
     with pytest.raises(MalformedMessageError):
         DeadLetter(TELEMETRY, "s", "malformed", "bad", 0, b"junk", None).envelope()
     assert isinstance(Envelope[SeedTelemetry].model_validate_json(data).payload, SeedTelemetry)
+
+
+def test_an_unreachable_pulsar_broker_is_a_broker_error() -> None:
+    bus = connect("pulsar://127.0.0.1:1", producer_name="p", operation_timeout_s=1)
+    with pytest.raises(BrokerError, match=r"127\.0\.0\.1:1"):
+        bus.prepare(TELEMETRY)
+    with pytest.raises(BrokerError):
+        bus.subscribe(TELEMETRY, "s", print)
+    bus.close()

@@ -11,7 +11,8 @@ full operating level; ``x > 1`` is *overdrive*. One window, one region, top to b
        stability  in [0, 1]    1 = no rollbacks, anomalies or loss spikes
        efficiency in [0, 1]    1 = lean; low = bloated or thrashing
 
-2. **Pressures.** ``need = w·stagnation + (1-w)·instability`` (the case for repair and growth) and
+2. **Pressures.** ``need = w·stagnation + (1-w)·instability`` (the case for repair and growth; with the
+   default ``w = 0.7`` a plateau alone is enough to call for repair) and
    ``prune = bloat · stability`` (the case for consolidation; surgery is pointless while unstable).
    Both lie in [0, 1] and ``need`` moves by at most ``A`` when every input moves by at most ``A``.
 
@@ -59,7 +60,7 @@ class AllocatorConfig:
     max_intensity: float = 1.5  # no target ever asks for more than this
     ewma_weight: float = 0.3  # weight of the newest window in the input EWMA
     inertia: float = 0.4  # β: share of the new target taken each window
-    progress_weight: float = 0.5  # w: stagnation's share of the repair need (instability has 1 - w)
+    progress_weight: float = 0.7  # w: stagnation's share of the repair need (a plateau alone means repair)
     enter_repair: float = 0.6
     exit_repair: float = 0.3
     overdrive_pressure: float = 0.8
@@ -164,6 +165,13 @@ def _clamp(value: float, low: float, high: float) -> float:
     return low if value < low else high if value > high else value
 
 
+def pressures(progress: float, stability: float, efficiency: float, config: AllocatorConfig) -> tuple[float, float]:
+    """(repair need, pruning pressure) of smoothed inputs, both in [0, 1]."""
+    stagnation = _clamp(1.0 - progress, 0.0, 1.0)
+    need = config.progress_weight * stagnation + (1 - config.progress_weight) * (1.0 - stability)
+    return need, (1.0 - efficiency) * stability
+
+
 def _overdrive_target(pressure: float, config: AllocatorConfig) -> float:
     """Intensity above 1, growing linearly from 1 at the overdrive threshold to ``max_intensity`` at pressure 1."""
     span = (pressure - config.overdrive_pressure) / (1.0 - config.overdrive_pressure)
@@ -204,9 +212,7 @@ class RegionAllocator:
             self.efficiency = (1 - k) * self.efficiency + k * e
 
         # 2. Pressures in [0, 1].
-        stagnation = _clamp(1.0 - self.progress, 0.0, 1.0)
-        need = cfg.progress_weight * stagnation + (1 - cfg.progress_weight) * (1.0 - self.stability)
-        prune = (1.0 - self.efficiency) * self.stability
+        need, prune = pressures(self.progress, self.stability, self.efficiency, cfg)
 
         # 3. Mode with hysteresis: entering repair takes a high need, leaving it a low one.
         if self.mode is ControlMode.CONSOLIDATION and need >= cfg.enter_repair:

@@ -20,6 +20,7 @@ from esper_narset_worker.allocator import (
     fit_within_pool,
     growth_permitted,
     intensity_for_cost,
+    pressures,
     replay,
 )
 
@@ -131,7 +132,7 @@ def test_sustained_crisis_reaches_overdrive_and_leaves_it_when_calm() -> None:
 
     def need(d: NarsetAllocationDecision) -> float:
         s = d.smoothed_inputs
-        return 0.5 * min(1.0, max(0.0, 1.0 - s.progress)) + 0.5 * (1.0 - s.stability)
+        return pressures(s.progress, s.stability, s.efficiency, config)[0]
 
     # The smoothed need decays over a few windows; in the first window below the overdrive threshold
     # overdrive stops at once instead of decaying through inertia.

@@ -15,8 +15,9 @@ all, ties broken by proposal id; every proposal gets a :class:`~esper_contracts.
 So ``base + grants <= pool - emergency pool`` and ``emergency grants <= emergency pool``: the sum of
 allocations never exceeds the pool, however many requests compete for it.
 
-Spending is Narset's job: an adaptation costs ``risk × disruption`` (see :func:`adaptation_cost`),
-priced the same way on both sides of the bus.
+Spending is Narset's job: the worker that owns a region prices each adaptation as
+``risk × disruption`` (the kernel's validated risk times the share of the graph it perturbs) and pays
+for it from the region's allocation; when the allocation is short it files a proposal.
 """
 
 from __future__ import annotations
@@ -33,17 +34,6 @@ from .prime import MICRO, Criticality, TamiyoPrime, from_micro, split_by_weight,
 #: Multiplier of the minted pool and of each region's allocator pool, per risk posture.
 POSTURE_BUDGET = {"conservative": 0.5, "balanced": 1.0, "aggressive": 1.5}
 POSTURE_ENERGY = {"conservative": 0.8, "balanced": 1.0, "aggressive": 1.2}
-
-
-def adaptation_cost(risk: float, disruption: float, atp_per_full_disruption: float) -> float:
-    """ATP an adaptation costs: its risk (0..1) times the fraction of the graph it perturbs (0..1), scaled.
-
-    ``atp_per_full_disruption`` is the price of rewriting the whole graph at risk 1; a high-risk change to
-    a tiny slice can be cheap, a safe change to half the model expensive.
-    """
-    risk = min(1.0, max(0.0, risk))
-    disruption = min(1.0, max(0.0, disruption))
-    return risk * disruption * atp_per_full_disruption
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from esper_contracts import HealthSummaryReport, ScaffoldRequest, StrategicOpportunityProposal
 from esper_tamiyo.domains import UNASSIGNED_DOMAIN, DomainsFileError, HierarchicalControlConfig, load_domains
-from esper_tamiyo.economy import BudgetEconomy, Region, adaptation_cost
+from esper_tamiyo.economy import BudgetEconomy, Region
 from esper_tamiyo.prime import MICRO, TamiyoPrime, score_report, split_by_weight
 from esper_tamiyo.zones import ProtectedZones
 
@@ -142,12 +142,6 @@ def test_proposals_are_funded_by_return_per_ask_deterministically() -> None:
     shuffled = again.settle_proposals(books2, list(reversed(proposals)), known)
     assert {d.proposal_id: d for d in shuffled} == answers
     assert books2.grants == books.grants
-
-
-def test_adaptation_cost_is_risk_times_disruption() -> None:
-    assert adaptation_cost(0.5, 0.1, 100.0) == pytest.approx(5.0)
-    assert adaptation_cost(1.0, 0.01, 100.0) < adaptation_cost(0.1, 0.5, 100.0)  # risky but tiny is cheaper
-    assert adaptation_cost(7.0, -1.0, 100.0) == 0.0
 
 
 def test_scaffold_zone_ring_lifts_one_clean_checkpoint_after_sunset() -> None:

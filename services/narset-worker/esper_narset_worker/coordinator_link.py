@@ -1,0 +1,149 @@
+"""The trainer side of the coordinator's REST API: register regions, send heartbeats, read assignments.
+
+These request and response bodies mirror the coordinator's OpenAPI schema (``/openapi.json``); the two
+packages may not import each other, so ``tests/integration/test_control_schema.py`` checks that both
+sides describe the same JSON. Health reports travel as the Leyline contract itself.
+
+When no coordinator is configured, :class:`LocalCoordinator` plays its part in-process with a single
+worker (a fresh one replaces it if it crashes) and no telemetry tree: fine for small models.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from esper_contracts import HealthSummaryReport
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegionSpec(_Body):
+    """A region (Kasmina layer) and how many seeds it holds."""
+
+    region_id: str = Field(min_length=1)
+    seed_count: int = Field(ge=0)
+
+
+class RegionRegistration(_Body):
+    """Regions a trainer process brings to the pool."""
+
+    regions: list[RegionSpec]
+
+
+class Heartbeat(_Body):
+    """One window from a trainer process: which workers are alive, which crashed, their region reports."""
+
+    window: int = Field(ge=0)
+    epoch: int = Field(ge=0)
+    workers: list[str] = Field(default_factory=list)
+    crashed: list[str] = Field(default_factory=list)
+    reports: list[HealthSummaryReport] = Field(default_factory=list)
+    complete: bool = Field(default=True, description="Last heartbeat of the window: the coordinator may fold it")
+
+
+class WorkerQuota(_Body):
+    """What one worker may carry and spend."""
+
+    max_seeds: int
+    max_regions: int
+    atp_per_cycle: float
+
+
+class WorkerAssignment(_Body):
+    """One worker's regions and quota."""
+
+    regions: list[str]
+    quota: WorkerQuota
+
+
+class Assignment(_Body):
+    """The whole region -> worker map; ``generation`` grows with every change."""
+
+    generation: int
+    workers: dict[str, WorkerAssignment]
+
+    def owner_of(self) -> dict[str, str]:
+        """region id -> worker id."""
+        return {r: wid for wid, w in self.workers.items() for r in w.regions}
+
+
+class CoordinatorLink(Protocol):
+    """What the host needs from a coordinator, remote or local."""
+
+    def register(self, registration: RegionRegistration) -> Assignment:
+        """Bring regions to the pool; returns the map."""
+        ...
+
+    def heartbeat(self, beat: Heartbeat) -> Assignment:
+        """Report a window; returns the (possibly changed) map."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class HttpCoordinator:
+    """The coordinator service over REST."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0, client: httpx.Client | None = None) -> None:
+        self._client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+
+    def register(self, registration: RegionRegistration) -> Assignment:
+        """POST /api/v1/regions."""
+        return self._post("/api/v1/regions", registration)
+
+    def heartbeat(self, beat: Heartbeat) -> Assignment:
+        """POST /api/v1/heartbeat."""
+        return self._post("/api/v1/heartbeat", beat)
+
+    def _post(self, path: str, body: BaseModel) -> Assignment:
+        response = self._client.post(path, content=body.model_dump_json(),
+                                     headers={"content-type": "application/json"})
+        if response.status_code >= 400:
+            raise RuntimeError(f"coordinator refused {path}: {response.status_code} {response.text[:500]}")
+        return Assignment.model_validate_json(response.content)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+
+class LocalCoordinator:
+    """A one-worker pool kept in-process, for runs without a coordinator service."""
+
+    def __init__(self) -> None:
+        self._regions: dict[str, int] = {}
+        self._serial = 0
+        self._generation = 0
+
+    def _worker(self) -> str:
+        return f"local-{self._serial}"
+
+    def register(self, registration: RegionRegistration) -> Assignment:
+        """Every region goes to the single worker."""
+        for spec in registration.regions:
+            self._regions[spec.region_id] = spec.seed_count
+        self._generation += 1
+        return self._assignment()
+
+    def heartbeat(self, beat: Heartbeat) -> Assignment:
+        """A crash of the single worker hands everything to a fresh one."""
+        if self._worker() in beat.crashed:
+            self._serial += 1
+            self._generation += 1
+        return self._assignment()
+
+    def _assignment(self) -> Assignment:
+        quota = WorkerQuota(max_seeds=sum(self._regions.values()), max_regions=len(self._regions),
+                            atp_per_cycle=0.0)
+        return Assignment(generation=self._generation,
+                          workers={self._worker(): WorkerAssignment(regions=sorted(self._regions), quota=quota)})
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,324 @@
+"""Narset inside the trainer process: the workers, and their links to Tamiyo (bus) and the coordinator (REST).
+
+:class:`NarsetHost` is the :class:`~esper_policy.ControlPolicy` that Tolaria calls at every epoch
+boundary. One boundary:
+
+1. publish the ``SystemStatePacket`` to Tamiyo and wait for the ``AdaptationSignal`` answering it
+   (matched by correlation id); without an answer in time, nothing changes this epoch;
+2. wait briefly for this cycle's ``AllocationCommand`` s (they travel on another topic);
+3. every worker allocates, summarises and spends for its regions — pricing reads the Kasmina layers
+   directly, in this process; a worker that raises is reported crashed, the coordinator moves its
+   regions, and their commands are handled by the new owners in the same boundary;
+4. allocation decisions and proposals go on the bus, region reports go to the coordinator (which
+   folds them into one report per domain for Tamiyo), and the paid-for commands go back to Tolaria.
+
+Tolaria applies the returned commands to Kasmina at the same boundary, on every rank, so the commands
+Narset lets through are exactly the ones every replica executes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from esper_contracts import (
+    AdaptationSignal,
+    AllocationCommand,
+    Envelope,
+    FieldReport,
+    KasminaControlCommand,
+    ProposalDecision,
+    SeedTelemetry,
+    SystemStatePacket,
+)
+from esper_oona import Bus, Subscription
+
+from .allocator import AllocatorConfig
+from .coordinator_link import Assignment, CoordinatorLink, Heartbeat, LocalCoordinator, RegionRegistration, RegionSpec
+from .pricing import SlotGeometry
+from .summary import loss_trend
+from .worker import Boundary, BudgetLedger, NarsetWorker, WorkerConfig, WorkerOutput
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Timeouts of the host's exchanges."""
+
+    decision_timeout_s: float = 30.0  # how long a boundary waits for Tamiyo's answer
+    allocation_wait_s: float = 2.0  # how long it waits for this cycle's allocations after the answer
+
+
+class NarsetHost:
+    """Narset's workers in the trainer process, serving Tolaria as its controller."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        bus: Bus,
+        *,
+        coordinator: CoordinatorLink | None = None,
+        host_id: str | None = None,
+        config: HostConfig | None = None,
+        worker_config: WorkerConfig | None = None,
+        allocator_config: AllocatorConfig | None = None,
+    ) -> None:
+        self.bus = bus
+        self.host_id = host_id or f"{bus.producer_name}"
+        self.config = config or HostConfig()
+        self.worker_config = worker_config or WorkerConfig()
+        self.allocator_config = allocator_config or AllocatorConfig()
+        self.geometry = SlotGeometry.of(model)
+        self.coordinator: CoordinatorLink = coordinator or LocalCoordinator()
+        self.ledger = BudgetLedger()
+        self.workers: dict[str, NarsetWorker] = {}
+        self.owner: dict[str, str] = {}  # region -> worker id
+        self.crashed: list[str] = []
+        self.spent_total = 0.0
+        self._cond = threading.Condition()
+        self._signals: dict[str, AdaptationSignal] = {}  # correlation id -> answer
+        self._rejected: dict[str, str] = {}  # proposal id -> reason, until the next boundary
+        self._decisions: list[ProposalDecision] = []
+        self._reports: list[FieldReport] = []
+        self._run_id: str | None = None
+        self._previous_val_loss: float | None = None
+        self._decide_lock = threading.Lock()
+        sub = f"narset-host-{self.host_id}"
+        self._subscriptions: list[Subscription] = [
+            bus.subscribe("control.adaptation.signals", sub, self._on_signal),
+            bus.subscribe("control.budget.allocations", sub, self._on_allocation),
+            bus.subscribe("control.proposals.decisions", sub, self._on_proposal_decision),
+            bus.subscribe("innovation.field_reports", sub, self._on_field_report),
+        ]
+        specs = [RegionSpec(region_id=r, seed_count=n) for r, n in self.geometry.seed_counts().items()]
+        self._apply_assignment(self.coordinator.register(RegionRegistration(regions=specs)), lost=set())
+
+    # ------------------------------------------------------------------------------------------ bus handlers
+
+    def _on_signal(self, envelope: Envelope[Any]) -> None:
+        with self._cond:
+            self._signals[envelope.correlation_id] = envelope.payload
+            self._cond.notify_all()
+
+    def _on_allocation(self, envelope: Envelope[Any]) -> None:
+        command: AllocationCommand = envelope.payload
+        if command.region_id in self.geometry.widths:
+            self.ledger.grant(command)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _on_proposal_decision(self, envelope: Envelope[Any]) -> None:
+        decision: ProposalDecision = envelope.payload
+        with self._cond:
+            self._decisions.append(decision)
+            if not decision.approved:
+                self._rejected[decision.proposal_id] = decision.reason
+
+    def _on_field_report(self, envelope: Envelope[Any]) -> None:
+        report: FieldReport = envelope.payload
+        if envelope.producer == self.bus.producer_name:
+            return  # our own reports of cancelled germinations, echoed back
+        with self._cond:
+            if self._run_id is not None and report.run_id == self._run_id:
+                self._reports.append(report)
+
+    # ------------------------------------------------------------------------------------------ the boundary
+
+    def decide(self, packet: SystemStatePacket) -> AdaptationSignal:
+        """Ask Tamiyo, then let every worker allocate and pay; returns the commands Tolaria should apply."""
+        with self._decide_lock:
+            self._run_id = packet.run_id
+            signal = self._ask_tamiyo(packet)
+            if signal is None:
+                return AdaptationSignal(epoch=packet.epoch, reason="no answer from Tamiyo in time: no change")
+            self._wait_for_allocations(packet.epoch)
+            trend = loss_trend(self._previous_val_loss, packet.val_loss)
+            self._previous_val_loss = packet.val_loss
+            boundary = self._boundary(packet, signal, trend)
+
+            outputs, crashed = self._run_workers(boundary, regions=None)
+            reports = [r for out in outputs for r in out.reports]
+            if crashed:
+                # The coordinator moves the crashed workers' regions; their new owners handle this boundary.
+                lost = {r for wid in crashed for r in self.workers[wid].regions}
+                alive = sorted(set(self.workers) - set(crashed))
+                beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=alive, crashed=crashed,
+                                 reports=reports, complete=False)
+                self._apply_assignment(self.coordinator.heartbeat(beat), lost=lost)
+                retry, _ = self._run_workers(boundary, regions=lost)
+                outputs += retry
+                reports = [r for out in retry for r in out.reports]
+            beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=sorted(self.workers), reports=reports)
+            self._apply_assignment(self.coordinator.heartbeat(beat), lost=set())
+            if isinstance(self.coordinator, LocalCoordinator):
+                # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
+                self.bus.publish_many("telemetry.health.summaries", [r for out in outputs for r in out.reports])
+            return self._publish_and_answer(packet, signal, outputs)
+
+    def _ask_tamiyo(self, packet: SystemStatePacket) -> AdaptationSignal | None:
+        envelope = self.bus.publish("telemetry.system.state", packet, key=packet.run_id)
+        deadline = time.monotonic() + self.config.decision_timeout_s
+        with self._cond:
+            while envelope.correlation_id not in self._signals:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("narset: Tamiyo did not answer epoch %d within %.1fs", packet.epoch,
+                                self.config.decision_timeout_s)
+                    return None
+                self._cond.wait(left)
+            return self._signals.pop(envelope.correlation_id)
+
+    def _wait_for_allocations(self, cycle: int) -> None:
+        """Allocations for ``cycle`` are published before the answer, but on another topic: give them a moment."""
+        deadline = time.monotonic() + self.config.allocation_wait_s
+        with self._cond:
+            while (self.ledger.latest_cycle() or -1) < cycle:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("narset: no allocations for cycle %d yet; spending from the previous cycle", cycle)
+                    return
+                self._cond.wait(left)
+
+    def _boundary(self, packet: SystemStatePacket, signal: AdaptationSignal, trend: float) -> Boundary:
+        seeds: dict[str, list[SeedTelemetry]] = {}
+        for t in packet.seeds:
+            seeds.setdefault(t.layer_id, []).append(t)
+        commands: dict[str, list[KasminaControlCommand]] = {}
+        for c in signal.commands:
+            commands.setdefault(c.layer_id, []).append(c)
+        with self._cond:
+            rejected, self._rejected = self._rejected, {}
+        metric = packet.val_accuracy if packet.val_accuracy is not None else -packet.val_loss
+        return Boundary(window=packet.epoch, epoch=packet.epoch, run_id=packet.run_id, trend=trend, metric=metric,
+                        seeds=seeds, commands=commands, rejected_proposals=rejected)
+
+    def _run_workers(self, boundary: Boundary, regions: set[str] | None) -> tuple[list[WorkerOutput], list[str]]:
+        """Step every worker (only over ``regions`` when given); a worker that raises is reported crashed."""
+        outputs: list[WorkerOutput] = []
+        crashed: list[str] = []
+        for worker_id in sorted(self.workers):
+            worker = self.workers[worker_id]
+            if regions is not None and not worker.regions & regions:
+                continue
+            try:
+                outputs.append(worker.step(boundary, self.ledger, self.geometry, only=regions))
+            except Exception:
+                log.exception("narset: worker %s crashed at epoch %d", worker_id, boundary.epoch)
+                crashed.append(worker_id)
+        self.crashed.extend(crashed)
+        return outputs, crashed
+
+    def _publish_and_answer(self, packet: SystemStatePacket, signal: AdaptationSignal,
+                            outputs: Sequence[WorkerOutput]) -> AdaptationSignal:
+        decisions = [d for out in outputs for d in out.decisions]
+        proposals = [p for out in outputs for p in out.proposals]
+        cancelled = [r for out in outputs for r in out.cancelled]
+        self.bus.publish_many("telemetry.narset.allocations", decisions, key=lambda d: d.region_id)
+        self.bus.publish_many("control.proposals", proposals, key=lambda p: p.region_id)
+        self.bus.publish_many("innovation.field_reports", cancelled)
+        self.spent_total += sum(out.spent for out in outputs)
+
+        passed = {c.command_id for out in outputs for c in out.commands}
+        # Tamiyo's order first (a release before a regrowth of one seed must stay in that order), then
+        # germinations released from earlier boundaries. Commands for slots no worker owns pass unchanged:
+        # Kasmina refuses an unknown slot itself, with a reason in the run log.
+        owned = set(self.owner)
+        commands = [c for c in signal.commands if c.command_id in passed or c.layer_id not in owned]
+        in_signal = {c.command_id for c in signal.commands}
+        commands += [c for out in outputs for c in out.commands if c.command_id not in in_signal]
+        waiting = sum(out.waiting for out in outputs)
+        reason = signal.reason
+        if waiting:
+            reason = f"{reason}; narset: {waiting} germination(s) waiting for budget".lstrip("; ")
+        return AdaptationSignal(
+            epoch=packet.epoch,
+            commands=commands,
+            optimizer_rebuild_required=bool(commands) or signal.optimizer_rebuild_required,
+            emergency_rollback_required=signal.emergency_rollback_required,
+            reason=reason[:2000],
+        )
+
+    # ------------------------------------------------------------------------------------------ the pool
+
+    def _apply_assignment(self, assignment: Assignment, lost: set[str]) -> None:
+        """Make the local workers match the coordinator's map; regions move with their allocator state."""
+        owner = assignment.owner_of()
+        handover: dict[str, dict[str, Any] | None] = {}
+        for worker_id, worker in list(self.workers.items()):
+            for region in sorted(worker.regions):
+                if owner.get(region) != worker_id:
+                    state = worker.release(region)
+                    # A crashed worker's memory is not trusted: its regions start afresh.
+                    handover[region] = None if region in lost else state
+            if worker_id not in assignment.workers:
+                del self.workers[worker_id]
+        for worker_id, spec in assignment.workers.items():
+            if worker_id not in self.workers:
+                self.workers[worker_id] = NarsetWorker(worker_id, self.worker_config, self.allocator_config)
+            worker = self.workers[worker_id]
+            for region in spec.regions:
+                if region not in worker.regions:
+                    worker.adopt(region, handover.get(region))
+        self.owner = owner
+
+    # ------------------------------------------------------------------------------------------ ControlPolicy
+
+    def observe_outcomes(self, reports: Sequence[FieldReport]) -> None:
+        """Outcomes Tolaria decided (rollback, crashed kernel) go to Tamiyo so its policy learns of them."""
+        if reports:
+            self.bus.publish_many("innovation.field_reports", list(reports))
+
+    def drain_field_reports(self) -> list[FieldReport]:
+        """Field reports Tamiyo published for this run since the last call."""
+        with self._cond:
+            reports, self._reports = self._reports, []
+        return reports
+
+    def proposal_decisions(self) -> list[ProposalDecision]:
+        """Every answer Tamiyo gave to this host's proposals so far."""
+        with self._cond:
+            return list(self._decisions)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Workers, ledger and the loss memory as plain JSON (stored in Tolaria's checkpoints)."""
+        return {
+            "version": STATE_VERSION,
+            "workers": {wid: w.state_dict() for wid, w in self.workers.items()},
+            "ledger": self.ledger.state_dict(),
+            "previous_val_loss": self._previous_val_loss,
+            "spent_total": self.spent_total,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (the next heartbeat re-syncs the map with the coordinator)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"narset host state version {state.get('version')!r} is not {STATE_VERSION}")
+        self.workers = {}
+        for wid, ws in state["workers"].items():
+            worker = self.workers[wid] = NarsetWorker(wid, self.worker_config, self.allocator_config)
+            worker.load_state_dict(ws)
+        self.owner = {r: wid for wid, w in self.workers.items() for r in w.regions}
+        self.ledger.load_state_dict(state["ledger"])
+        self._previous_val_loss = state["previous_val_loss"]
+        self.spent_total = float(state["spent_total"])
+
+    def close(self) -> None:
+        """Detach from the bus and the coordinator (the bus itself belongs to the caller)."""
+        for sub in self._subscriptions:
+            sub.close()
+        self.coordinator.close()
+
+    def __enter__(self) -> NarsetHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

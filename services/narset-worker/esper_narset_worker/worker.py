@@ -1,0 +1,324 @@
+"""One Narset worker: the regions it looks after, their allocator, and the spending of their budgets.
+
+At each boundary, for each of its regions, a worker
+
+1. summarises the region's seed telemetry (one constant-size health report) and derives allocator inputs;
+2. runs the allocator, producing a :class:`~esper_contracts.NarsetAllocationDecision`;
+3. passes Tamiyo's commands for the region through the budget: ADVANCE, CULL and CANCEL are free (they
+   move or end adaptations already paid for); a GERMINATE is paid for with ``risk × disruption`` from the
+   region's allocation. When growth intensity is too low it waits; when the allocation is short it waits
+   and the worker files a :class:`~esper_contracts.StrategicOpportunityProposal` for the shortfall.
+   Waiting germinations are retried first at the next boundaries, when a funded proposal has raised the
+   region's allocation, and dropped (reported CANCELLED so Tamiyo forgets them) after ``hold_cycles``,
+   when their proposal is rejected, or when the seed is no longer dormant.
+
+Spending goes through a :class:`BudgetLedger` that the host shares between its workers, so a worker that
+crashes loses no record of what was already spent in the cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from esper_contracts import (
+    AllocationCommand,
+    CommandType,
+    FieldReport,
+    HealthSummaryReport,
+    KasminaControlCommand,
+    NarsetAllocationDecision,
+    Outcome,
+    SeedStage,
+    SeedTelemetry,
+    StrategicOpportunityProposal,
+)
+
+from .allocator import Allocator, AllocatorConfig, growth_permitted, pressures
+from .pricing import SlotGeometry, adaptation_cost, kernel_risk
+from .summary import allocator_inputs, summarize_region
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker prices and waits."""
+
+    atp_per_full_disruption: float = 100.0  # price of rewriting every seeded feature at risk 1
+    default_risk: float = 0.5  # risk of a kernel without a validation report
+    hold_cycles: int = 3  # a germination waits at most this many cycles for budget or intensity
+    proposal_margin: float = 1.05  # ask a little more than the shortfall, so rounding never leaves it short
+
+
+class BudgetLedger:
+    """Each region's latest allocation and what has been spent against each cycle (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.allocations: dict[str, AllocationCommand] = {}
+        self.spent: dict[str, dict[int, float]] = {}  # region -> cycle -> ATP spent
+
+    def grant(self, command: AllocationCommand) -> None:
+        """Record an allocation; an older cycle never replaces a newer one (redelivery, reordering)."""
+        with self._lock:
+            known = self.allocations.get(command.region_id)
+            if known is None or command.cycle >= known.cycle:
+                self.allocations[command.region_id] = command
+
+    def allocation(self, region_id: str) -> AllocationCommand | None:
+        """The region's current allocation."""
+        with self._lock:
+            return self.allocations.get(region_id)
+
+    def latest_cycle(self) -> int | None:
+        """The newest cycle any allocation belongs to."""
+        with self._lock:
+            return max((a.cycle for a in self.allocations.values()), default=None)
+
+    def balance(self, region_id: str) -> float:
+        """ATP left in the region's current cycle (0 without an allocation)."""
+        with self._lock:
+            return self._balance(region_id)
+
+    def _balance(self, region_id: str) -> float:
+        alloc = self.allocations.get(region_id)
+        if alloc is None:
+            return 0.0
+        return alloc.atp_budget - self.spent.get(region_id, {}).get(alloc.cycle, 0.0)
+
+    def try_spend(self, region_id: str, amount: float) -> bool:
+        """Debit ``amount`` from the region's current cycle if it is covered; False (and nothing spent) if not."""
+        with self._lock:
+            alloc = self.allocations.get(region_id)
+            if alloc is None or amount > self._balance(region_id):
+                return False
+            cycles = self.spent.setdefault(region_id, {})
+            cycles[alloc.cycle] = cycles.get(alloc.cycle, 0.0) + amount
+            return True
+
+    def spent_this_cycle(self, region_id: str) -> float:
+        """ATP the region spent in its current cycle."""
+        with self._lock:
+            alloc = self.allocations.get(region_id)
+            return 0.0 if alloc is None else self.spent.get(region_id, {}).get(alloc.cycle, 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Allocations and spending as plain JSON."""
+        with self._lock:
+            return {"allocations": {r: a.model_dump(mode="json") for r, a in self.allocations.items()},
+                    "spent": {r: {str(c): v for c, v in cs.items()} for r, cs in self.spent.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        with self._lock:
+            self.allocations = {r: AllocationCommand.model_validate(a) for r, a in state["allocations"].items()}
+            self.spent = {r: {int(c): float(v) for c, v in cs.items()} for r, cs in state["spent"].items()}
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """What a worker sees at one epoch boundary, already split by region."""
+
+    window: int
+    epoch: int
+    run_id: str
+    trend: float  # relative validation-loss change over the window
+    metric: float  # validation metric (higher is better), for the reports of dropped germinations
+    seeds: Mapping[str, Sequence[SeedTelemetry]]
+    commands: Mapping[str, Sequence[KasminaControlCommand]]
+    rejected_proposals: Mapping[str, str] = field(default_factory=dict)  # proposal id -> Tamiyo's reason
+
+
+@dataclass
+class WorkerOutput:
+    """Everything a worker produced at one boundary."""
+
+    commands: list[KasminaControlCommand] = field(default_factory=list)
+    decisions: list[NarsetAllocationDecision] = field(default_factory=list)
+    reports: list[HealthSummaryReport] = field(default_factory=list)
+    proposals: list[StrategicOpportunityProposal] = field(default_factory=list)
+    cancelled: list[FieldReport] = field(default_factory=list)
+    spent: float = 0.0
+    waiting: int = 0
+
+
+@dataclass
+class _Waiting:
+    """A germination and the commands Tamiyo sent after it for the same seed (e.g. its move to LOADING)."""
+
+    bundle: list[KasminaControlCommand]
+    since_window: int
+    proposal_id: str | None = None
+
+    @property
+    def command(self) -> KasminaControlCommand:
+        """The GERMINATE that has to be paid for."""
+        return self.bundle[0]
+
+
+class NarsetWorker:
+    """Looks after a set of regions: allocates their intensities and spends their budgets."""
+
+    def __init__(self, worker_id: str, config: WorkerConfig | None = None,
+                 allocator_config: AllocatorConfig | None = None) -> None:
+        self.worker_id = worker_id
+        self.config = config or WorkerConfig()
+        self.allocator = Allocator(allocator_config)
+        self.regions: set[str] = set()
+        self.waiting: dict[str, _Waiting] = {}  # seed id -> germination waiting for budget or intensity
+
+    # ------------------------------------------------------------------------------------------ regions
+
+    def adopt(self, region_id: str, state: Mapping[str, Any] | None = None) -> None:
+        """Start looking after a region, resuming its allocator from ``state`` when one is handed over."""
+        self.regions.add(region_id)
+        self.allocator.adopt(region_id, state)
+
+    def release(self, region_id: str) -> dict[str, Any] | None:
+        """Stop looking after a region; returns its allocator state for the next owner."""
+        self.regions.discard(region_id)
+        for seed_id in [s for s, w in self.waiting.items() if w.command.layer_id == region_id]:
+            del self.waiting[seed_id]
+        return self.allocator.forget(region_id)
+
+    # ------------------------------------------------------------------------------------------ a boundary
+
+    def step(self, boundary: Boundary, ledger: BudgetLedger, geometry: SlotGeometry,
+             only: set[str] | None = None) -> WorkerOutput:
+        """Allocate, summarise and spend for every region of this worker (or those in ``only``), in sorted order."""
+        out = WorkerOutput()
+        for region_id in sorted(self.regions if only is None else self.regions & only):
+            self._step_region(region_id, boundary, ledger, geometry, out)
+        return out
+
+    def _step_region(self, region_id: str, b: Boundary, ledger: BudgetLedger, geometry: SlotGeometry,
+                     out: WorkerOutput) -> None:
+        seeds = b.seeds.get(region_id, ())
+        alloc = ledger.allocation(region_id)
+        pool = alloc.energy_budget if alloc is not None and alloc.energy_budget > 0 else None
+        decision = self.allocator.step(region_id, allocator_inputs(seeds, b.trend), b.window, pool)
+        out.decisions.append(decision)
+
+        dormant = {t.seed_id for t in seeds if t.stage is SeedStage.DORMANT}
+        # A GERMINATE and every later command for the same seed form a bundle paid for together: moving a
+        # seed to LOADING only makes sense once its germination has been bought. Everything else is free,
+        # since it moves or ends an adaptation that was already paid for.
+        bundles: dict[str, list[KasminaControlCommand]] = {}
+        for cmd in b.commands.get(region_id, ()):
+            seed_id = _seed_id(cmd)
+            if seed_id in bundles:
+                bundles[seed_id].append(cmd)
+            elif cmd.command is CommandType.GERMINATE:
+                bundles[seed_id] = [cmd]
+            else:
+                out.commands.append(cmd)
+
+        # Older waiting germinations first; a newer germination of the same seed replaces the waiting one.
+        queue: list[_Waiting] = []
+        for seed_id, w in sorted(self.waiting.items()):
+            if w.command.layer_id != region_id or seed_id in bundles:
+                continue
+            why = self._give_up_reason(w, seed_id, dormant, b)
+            if why is not None:
+                del self.waiting[seed_id]
+                log.info("narset %s: germination of %s dropped: %s", self.worker_id, seed_id, why)
+                out.cancelled.append(_cancelled(w.command, b))
+            else:
+                queue.append(w)
+        queue.extend(_Waiting(bundle, b.window) for bundle in bundles.values())
+
+        smoothed = decision.smoothed_inputs
+        need, _ = pressures(smoothed.progress, smoothed.stability, smoothed.efficiency, self.allocator.config)
+        for w in queue:
+            seed_id = _seed_id(w.command)
+            price = self._price(w.command, geometry)
+            if growth_permitted(decision.x_T, self.allocator.config) and ledger.try_spend(region_id, price):
+                self.waiting.pop(seed_id, None)
+                out.commands.extend(w.bundle)
+                out.spent += price
+                continue
+            self.waiting[seed_id] = w
+            short = price - ledger.balance(region_id)
+            if growth_permitted(decision.x_T, self.allocator.config) and short > 0 and w.proposal_id is None:
+                w.proposal_id = f"sop-{seed_id}-w{b.window}"
+                out.proposals.append(self._proposal(w, region_id, b, short, price, need))
+
+        out.waiting += sum(1 for w in self.waiting.values() if w.command.layer_id == region_id)
+        domain = alloc.domain_id if alloc is not None else None
+        out.reports.append(summarize_region(region_id, domain, seeds, window=b.window, epoch=b.epoch, trend=b.trend,
+                                            budget_spent=ledger.spent_this_cycle(region_id)))
+
+    def _give_up_reason(self, w: _Waiting, seed_id: str, dormant: set[str], b: Boundary) -> str | None:
+        if w.proposal_id is not None and w.proposal_id in b.rejected_proposals:
+            return f"proposal {w.proposal_id} rejected: {b.rejected_proposals[w.proposal_id]}"
+        if seed_id not in dormant:
+            return "seed is no longer dormant"
+        if b.window - w.since_window >= self.config.hold_cycles:
+            return f"no budget or growth intensity for {self.config.hold_cycles} cycles"
+        return None
+
+    def _price(self, cmd: KasminaControlCommand, geometry: SlotGeometry) -> float:
+        report = geometry.report_of(cmd.kernel_artifact_id) if cmd.kernel_artifact_id else None
+        risk = kernel_risk(report, self.config.default_risk)
+        return adaptation_cost(risk, geometry.disruption(cmd.layer_id, cmd.seed_index),
+                               self.config.atp_per_full_disruption)
+
+    def _proposal(self, w: _Waiting, region_id: str, b: Boundary, short: float, price: float,
+                  need: float) -> StrategicOpportunityProposal:
+        cmd = w.command
+        assert w.proposal_id is not None
+        return StrategicOpportunityProposal(
+            proposal_id=w.proposal_id,
+            region_id=region_id,
+            epoch=b.epoch,
+            opportunity=(f"{region_id} needs repair (need {need:.2f}); Tamiyo chose to germinate "
+                         f"{_seed_id(cmd)} but the region's allocation is {short:.3f} ATP short of its price"),
+            plan=[f"GERMINATE {_seed_id(cmd)} with kernel {cmd.kernel_artifact_id}", "graft with a staged alpha ramp"],
+            ask=short * self.config.proposal_margin,
+            expected_roi=max(0.01, need),
+            mitigations=["alpha ramps from 0, so the host is untouched until grafting",
+                         "Tamiyo culls on regression at evaluation", f"total price {price:.3f} ATP"],
+            submitted_by=self.worker_id,
+        )
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Regions, allocator memory and waiting germinations as plain JSON."""
+        return {
+            "regions": sorted(self.regions),
+            "allocator": self.allocator.state_dict(),
+            "waiting": {s: {"bundle": [c.model_dump(mode="json") for c in w.bundle],
+                            "since_window": w.since_window, "proposal_id": w.proposal_id}
+                        for s, w in self.waiting.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.regions = set(state["regions"])
+        self.allocator.load_state_dict(state["allocator"])
+        self.waiting = {s: _Waiting([KasminaControlCommand.model_validate(c) for c in w["bundle"]],
+                                    int(w["since_window"]), w["proposal_id"]) for s, w in state["waiting"].items()}
+
+
+def _seed_id(cmd: KasminaControlCommand) -> str:
+    return f"{cmd.layer_id}[{cmd.seed_index}]"
+
+
+def _cancelled(cmd: KasminaControlCommand, b: Boundary) -> FieldReport:
+    """The report that tells Tamiyo a germination it decided never happened."""
+    return FieldReport(
+        blueprint_id=cmd.blueprint_id or cmd.kernel_artifact_id or "unknown",
+        kernel_artifact_id=cmd.kernel_artifact_id,
+        seed_id=_seed_id(cmd),
+        run_id=b.run_id,
+        pre_metric=b.metric,
+        post_metric=b.metric,
+        outcome=Outcome.CANCELLED,
+        epochs_active=0,
+        eval_metrics={},
+    )

@@ -1,0 +1,99 @@
+"""Where Tamiyo's policy finds kernels: Urza over REST, a JSON file, or an object handed in by the caller.
+
+Every source is wrapped by :class:`RiskFilter`, which drops kernels whose validation failed or whose
+estimated risk is above the policy's ``max_kernel_risk``. The risk estimate is the one Narset prices
+adaptations with (``tests/integration/test_control_schema.py`` checks the two agree).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult, UrabraskValidationReport
+from esper_policy import KernelSelector
+
+DEFAULT_RISK = 0.5
+BASE_RISK = 0.2
+DRIFT_AT_FULL_RISK = 1e-3
+CV_AT_FULL_RISK = 0.2
+
+
+def kernel_risk(report: UrabraskValidationReport | None, default: float = DEFAULT_RISK) -> float:
+    """Risk in [0, 1] from a validation report: failed = 1; else base + drift and measurement-spread terms."""
+    if report is None:
+        return default
+    if not report.passed:
+        return 1.0
+    drift = min(1.0, report.precision_drift_vs_fp32 / DRIFT_AT_FULL_RISK)
+    spread = min(1.0, report.measurement_cv / CV_AT_FULL_RISK)
+    return min(1.0, BASE_RISK + 0.4 * drift + 0.4 * spread)
+
+
+class UrzaKernels:
+    """Urza's kernel query endpoint (``POST /api/v1/kernels/query``)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+
+    def query(self, query: KernelQuery) -> KernelQueryResult:
+        """Ask Urza; an unreachable Urza means no kernels this time, never a crashed decision."""
+        try:
+            response = self._client.post("/api/v1/kernels/query", content=query.model_dump_json(),
+                                         headers={"content-type": "application/json"})
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return KernelQueryResult()
+        return KernelQueryResult.model_validate_json(response.content)
+
+
+class FileKernels:
+    """A fixed catalogue: a JSON list of CompiledKernelArtifact, filtered like Urza would."""
+
+    def __init__(self, path: str | Path) -> None:
+        data = json.loads(Path(path).read_text())
+        self.artifacts = [CompiledKernelArtifact.model_validate(a) for a in data]
+
+    def query(self, query: KernelQuery) -> KernelQueryResult:
+        """Artifacts matching status, tags, pipeline and interface features, in file order."""
+        found = [a for a in self.artifacts if _matches(a, query)]
+        return KernelQueryResult(artifacts=found[: query.limit], total=len(found))
+
+
+def _matches(a: CompiledKernelArtifact, q: KernelQuery) -> bool:
+    tags = set(a.tags)
+    if q.status is not None and a.status is not q.status:
+        return False
+    if q.hardware is not None and a.hardware != q.hardware:
+        return False
+    if q.pipeline is not None and a.pipeline is not q.pipeline:
+        return False
+    if not set(q.tags_required) <= tags or tags & set(q.tags_excluded):
+        return False
+    # A file catalogue only knows the flattened input shape: its last entry is the feature size.
+    return q.interface is None or a.input_shape[-1] == q.interface.features
+
+
+class NoKernels:
+    """No catalogue: the policy can steer existing seeds but never germinates."""
+
+    def query(self, query: KernelQuery) -> KernelQueryResult:
+        """Always empty."""
+        return KernelQueryResult()
+
+
+class RiskFilter:
+    """Drops kernels that failed validation or exceed the risk ceiling (changed by policy updates)."""
+
+    def __init__(self, inner: KernelSelector, max_risk: float = 1.0) -> None:
+        self.inner = inner
+        self.max_risk = max_risk
+
+    def query(self, query: KernelQuery) -> KernelQueryResult:
+        """The inner source's answer minus the kernels that are too risky."""
+        result = self.inner.query(query)
+        kept = [a for a in result.artifacts
+                if (a.validation is None or a.validation.passed) and kernel_risk(a.validation) <= self.max_risk]
+        return KernelQueryResult(artifacts=kept, total=len(kept))

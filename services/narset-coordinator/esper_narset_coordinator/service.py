@@ -64,6 +64,8 @@ class CoordinatorService(Service):
                    "heartbeats, reassigns a crashed worker's regions, folds region telemetry into one summary "
                    "per domain for Tamiyo.")
 
+    _bus: Bus | None
+
     def __init__(self, settings: CoordinatorSettings) -> None:
         super().__init__(settings)
         self.settings: CoordinatorSettings = settings

@@ -1,0 +1,340 @@
+"""Tamiyo's strategic core, free of any transport: messages in, messages out, views for the REST API.
+
+One cycle per SystemStatePacket (one epoch boundary), in this order:
+
+1. learn the regions (Kasmina layers) and their domains from the packet;
+2. advance protected zones: scaffold sunsets, volatile domains, lifting at a clean checkpoint (a packet
+   for epoch ``e + 1`` right after ``e`` means ``e``'s checkpoint held: Tolaria checkpoints only healthy
+   epochs, and a rollback shows up as an epoch that does not follow);
+3. mint the cycle's budget (Tamiyo-Prime shares it between domains by criticality), grant queued
+   scaffold requests (protected zone, emergency energy when in crisis), fund queued proposals;
+4. run the control policy on the packet;
+5. emit, in this order: zones, proposal decisions, allocations, per-layer commands, the adaptation
+   signal (last, so a trainer that has its answer also has its allocations in flight), field reports.
+
+Every decision is recorded with the inputs that drove it, for ``GET /api/v1/decisions``. The caller
+serialises access (the service holds a lock around every call).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from esper_contracts import (
+    ACTIVE_STAGES,
+    FieldReport,
+    HealthSummaryReport,
+    PolicyUpdate,
+    ProposalDecision,
+    ScaffoldRequest,
+    SeedStage,
+    SeedTelemetry,
+    StrategicOpportunityProposal,
+    SystemStatePacket,
+)
+from esper_policy import ControlPolicy, TamiyoConfig
+
+from .domains import HierarchicalControlConfig
+from .economy import BudgetEconomy, Cycle, Region, reject_unknown_region
+from .kernels import RiskFilter
+from .prime import from_micro
+from .zones import ProtectedZones
+
+#: A policy update may scale the minted budget at most this much (a typo of 100 must not flood the model).
+MAX_RESOURCE_BUDGET = 4.0
+MAX_CONCURRENT_ADAPTATIONS = 1024
+MAX_EPOCH_SETTING = 10_000
+
+
+class PolicyUpdateError(ValueError):
+    """A policy update that is valid as a contract but out of the range Tamiyo accepts; says why."""
+
+
+class StalePolicyError(ValueError):
+    """A policy update older than the one in force."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish."""
+
+    topic: str
+    payload: BaseModel
+    key: str | None = None
+
+
+@dataclass
+class DecisionRecord:
+    """A decision and what drove it (the decisions API returns these, newest first)."""
+
+    kind: str  # adaptation | allocation | proposal | scaffold | policy
+    epoch: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """Economy and zone settings that do not live in the domains file."""
+
+    allocator_pool: float = 1.5
+    emergency_tranche_fraction: float = 0.5  # share of the emergency pool one scaffold in crisis may take
+    ring_radius: int = 1
+    volatile_enter: float = 0.6
+    volatile_exit: float = 0.3
+    history: int = 500
+
+
+class TamiyoController:
+    """Policy, budget economy, Tamiyo-Prime and protected zones behind one message-in/message-out surface."""
+
+    def __init__(
+        self,
+        policy_factory: Callable[[TamiyoConfig, RiskFilter], ControlPolicy],
+        kernels: RiskFilter,
+        base_config: TamiyoConfig,
+        domains: HierarchicalControlConfig,
+        options: ControllerOptions | None = None,
+    ) -> None:
+        self.options = options or ControllerOptions()
+        self.kernels = kernels
+        self.policy_factory = policy_factory
+        self.base_config = base_config
+        self.update = PolicyUpdate()
+        self.policy = policy_factory(base_config, kernels)
+        self.domains = domains
+        self.economy = BudgetEconomy(domains, self.options.allocator_pool)
+        self.zones = ProtectedZones(self.options.ring_radius, self.options.volatile_enter, self.options.volatile_exit)
+        self.regions: dict[str, Region] = {}  # in model order (first seen)
+        self.books: Cycle | None = None
+        self.packet: SystemStatePacket | None = None
+        self.decisions: deque[DecisionRecord] = deque(maxlen=self.options.history)
+        self._proposals: dict[str, StrategicOpportunityProposal] = {}  # queued until the next cycle
+        self._answered: dict[str, ProposalDecision] = {}  # for redelivered proposals
+        self._scaffolds: list[ScaffoldRequest] = []
+        self._last_epoch: int | None = None
+        self.summaries_received = 0
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def on_health_summary(self, report: HealthSummaryReport) -> None:
+        """A domain's summary for Tamiyo-Prime."""
+        self.economy.prime.observe(report)
+        self.summaries_received += 1
+
+    def on_proposal(self, proposal: StrategicOpportunityProposal) -> list[Outgoing]:
+        """Answer an unknown region at once; queue the rest for the next cycle (a redelivery gets its answer again)."""
+        answered = self._answered.get(proposal.proposal_id)
+        if answered is not None:
+            return [Outgoing("control.proposals.decisions", answered, answered.region_id)]
+        if proposal.region_id not in self.regions:
+            decision = reject_unknown_region(proposal, self.regions)
+            self._remember(proposal, decision)
+            return [Outgoing("control.proposals.decisions", decision, decision.region_id)]
+        self._proposals[proposal.proposal_id] = proposal
+        return []
+
+    def on_scaffold_request(self, request: ScaffoldRequest) -> None:
+        """Queue a scaffold request for the next cycle."""
+        if all(r.request_id != request.request_id for r in self._scaffolds):
+            self._scaffolds.append(request)
+
+    def on_field_report(self, report: FieldReport) -> None:
+        """An outcome decided outside the policy (rollback, crashed kernel, a germination Narset dropped)."""
+        self.policy.observe_outcomes([report])
+
+    # ------------------------------------------------------------------------------------------ the cycle
+
+    def on_packet(self, packet: SystemStatePacket) -> list[Outgoing]:
+        """Run one cycle; returns the messages to publish, in order."""
+        epoch = packet.epoch
+        counts: dict[str, int] = {}
+        for t in packet.seeds:
+            counts[t.layer_id] = counts.get(t.layer_id, 0) + 1
+        for layer_id, n in counts.items():
+            self.regions[layer_id] = Region(layer_id, self.domains.domain_of(layer_id), n)
+        out: list[Outgoing] = []
+
+        clean = self._last_epoch is not None and epoch == self._last_epoch + 1
+        self._last_epoch = epoch
+        domain_names = sorted({r.domain_id for r in self.regions.values()})
+        criticality = self.economy.prime.criticality(domain_names)
+        patterns = {d: self.domains.domains[d].module_paths for d in domain_names if d in self.domains.domains}
+        zones = self.zones.observe_volatility(epoch, {d: c.volatility for d, c in criticality.items()}, patterns)
+        live = [(t.layer_id, t.blueprint_id or "") for t in packet.seeds if t.stage in ACTIVE_STAGES]
+        zones += self.zones.observe_boundary(epoch, live, clean)
+
+        books = self.economy.mint(epoch, list(self.regions.values()), self.update.risk_posture,
+                                  self.update.resource_budget)
+        zones += self._grant_scaffolds(books, epoch)
+        decisions = self.economy.settle_proposals(books, list(self._proposals.values()), self.regions,
+                                                  protected=self._policy_protected)
+        for decision in decisions:
+            self._remember(self._proposals.pop(decision.proposal_id), decision)
+        self.books = books
+        allocations = books.commands(list(self.regions.values()))
+        self._record("allocation", epoch, {
+            "regions": len(self.regions), "posture": self.update.risk_posture,
+            "resource_budget": self.update.resource_budget,
+            "criticality": {d: round(c.score, 6) for d, c in books.criticality.items()},
+        }, books.summary())
+
+        signal = self.policy.decide(packet)
+        self.packet = packet
+        self._record("adaptation", epoch, _packet_inputs(packet), {
+            "commands": [c.model_dump(mode="json", include={"layer_id", "seed_index", "command", "target_stage",
+                                                             "kernel_artifact_id", "reason"}) for c in signal.commands],
+            "reason": signal.reason,
+        })
+
+        out += [Outgoing("control.protected_zones", z, z.zone_id) for z in zones]
+        out += [Outgoing("control.proposals.decisions", d, d.region_id) for d in decisions]
+        out += [Outgoing("control.budget.allocations", a, a.region_id) for a in allocations]
+        out += [Outgoing("control.kasmina.commands", c, c.layer_id) for c in signal.commands]
+        out.append(Outgoing("control.adaptation.signals", signal, packet.run_id))
+        out += [Outgoing("innovation.field_reports", r, r.seed_id) for r in self.policy.drain_field_reports()]
+        return out
+
+    def _grant_scaffolds(self, books: Cycle, epoch: int) -> list[Any]:
+        zones = []
+        order = list(self.regions)
+        for request in self._scaffolds:
+            if request.region_id not in self.regions:
+                self._record("scaffold", epoch, request.model_dump(mode="json"),
+                             {"accepted": False, "reason": f"unknown region {request.region_id!r}"})
+                continue
+            zone = self.zones.open_scaffold_zone(request, epoch, order)
+            granted = 0
+            if request.emergency:
+                tranche = from_micro(books.emergency_pool) * self.options.emergency_tranche_fraction
+                granted = self.economy.grant_emergency(books, request.region_id, tranche)
+            zones.append(zone)
+            self._record("scaffold", epoch, request.model_dump(mode="json"),
+                         {"accepted": True, "zone": zone.zone_id, "ring": zone.module_patterns,
+                          "emergency_granted": from_micro(granted)})
+        self._scaffolds = []
+        return zones
+
+    def _policy_protected(self, region_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(region_id, p) for p in self.update.protected_regions)
+
+    def _remember(self, proposal: StrategicOpportunityProposal, decision: ProposalDecision) -> None:
+        self._answered[proposal.proposal_id] = decision
+        if len(self._answered) > 10 * self.options.history:
+            self._answered.pop(next(iter(self._answered)))
+        self._record("proposal", proposal.epoch, proposal.model_dump(mode="json"), decision.model_dump(mode="json"))
+
+    def _record(self, kind: str, epoch: int, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        self.decisions.append(DecisionRecord(kind, epoch, inputs, outputs))
+
+    # ------------------------------------------------------------------------------------------ policy updates
+
+    def apply_policy_update(self, update: PolicyUpdate) -> dict[str, Any]:
+        """Check an update's ranges, rebuild the policy with it (keeping the policy's state) and say what changed."""
+        problems = []
+        if update.resource_budget > MAX_RESOURCE_BUDGET:
+            problems.append(f"resource_budget {update.resource_budget} exceeds the maximum {MAX_RESOURCE_BUDGET}")
+        if update.resource_budget == 0:
+            problems.append("resource_budget 0 would mint no budget at all; use risk_posture 'conservative'")
+        if update.max_concurrent_adaptations > MAX_CONCURRENT_ADAPTATIONS:
+            problems.append(f"max_concurrent_adaptations {update.max_concurrent_adaptations} exceeds "
+                            f"{MAX_CONCURRENT_ADAPTATIONS}")
+        thresholds = update.risk_thresholds
+        for name in ("plateau_patience_epochs", "embargo_epochs"):
+            value = getattr(thresholds, name)
+            if value > MAX_EPOCH_SETTING:
+                problems.append(f"risk_thresholds.{name} {value} exceeds {MAX_EPOCH_SETTING} epochs")
+        if thresholds.cull_regression_tolerance > 1.0:
+            problems.append(f"risk_thresholds.cull_regression_tolerance {thresholds.cull_regression_tolerance} "
+                            "exceeds 1.0 (the metric is an accuracy or a loss difference)")
+        if problems:
+            raise PolicyUpdateError("; ".join(problems))
+        if update.policy_version < self.update.policy_version:
+            raise StalePolicyError(f"policy_version {update.policy_version} is older than the active version "
+                                   f"{self.update.policy_version}")
+        config = self.base_config.model_copy(update={
+            "plateau_patience_epochs": thresholds.plateau_patience_epochs,
+            "plateau_min_delta": thresholds.plateau_min_delta,
+            "cull_regression_tolerance": thresholds.cull_regression_tolerance,
+            "embargo_epochs": thresholds.embargo_epochs,
+            "max_concurrent_adaptations": update.max_concurrent_adaptations,
+            "protected_regions": sorted(set(self.base_config.protected_regions) | set(update.protected_regions)),
+        })
+        state = self.policy.state_dict()
+        policy = self.policy_factory(config, self.kernels)
+        policy.load_state_dict(state)
+        self.policy, self.update = policy, update
+        self.kernels.max_risk = thresholds.max_kernel_risk
+        epoch = self.packet.epoch if self.packet is not None else 0
+        self._record("policy", epoch, update.model_dump(mode="json"), {"applied": True})
+        return self.policy_view()
+
+    # ------------------------------------------------------------------------------------------ views
+
+    def policy_view(self) -> dict[str, Any]:
+        """The policy update in force."""
+        return self.update.model_dump(mode="json")
+
+    def status(self) -> dict[str, Any]:
+        """Run status for ``GET /api/v1/system/status``."""
+        p = self.packet
+        active = sorted(t.seed_id for t in p.seeds if t.stage in ACTIVE_STAGES) if p is not None else []
+        return {
+            "status": "TRAINING" if p is not None else "IDLE",
+            "run_id": p.run_id if p is not None else None,
+            "current_epoch": p.epoch if p is not None else None,
+            "validation_accuracy": p.val_accuracy if p is not None else None,
+            "validation_loss": p.val_loss if p is not None else None,
+            "active_adaptations": len(active),
+            "active_seed_ids": active,
+            "regions": len(self.regions),
+            "risk_posture": self.update.risk_posture,
+            "policy_version": self.update.policy_version,
+        }
+
+    def seeds(self, stage: SeedStage | None, region: str | None, page: int, page_size: int) -> dict[str, Any]:
+        """One page of the latest packet's seeds, filtered by stage and region (glob)."""
+        seeds: list[SeedTelemetry] = list(self.packet.seeds) if self.packet is not None else []
+        if stage is not None:
+            seeds = [t for t in seeds if t.stage is stage]
+        if region is not None:
+            seeds = [t for t in seeds if fnmatch.fnmatchcase(t.layer_id, region)]
+        start = (page - 1) * page_size
+        items = [{"seed_id": t.seed_id, "region_id": t.layer_id, "domain_id": self.domains.domain_of(t.layer_id),
+                  **t.model_dump(mode="json", exclude={"interface"})} for t in seeds[start:start + page_size]]
+        return {"total": len(seeds), "page": page, "page_size": page_size, "items": items}
+
+    def budgets(self) -> dict[str, Any]:
+        """The current cycle's books, the zones in force and the proposals waiting."""
+        return {
+            "cycle": self.books.summary() if self.books is not None else None,
+            "atp_global_budget": self.domains.tamiyo_prime.atp_global_budget,
+            "protected_zones": [z.model_dump(mode="json") for z in self.zones.active()],
+            "recently_lifted_zones": [z.model_dump(mode="json") for z in self.zones.recently_lifted()[-10:]],
+            "pending_proposals": sorted(self._proposals),
+            "health_summaries_received": self.summaries_received,
+        }
+
+    def recent_decisions(self, limit: int, kind: str | None) -> list[dict[str, Any]]:
+        """The newest ``limit`` decisions (optionally of one kind) with their inputs."""
+        chosen = [d for d in reversed(self.decisions) if kind is None or d.kind == kind][:limit]
+        return [{"kind": d.kind, "epoch": d.epoch, "at": d.at, "inputs": d.inputs, "outputs": d.outputs}
+                for d in chosen]
+
+
+def _packet_inputs(packet: SystemStatePacket) -> dict[str, Any]:
+    """What of a packet drives a decision, without the per-seed detail."""
+    stages: dict[str, int] = {}
+    for t in packet.seeds:
+        stages[t.stage.value] = stages.get(t.stage.value, 0) + 1
+    return {"run_id": packet.run_id, "epoch": packet.epoch, "train_loss": packet.train_loss,
+            "val_loss": packet.val_loss, "val_accuracy": packet.val_accuracy, "seeds": len(packet.seeds),
+            "stages": stages}

@@ -1,0 +1,137 @@
+"""The Tamiyo service: the strategic controller on the bus, with its REST API.
+
+It consumes ``telemetry.system.state`` (one packet per epoch boundary), ``telemetry.health.summaries``
+(one per domain and window from the Narset coordinator), ``control.proposals``,
+``control.scaffold.requests``, ``control.policy.updates`` and outcome reports on
+``innovation.field_reports``; it publishes what :class:`~esper_tamiyo.controller.TamiyoController`
+decides. Every reply carries the correlation id of the packet or proposal it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field
+
+from esper_contracts import Envelope
+from esper_policy import KernelSelector, TamiyoConfig, build_policy
+from esper_runtime import Service, ServiceSettings, load_settings
+
+from .api import bad_request, build_router
+from .controller import ControllerOptions, Outgoing, TamiyoController
+from .domains import load_domains
+from .kernels import FileKernels, NoKernels, RiskFilter, UrzaKernels
+
+if TYPE_CHECKING:
+    from esper_oona import Bus
+
+log = logging.getLogger(__name__)
+
+
+class TamiyoSettings(ServiceSettings):
+    """Settings of Tamiyo (``ESPER_`` environment variables or a YAML file)."""
+
+    service_name: str = "tamiyo"
+    port: int = Field(default=8100, ge=0, le=65535)
+    topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates test runs)")
+    domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (configs/domains-*.yaml)")
+    policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
+    urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
+    kernels_file: Path | None = Field(default=None, description="A JSON list of kernel artifacts (instead of Urza)")
+    allocator_pool: float = Field(default=1.5, gt=0, description="Energy per region for Narset's allocator")
+    emergency_tranche_fraction: float = Field(default=0.5, gt=0, le=1)
+    ring_radius: int = Field(default=1, ge=0, description="Embargo ring: neighbouring regions on each side")
+    history: int = Field(default=500, ge=10, description="Decisions kept for the decisions API")
+
+
+class TamiyoService(Service):
+    """Strategic controller."""
+
+    description = ("Tamiyo: reads epoch heartbeats and domain health, decides adaptations, mints and allocates the "
+                   "budget per region, funds opportunity proposals, protects scaffolds and volatile domains.")
+    _bus: Bus | None
+
+    def __init__(self, settings: TamiyoSettings, kernels: KernelSelector | None = None) -> None:
+        super().__init__(settings)
+        self.settings: TamiyoSettings = settings
+        if kernels is None:
+            if settings.urza_url:
+                kernels = UrzaKernels(settings.urza_url)
+            elif settings.kernels_file is not None:
+                kernels = FileKernels(settings.kernels_file)
+            else:
+                kernels = NoKernels()
+        options = ControllerOptions(allocator_pool=settings.allocator_pool,
+                                    emergency_tranche_fraction=settings.emergency_tranche_fraction,
+                                    ring_radius=settings.ring_radius, history=settings.history)
+        self.controller = TamiyoController(build_policy, RiskFilter(kernels), settings.policy,
+                                           load_domains(settings.domains_file), options)
+        self.lock = threading.RLock()
+        self.app.include_router(build_router(self.controller, self.lock))
+        self.app.add_exception_handler(RequestValidationError, bad_request)
+
+    @property
+    def bus(self) -> Bus:
+        """The bus, opened with this service's topic prefix."""
+        if self._bus is None:
+            from esper_oona import connect
+
+            self._bus = connect(self.settings.bus_url, producer_name=self.name, topic_prefix=self.settings.topic_prefix)
+        return self._bus
+
+    def on_start(self) -> None:
+        """Subscribe to everything Tamiyo reads."""
+        bus = self.bus
+        bus.subscribe("telemetry.system.state", self.name, self._on_packet)
+        bus.subscribe("telemetry.health.summaries", self.name, self._on_summary)
+        bus.subscribe("control.proposals", self.name, self._on_proposal)
+        bus.subscribe("control.scaffold.requests", self.name, self._on_scaffold)
+        bus.subscribe("innovation.field_reports", self.name, self._on_field_report)
+        # A policy update that is a valid contract but out of range will never become valid: no retries.
+        bus.subscribe("control.policy.updates", self.name, self._on_policy_update, max_redeliveries=0)
+
+    # ------------------------------------------------------------------------------------------ handlers
+
+    def _publish(self, messages: list[Outgoing], parent: Envelope[Any]) -> None:
+        for m in messages:
+            self.bus.publish(m.topic, m.payload, key=m.key, parent=parent)
+
+    def _on_packet(self, envelope: Envelope[Any]) -> None:
+        with self.lock:
+            messages = self.controller.on_packet(envelope.payload)
+            self._publish(messages, envelope)
+
+    def _on_summary(self, envelope: Envelope[Any]) -> None:
+        with self.lock:
+            self.controller.on_health_summary(envelope.payload)
+
+    def _on_proposal(self, envelope: Envelope[Any]) -> None:
+        with self.lock:
+            self._publish(self.controller.on_proposal(envelope.payload), envelope)
+
+    def _on_scaffold(self, envelope: Envelope[Any]) -> None:
+        if envelope.producer == self.bus.producer_name:
+            return  # Tamiyo may publish scaffold requests of its own; it does not answer itself
+        with self.lock:
+            self.controller.on_scaffold_request(envelope.payload)
+
+    def _on_field_report(self, envelope: Envelope[Any]) -> None:
+        if envelope.producer == self.bus.producer_name:
+            return  # our own reports, already known to the policy
+        with self.lock:
+            self.controller.on_field_report(envelope.payload)
+
+    def _on_policy_update(self, envelope: Envelope[Any]) -> None:
+        with self.lock:
+            # Raising sends the message to control.policy.updates.dlq with the reason.
+            self.controller.apply_policy_update(envelope.payload)
+
+
+def create_service(config_file: str | Path | None = None, **overrides: Any) -> TamiyoService:
+    """Build Tamiyo from a YAML file and overrides (``esper serve tamiyo``); ``kernels=`` injects a kernel source."""
+    kernels = overrides.pop("kernels", None)
+    return TamiyoService(load_settings(TamiyoSettings, config_file, **overrides), kernels=kernels)

@@ -1,0 +1,222 @@
+"""Tamiyo as a service on the memory bus: cycles, proposals, zones, and the REST API's answers to bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from esper_contracts import (
+    CompiledKernelArtifact,
+    KernelQuery,
+    KernelQueryResult,
+    PolicyUpdate,
+    ScaffoldRequest,
+    SeedStage,
+    SeedTelemetry,
+    StrategicOpportunityProposal,
+    SystemStatePacket,
+    TensorInterface,
+)
+from esper_oona import connect
+from esper_tamiyo.service import create_service
+
+ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+
+
+class OneKernel:
+    """A kernel source with one validated kernel fitting every interface."""
+
+    def query(self, query: KernelQuery) -> KernelQueryResult:
+        artifact = CompiledKernelArtifact(artifact_id=ART, blueprint_id="a" * 64, hardware="cpu", pipeline="eager",
+                                          toolchain_hash="b" * 12, status="VALIDATED", input_shape=[1, 8],
+                                          tags=["mlp"])
+        return KernelQueryResult(artifacts=[artifact], total=1)
+
+
+class Collector:
+    """Everything published on some topics, by topic."""
+
+    def __init__(self, bus: Any, topics: list[str]) -> None:
+        self.got: dict[str, list[Any]] = {t: [] for t in topics}
+        self._cond = threading.Condition()
+        for topic in topics:
+            bus.subscribe(topic, f"probe-{uuid.uuid4().hex[:6]}", self._handler(topic))
+
+    def _handler(self, topic: str) -> Any:
+        def handle(envelope: Any) -> None:
+            with self._cond:
+                self.got[topic].append(envelope)
+                self._cond.notify_all()
+        return handle
+
+    def wait(self, topic: str, predicate: Any, timeout: float = 10.0) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate([e.payload for e in self.got[topic]]):
+                left = deadline - time.monotonic()
+                assert left > 0, f"timed out waiting on {topic}: {[e.payload for e in self.got[topic]]}"
+                self._cond.wait(left)
+            return [e.payload for e in self.got[topic]]
+
+
+def packet(epoch: int, val_loss: float = 1.0, stages: dict[str, SeedStage] | None = None) -> SystemStatePacket:
+    stages = stages or {}
+    seeds = [SeedTelemetry(layer_id=layer, seed_index=i, epoch=epoch,
+                           stage=stages.get(f"{layer}[{i}]", SeedStage.DORMANT),
+                           interface=TensorInterface(layout="BD", features=8), gradient_norm=0.1 * (i + 1))
+             for layer in ("fc1", "fc2") for i in range(4)]
+    return SystemStatePacket(run_id="run-1", epoch=epoch, train_loss=val_loss, val_loss=val_loss, val_accuracy=0.5,
+                             seeds=seeds)
+
+
+@pytest.fixture
+def tamiyo(tmp_path: Path) -> Iterator[tuple[Any, Any, Collector, TestClient]]:
+    url = f"memory://tamiyo-{uuid.uuid4().hex[:8]}"
+    domains = tmp_path / "domains.yaml"
+    domains.write_text(
+        "hierarchical_control:\n"
+        "  tamiyo_prime: {atp_global_budget: 20, emergency_fraction: 0.1, proposal_reserve_fraction: 0.5}\n"
+        "  domains:\n"
+        "    early: {module_paths: [fc1], atp_initial_budget: 1}\n"
+        "    late: {module_paths: [fc2], atp_initial_budget: 1}\n"
+    )
+    service = create_service(bus_url=url, domains_file=str(domains), kernels=OneKernel(),
+                             policy={"warmup_epochs": 1, "plateau_patience_epochs": 2})
+    bus = connect(url, producer_name="probe")
+    probe = Collector(bus, ["control.adaptation.signals", "control.budget.allocations", "control.proposals.decisions",
+                            "control.kasmina.commands", "control.protected_zones"])
+    with TestClient(service.app) as client:
+        yield service, bus, probe, client
+    bus.close()
+
+
+def test_packet_gets_an_answer_allocations_and_a_status(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    sent = bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    answer = probe.got["control.adaptation.signals"][0]
+    assert answer.correlation_id == sent.correlation_id and answer.payload.epoch == 1
+    allocations = probe.wait("control.budget.allocations", lambda a: len(a) == 2)
+    assert {a.region_id for a in allocations} == {"fc1", "fc2"} and all(a.cycle == 1 for a in allocations)
+    assert sum(a.atp_budget for a in allocations) <= 20.0 * (1 - 0.1 - 0.5) + 1e-9
+    assert {a.domain_id for a in allocations} == {"early", "late"}
+    status = client.get("/api/v1/system/status").json()
+    assert status["status"] == "TRAINING" and status["current_epoch"] == 1 and status["validation_accuracy"] == 0.5
+    assert status["active_adaptations"] == 0 and status["active_seed_ids"] == []
+
+
+def test_plateau_germinates_and_the_decision_log_shows_why(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    for epoch in range(1, 5):
+        bus.publish("telemetry.system.state", packet(epoch), key="run-1")  # flat loss: a plateau
+    signals = probe.wait("control.adaptation.signals", lambda s: any(x.commands for x in s))
+    germinate = next(c for s in signals for c in s.commands if c.command.value == "GERMINATE")
+    assert germinate.kernel_artifact_id == ART
+    probe.wait("control.kasmina.commands", lambda c: any(x.command.value == "GERMINATE" for x in c))
+    adaptations = client.get("/api/v1/decisions", params={"kind": "adaptation"}).json()
+    latest = next(d for d in adaptations if d["outputs"]["commands"])
+    assert "plateau" in latest["outputs"]["commands"][0]["reason"] and latest["inputs"]["seeds"] == 8
+
+
+def test_proposals_are_funded_best_first_and_unknown_regions_rejected_on_the_bus(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+
+    def sop(pid: str, region: str, ask: float, roi: float) -> StrategicOpportunityProposal:
+        return StrategicOpportunityProposal(proposal_id=pid, region_id=region, epoch=1, opportunity="stalled",
+                                            plan=["germinate"], ask=ask, expected_roi=roi)
+
+    bus.publish("control.proposals", sop("ghost", "transformer.h.99", 1.0, 1.0))
+    (rejected,) = probe.wait("control.proposals.decisions", lambda d: len(d) == 1)
+    assert not rejected.approved and "unknown region 'transformer.h.99'" in rejected.reason
+    # The reserve is 10 ATP: the better ratio wins, the other no longer fits.
+    bus.publish("control.proposals", sop("big", "fc1", 8.0, 1.0))
+    bus.publish("control.proposals", sop("small", "fc2", 6.0, 3.0))
+    time.sleep(0.2)
+    bus.publish("telemetry.system.state", packet(2), key="run-1")
+    decisions = {d.proposal_id: d for d in probe.wait("control.proposals.decisions", lambda d: len(d) == 3)}
+    assert decisions["small"].approved and decisions["small"].granted == pytest.approx(6.0)
+    assert not decisions["big"].approved and "exceeds" in decisions["big"].reason
+    cycle2 = probe.wait("control.budget.allocations", lambda a: sum(x.cycle == 2 for x in a) == 2)
+    fc2 = next(a for a in cycle2 if a.cycle == 2 and a.region_id == "fc2")
+    fc1 = next(a for a in cycle2 if a.cycle == 2 and a.region_id == "fc1")
+    assert fc2.atp_budget == pytest.approx(fc1.atp_budget + 6.0)
+    assert sum(a.atp_budget for a in cycle2 if a.cycle == 2) <= 20.0 * 0.9 + 1e-9
+    budgets = client.get("/api/v1/budgets").json()
+    assert budgets["cycle"]["regions"]["fc2"]["granted"] == pytest.approx(6.0)
+    assert budgets["cycle"]["allocated"] <= budgets["cycle"]["pool"]
+
+
+def test_emergency_scaffold_gets_energy_and_a_protected_ring(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    bus.publish("control.scaffold.requests", ScaffoldRequest(request_id="s1", region_id="fc2", blueprint_id="bp",
+                                                             reason="loss spikes", ttl_epochs=2, emergency=True))
+    time.sleep(0.2)
+    bus.publish("telemetry.system.state", packet(2), key="run-1")
+    (zone,) = probe.wait("control.protected_zones", lambda z: len(z) == 1)
+    assert zone.zone_id == "scaffold-s1" and zone.module_patterns == ["fc1", "fc2"]
+    budgets = client.get("/api/v1/budgets").json()
+    assert budgets["cycle"]["regions"]["fc2"]["emergency"] == pytest.approx(1.0)  # half the 2-ATP emergency pool
+    for epoch in (3, 4, 5):
+        bus.publish("telemetry.system.state", packet(epoch), key="run-1")
+    zones = probe.wait("control.protected_zones", lambda z: len(z) == 2)
+    assert zones[1].zone_id == "scaffold-s1" and zones[1].expires_after_epoch is not None
+
+
+def test_policy_post_validates_and_applies(tamiyo: Any) -> None:
+    service, _bus, _probe, client = tamiyo
+    too_much = client.post("/api/v1/policy", json={"resource_budget": 50})
+    assert too_much.status_code == 400 and "resource_budget 50" in too_much.json()["detail"]
+    bad_posture = client.post("/api/v1/policy", json={"risk_posture": "reckless"})
+    assert bad_posture.status_code == 400 and "risk_posture" in bad_posture.json()["detail"]
+    bad_risk = client.post("/api/v1/policy", json={"risk_thresholds": {"max_kernel_risk": 1.5}})
+    assert bad_risk.status_code == 400 and "max_kernel_risk" in bad_risk.json()["detail"]
+    unknown = client.post("/api/v1/policy", json={"risk_postur": "balanced"})
+    assert unknown.status_code == 400 and "risk_postur" in unknown.json()["detail"]
+    assert client.get("/api/v1/policy").json()["risk_posture"] == "balanced"  # nothing changed
+
+    ok = client.post("/api/v1/policy", json={"policy_version": 2, "risk_posture": "conservative",
+                                             "protected_regions": ["fc2"],
+                                             "risk_thresholds": {"plateau_patience_epochs": 4}})
+    assert ok.status_code == 200 and ok.json()["risk_posture"] == "conservative"
+    assert service.controller.policy.config.plateau_patience_epochs == 4
+    assert "fc2" in service.controller.policy.config.protected_regions
+    stale = client.post("/api/v1/policy", json={"policy_version": 1})
+    assert stale.status_code == 409 and "older" in stale.json()["detail"]
+
+
+def test_out_of_range_policy_update_on_the_bus_goes_to_the_dead_letter_topic(tamiyo: Any) -> None:
+    service, bus, _probe, _client = tamiyo
+    bus.publish("control.policy.updates", PolicyUpdate(resource_budget=99))
+    deadline = time.monotonic() + 10
+    letters: list[Any] = []
+    while not letters and time.monotonic() < deadline:
+        letters = bus.read_dead_letters("control.policy.updates", timeout_s=0.5)
+    assert letters and "resource_budget 99" in letters[0].error
+    assert service.controller.update.resource_budget == 1.0
+
+
+def test_seeds_are_paged_and_filtered_and_bad_filters_are_400(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    bus.publish("telemetry.system.state", packet(1, stages={"fc1[2]": SeedStage.TRAINING}), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    page = client.get("/api/v1/seeds", params={"page_size": 3, "page": 2}).json()
+    assert page["total"] == 8 and [s["seed_id"] for s in page["items"]] == ["fc1[3]", "fc2[0]", "fc2[1]"]
+    training = client.get("/api/v1/seeds", params={"stage": "training"}).json()
+    assert [s["seed_id"] for s in training["items"]] == ["fc1[2]"] and training["items"][0]["domain_id"] == "early"
+    assert client.get("/api/v1/seeds", params={"region": "fc2"}).json()["total"] == 4
+    assert client.get("/api/v1/seeds", params={"stage": "SLEEPING"}).status_code == 400
+    assert client.get("/api/v1/seeds", params={"page": 0}).status_code == 400
+    assert client.get("/api/v1/seeds", params={"page_size": "many"}).status_code == 400
+    assert client.get("/api/v1/decisions", params={"kind": "gossip"}).status_code == 400
+    assert client.get("/openapi.json").json()["paths"]["/api/v1/system/status"]

@@ -54,15 +54,17 @@ def kernel_for(model: nn.Module, lib: LocalKernelLibrary, layer: str, i: int = 0
 def train_steps(model: nn.Module, x: torch.Tensor, n: int, lr: float = 0.01) -> None:
     """``n`` SGD steps on mean-square output plus the reconstruction loss."""
     model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     for _ in range(n):
         loss = model(x).pow(2).mean()
         recon = reconstruction_loss(model)
         if recon is not None:
             loss = loss + recon
-        opt.zero_grad()
+        model.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        with torch.no_grad():  # plain SGD by hand: torch.optim's first use imports torch._dynamo (seconds)
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
 
 
 class Driver:

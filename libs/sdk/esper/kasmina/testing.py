@@ -94,6 +94,7 @@ class Driver:
                 assert self.apply(advance(layer, i, target)) == []
                 wait_for_loads(self.model)
             else:
-                train_steps(self.model, self.x, steps)
+                ramp = slot.config.alpha_ramp_steps if current is S.GRAFTING else 0  # finish the ramp
+                train_steps(self.model, self.x, max(steps, ramp))
                 errors = self.apply(advance(layer, i, target))
                 assert errors == [], errors

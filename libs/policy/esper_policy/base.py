@@ -296,8 +296,12 @@ class PolicyBase:
 
     def _germinate_with(
         self, t: SeedTelemetry, artifact: CompiledKernelArtifact, metric: float, reason: str
-    ) -> KasminaControlCommand:
-        """Record a new adaptation and build its GERMINATE command."""
+    ) -> list[KasminaControlCommand]:
+        """Record a new adaptation: GERMINATE, then promote straight to LOADING in the same boundary.
+
+        The concurrency cap already guarantees the resources, so the GERMINATED queue would only cost an
+        epoch; the kernel then loads in the background during the next epoch.
+        """
         baseline = sum(self._recent) / len(self._recent) if self._recent else metric
         self._live[t.seed_id] = Adaptation(
             seed_id=t.seed_id,
@@ -310,7 +314,7 @@ class PolicyBase:
         )
         self._germinations += 1
         self._last_germination = self._epoch
-        return KasminaControlCommand(
+        germinate = KasminaControlCommand(
             layer_id=t.layer_id,
             seed_index=t.seed_index,
             command=CommandType.GERMINATE,
@@ -320,6 +324,7 @@ class PolicyBase:
             issued_at_epoch=self._epoch,
             reason=reason,
         )
+        return [germinate, self._advance(t, S.LOADING, "kernel queued for loading")]
 
     def _under_caps(self, live: int) -> bool:
         """Concurrency, total-germination and cooldown limits all allow one more adaptation."""

@@ -48,7 +48,7 @@ class RandomGerminationPolicy(PolicyBase):
         for t in eligible[:8]:
             kernels = self._candidate_kernels(t, cache)
             if kernels:
-                return [self._germinate_with(t, self._rng.choice(kernels), metric, "random germination")]
+                return self._germinate_with(t, self._rng.choice(kernels), metric, "random germination")
         return []
 
     def state_dict(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class HeuristicPolicy(PolicyBase):
                 continue
             why = f"plateau: val_loss flat {self._plateau.stale} epochs"
             self._plateau.reset()  # one germination per plateau; the next must be earned afresh
-            return [self._germinate_with(t, kernels[0], metric, why)]
+            return self._germinate_with(t, kernels[0], metric, why)
         return []
 
     def _steer(

@@ -120,8 +120,9 @@ def test_plateau_germinates_the_sickest_slot_with_a_fitting_kernel() -> None:
     lib = FakeLibrary([make_artifact("wide", features=16), make_artifact("mlp")])
     policy = HeuristicPolicy(CFG, lib)
     seeds = [seed("fc1", gradient_norm=2.0), seed("fc2", gradient_norm=0.1, dead_node_ratio=0.5), seed("fc3")]
-    (cmd,) = plateau_then_germinate(policy, seeds)
+    cmd, load = plateau_then_germinate(policy, seeds)
     assert cmd.command is CommandType.GERMINATE and cmd.layer_id == "fc2"
+    assert load.target_stage is S.LOADING and load.layer_id == "fc2"  # promoted in the same boundary
     assert cmd.kernel_artifact_id == lib.artifacts[1].artifact_id  # the 16-wide kernel does not fit
     assert "plateau" in cmd.reason
     assert lib.queries[0].interface == TensorInterface(layout="BD", features=8)
@@ -131,7 +132,7 @@ def test_blueprint_preference_and_protected_regions() -> None:
     lib = FakeLibrary([make_artifact("low_rank"), make_artifact("residual_mlp")])
     cfg = CFG.model_copy(update={"blueprint_preference": ["residual_mlp"], "protected_regions": ["head*"]})
     policy = HeuristicPolicy(cfg, lib)
-    (cmd,) = plateau_then_germinate(policy, [seed("head", dead_node_ratio=1.0), seed("fc1")])
+    cmd, _ = plateau_then_germinate(policy, [seed("head", dead_node_ratio=1.0), seed("fc1")])
     assert cmd.layer_id == "fc1" and cmd.selected_for_tags[0] == "residual_mlp"
 
 
@@ -147,7 +148,7 @@ def test_concurrency_cap_holds() -> None:
 def walk(policy: PolicyBase, acc_after: float) -> list:
     """Germinate fc1, then feed telemetry that follows each command; return every command issued."""
     issued = list(plateau_then_germinate(policy, [seed("fc1")]))
-    stage, epoch = S.GERMINATED, 20
+    stage, epoch = S.LOADING, 20
     while stage not in (S.FOSSILIZED, S.CULLED) and epoch < 80:
         t = seed("fc1", stage=stage, is_ready_for_transition=True)
         cmds = policy.decide(packet(epoch, 1.0, [t], acc=acc_after)).commands
@@ -163,6 +164,7 @@ def test_full_lifecycle_fossilizes_an_improving_seed_and_reports_it() -> None:
     issued = walk(policy, acc_after=0.9)
     targets = [c.target_stage for c in issued if c.command is CommandType.ADVANCE]
     assert targets == [S.LOADING, S.TRAINING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING, S.FOSSILIZED]
+    assert issued[0].command is CommandType.GERMINATE
     (report,) = policy.drain_field_reports()
     assert report.outcome is Outcome.FOSSILIZED and report.seed_id == "fc1[0]"
     assert report.pre_metric == 0.5 and report.post_metric == 0.9

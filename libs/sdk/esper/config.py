@@ -1,0 +1,105 @@
+"""One YAML file configures a whole run: ``tolaria`` (the loop), ``kasmina`` (the seeds), ``tamiyo`` (the policy).
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error that names the
+key's full path (``tolaria.lerning_rate``) rather than a silently ignored option. Omitted sections
+and keys take their defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from esper_policy import TamiyoConfig
+
+from .kasmina import KasminaConfig
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message says which file and which key."""
+
+
+class TolariaConfig(BaseModel):
+    """The training loop: optimizers, epochs, checkpoints, rollback thresholds, where the run is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="Used by helpers that build loaders from a config")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD only")
+    seed_optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    seed_learning_rate: float = Field(default=3e-3, gt=0.0)
+    grad_clip_norm: float | None = Field(default=None, gt=0.0)
+    max_loss_spike_ratio: float = Field(
+        default=3.0, gt=1.0, description="Roll back when the epoch's train loss exceeds this × the recent mean"
+    )
+    spike_window: int = Field(default=5, ge=1, description="Epochs in the recent mean the spike test uses")
+    max_rollbacks: int = Field(default=3, ge=0, description="Give up (raise) after this many rollbacks in one run")
+    checkpoints_kept: int = Field(default=3, ge=1)
+    run_dir: str = Field(default="runs", description="Runs are written to <run_dir>/<run_id>/")
+    run_id: str | None = Field(default=None, description="Default: a fresh timestamped id")
+    seed: int = Field(default=0, description="torch's global seed at the start of training")
+    device: str = "cpu"
+    progress_bar: bool | None = Field(default=None, description="None: only on an interactive terminal, not in CI")
+    log_lines: bool = Field(default=True, description="Print one line per epoch and per lifecycle transition")
+
+
+class EsperConfig(BaseModel):
+    """A whole run's configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tolaria: TolariaConfig = Field(default_factory=TolariaConfig)
+    kasmina: KasminaConfig = Field(default_factory=KasminaConfig)
+    tamiyo: TamiyoConfig = Field(default_factory=TamiyoConfig)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    """One line per problem, each led by the dotted path of the offending key."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(part) for part in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid configuration\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> EsperConfig:
+    """Validate an already-parsed mapping (e.g. from YAML); raise ConfigError naming each bad key's path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return EsperConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(path: str | Path) -> EsperConfig:
+    """Read one YAML file for a whole run (sections ``tolaria``, ``kasmina``, ``tamiyo``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, str(path))

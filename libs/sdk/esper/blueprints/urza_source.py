@@ -1,0 +1,321 @@
+"""Kernels from Urza over REST: a small client, and a KernelSource + KernelSelector for Kasmina and Tamiyo.
+
+``UrzaClient`` speaks Urza's ``/api/v1`` (kernel records, binaries, queries, blueprints); Tezzeret and
+Urabrask use it too, so there is one place that knows the URLs and the error shapes. ``UrzaKernelSource``
+adds two caches in front of it:
+
+* the SDK's :class:`KernelCache` of blobs (LRU, bounded in MB, sha256-checked on the way in and out), so a
+  kernel evicted from memory or reloaded after a failure is not fetched again;
+* a cache of *loaded* compiled kernels under the same MB budget. A compiled kernel is immutable and has
+  no parameters, so a hit hands out a cheap clone sharing the loaded program: microseconds, no hashing
+  and no loader call. (Eager artifacts are trainable and are always built fresh.)
+
+Every blob fetched is checked against the sha256 Urza recorded for the artifact *and* the digest Urza
+sent with the bytes. A mismatch is refused (KernelIntegrityError), logged, counted and passed to the
+``on_integrity_error`` callbacks, so the caller can report the faulty artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from torch import nn
+
+from esper_contracts import (
+    BlueprintIR,
+    BlueprintRecord,
+    CompilationPipeline,
+    CompiledKernelArtifact,
+    KernelQuery,
+    KernelQueryResult,
+    UrabraskValidationReport,
+)
+
+from .cache import KernelCache, sha256_hex
+from .compiled import CompiledKernel, load_compiled, prewarm
+from .errors import KernelIntegrityError, KernelNotFoundError
+from .interpreter import build_module
+
+log = logging.getLogger(__name__)
+
+
+class UrzaError(RuntimeError):
+    """Urza answered with an error status (``status``) or could not be reached (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class BinaryConflictError(UrzaError):
+    """The artifact already has other bytes in Urza (artifacts are immutable); 409 on upload."""
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """Urza's view of one artifact: its record and, when uploaded, the stored binary's digest and size."""
+
+    artifact: CompiledKernelArtifact
+    binary_sha256: str | None
+    binary_size: int | None
+
+
+class UrzaClient:
+    """Synchronous client of Urza's REST API. ``http`` may be any ``httpx.Client`` (a TestClient in tests)."""
+
+    def __init__(self, base_url: str = "", *, token: str | None = None, timeout_s: float = 30.0,
+                 http: httpx.Client | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout_s)
+        self.http.headers.update(headers)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.http.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UrzaError(f"Urza unreachable ({method} {path}): {type(exc).__name__}: {exc}") from exc
+        return response
+
+    @staticmethod
+    def _fail(response: httpx.Response, what: str) -> UrzaError:
+        try:
+            detail = str(response.json().get("detail", ""))
+        except ValueError:
+            detail = response.text[:500]
+        cls = BinaryConflictError if response.status_code == 409 else UrzaError
+        return cls(f"{what}: HTTP {response.status_code}: {detail}", response.status_code, detail)
+
+    # -- kernels ----------------------------------------------------------------------------------------
+    def kernel(self, artifact_id: str) -> KernelRecord:
+        """The artifact's record; KernelNotFoundError when Urza has none."""
+        r = self._request("GET", f"/api/v1/kernels/{artifact_id}")
+        if r.status_code == 404:
+            raise KernelNotFoundError(f"Urza has no kernel artifact {artifact_id!r}")
+        if r.status_code != 200:
+            raise self._fail(r, f"GET kernel {artifact_id}")
+        body = r.json()
+        binary = body.get("binary") or {}
+        return KernelRecord(CompiledKernelArtifact.model_validate(body["artifact"]),
+                            binary.get("sha256"), binary.get("size_bytes"))
+
+    def binary(self, artifact_id: str) -> tuple[bytes, str]:
+        """The artifact's bytes and the digest Urza sent with them; KernelNotFoundError when none were uploaded."""
+        r = self._request("GET", f"/api/v1/kernels/{artifact_id}/binary")
+        if r.status_code == 404:
+            raise KernelNotFoundError(f"Urza has no binary for kernel artifact {artifact_id!r}")
+        if r.status_code != 200:
+            raise self._fail(r, f"GET binary of {artifact_id}")
+        return r.content, r.headers.get("X-Content-SHA256", "")
+
+    def binary_sha256(self, artifact_id: str) -> str | None:
+        """The digest of the stored binary without downloading it (None when there is none)."""
+        try:
+            with self.http.stream("GET", f"/api/v1/kernels/{artifact_id}/binary") as r:
+                if r.status_code == 404:
+                    return None
+                if r.status_code != 200:
+                    r.read()
+                    raise self._fail(r, f"GET binary of {artifact_id}")
+                return r.headers.get("X-Content-SHA256") or None
+        except httpx.HTTPError as exc:
+            raise UrzaError(f"Urza unreachable (GET binary of {artifact_id}): {exc}") from exc
+
+    def put_binary(self, artifact_id: str, data: bytes, sha256: str | None = None) -> bool:
+        """Upload the artifact's bytes; True when stored now, False when these bytes were already there.
+
+        Raises BinaryConflictError when Urza holds *other* bytes for the artifact.
+        """
+        digest = sha256 or sha256_hex(data)
+        r = self._request("PUT", f"/api/v1/kernels/{artifact_id}/binary", content=data,
+                          headers={"X-Content-SHA256": digest, "Content-Type": "application/octet-stream"})
+        if r.status_code in (200, 201):
+            return r.status_code == 201
+        raise self._fail(r, f"PUT binary of {artifact_id}")
+
+    def query(self, q: KernelQuery) -> KernelQueryResult:
+        """POST /api/v1/kernels/query."""
+        r = self._request("POST", "/api/v1/kernels/query", content=q.model_dump_json(),
+                          headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise self._fail(r, "kernel query")
+        return KernelQueryResult.model_validate_json(r.content)
+
+    def post_compilation(self, artifact: CompiledKernelArtifact) -> dict[str, Any]:
+        """Report a compilation result over REST (the bus is the usual way)."""
+        r = self._request("POST", f"/api/v1/kernels/{artifact.artifact_id}/compilation",
+                          content=artifact.model_dump_json(), headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise self._fail(r, f"compilation result of {artifact.artifact_id}")
+        return dict(r.json())
+
+    def post_validation(self, report: UrabraskValidationReport) -> dict[str, Any]:
+        """Report a validation outcome over REST (the bus is the usual way)."""
+        r = self._request("POST", f"/api/v1/kernels/{report.artifact_id}/validation",
+                          content=report.model_dump_json(), headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise self._fail(r, f"validation report of {report.artifact_id}")
+        return dict(r.json())
+
+    # -- blueprints -------------------------------------------------------------------------------------
+    def submit_blueprint(self, ir: BlueprintIR) -> BlueprintRecord:
+        """POST /api/v1/blueprints (idempotent per IR hash)."""
+        r = self._request("POST", "/api/v1/blueprints", content=ir.model_dump_json(),
+                          headers={"Content-Type": "application/json"})
+        if r.status_code not in (200, 201):
+            raise self._fail(r, f"submit blueprint {ir.name}")
+        return BlueprintRecord.model_validate_json(r.content)
+
+    def blueprint(self, blueprint_id: str) -> BlueprintRecord:
+        """GET /api/v1/blueprints/{id} with every artifact's status."""
+        r = self._request("GET", f"/api/v1/blueprints/{blueprint_id}")
+        if r.status_code == 404:
+            raise KernelNotFoundError(f"Urza has no blueprint {blueprint_id!r}")
+        if r.status_code != 200:
+            raise self._fail(r, f"GET blueprint {blueprint_id}")
+        return BlueprintRecord.model_validate_json(r.content)
+
+
+IntegrityCallback = Callable[[str, str], None]
+
+
+class UrzaKernelSource:
+    """KernelSource (``load``/``metadata``) and KernelSelector (``query``) backed by Urza.
+
+    Thread-safe: Kasmina loads from background threads. ``prewarm_loaders`` pays the loaders' one-time
+    per-process cost on a background thread at construction, before the first seed is LOADING.
+    """
+
+    def __init__(self, base_url: str = "", *, cache_mb: float = 256.0, token: str | None = None,
+                 timeout_s: float = 30.0, client: UrzaClient | None = None, prewarm_loaders: bool = True) -> None:
+        self.client = client if client is not None else UrzaClient(base_url, token=token, timeout_s=timeout_s)
+        self.cache_mb = cache_mb
+        self.cache = KernelCache(cache_mb)
+        self._capacity = self.cache.capacity_bytes
+        self._loaded: OrderedDict[str, tuple[CompiledKernel, int]] = OrderedDict()
+        self._loaded_bytes = 0
+        self._meta: dict[str, CompiledKernelArtifact] = {}
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self.integrity_failures = 0
+        self.on_integrity_error: list[IntegrityCallback] = []
+        if prewarm_loaders:
+            threading.Thread(target=prewarm, name="esper-kernel-prewarm", daemon=True).start()
+
+    # -- KernelSource -----------------------------------------------------------------------------------
+    def metadata(self, artifact_id: str) -> CompiledKernelArtifact:
+        """The artifact's current record from Urza (KernelNotFoundError when unknown)."""
+        record = self.client.kernel(artifact_id)
+        with self._lock:
+            self._meta[artifact_id] = record.artifact
+        return record.artifact
+
+    def load(self, artifact_id: str) -> nn.Module:
+        """A module for ``artifact_id``: a clone of an already-loaded compiled kernel, or fetch, verify and load."""
+        hit = self._loaded_hit(artifact_id)
+        if hit is not None:
+            return hit
+        with self._lock:
+            lock = self._load_locks.setdefault(artifact_id, threading.Lock())
+        with lock:  # two seeds asking for one kernel share one fetch and one load
+            hit = self._loaded_hit(artifact_id)
+            if hit is not None:
+                return hit
+            meta = self._meta.get(artifact_id)
+            if meta is None or meta.sha256 is None:
+                meta = self.metadata(artifact_id)
+            if meta.sha256 is None:
+                raise KernelNotFoundError(f"kernel artifact {artifact_id} has no binary yet (status "
+                                          f"{meta.status.value})")
+            data = self._blob(artifact_id, meta.sha256)
+            if meta.pipeline is CompilationPipeline.EAGER:
+                return build_module(BlueprintIR.model_validate_json(data))
+            kernel = load_compiled(data, meta.sha256)
+            self._remember(artifact_id, kernel, len(data))
+            return kernel.clone()
+
+    def _loaded_hit(self, artifact_id: str) -> CompiledKernel | None:
+        with self._lock:
+            entry = self._loaded.get(artifact_id)
+            if entry is None:
+                return None
+            self._loaded.move_to_end(artifact_id)
+        return entry[0].clone()
+
+    def _remember(self, artifact_id: str, kernel: CompiledKernel, size: int) -> None:
+        if size > self._capacity:
+            return
+        with self._lock:
+            old = self._loaded.pop(artifact_id, None)
+            if old is not None:
+                self._loaded_bytes -= old[1]
+            while self._loaded and self._loaded_bytes + size > self._capacity:
+                _aid, (_k, s) = self._loaded.popitem(last=False)
+                self._loaded_bytes -= s
+            self._loaded[artifact_id] = (kernel, size)
+            self._loaded_bytes += size
+
+    def _blob(self, artifact_id: str, sha256: str) -> bytes:
+        try:
+            cached = self.cache.get(artifact_id, sha256)
+        except KernelIntegrityError as exc:  # a corrupted cache entry was evicted: fetch it again
+            log.warning("cached kernel bytes failed their check, refetching: %s", exc)
+            cached = None
+        if cached is not None:
+            return cached
+        data, sent = self.client.binary(artifact_id)
+        actual = sha256_hex(data)
+        if actual != sha256 or (sent and sent != sha256):
+            self._integrity_failure(artifact_id, f"fetched bytes hash to {actual}; Urza's record says {sha256}"
+                                                 f"{f' and its header says {sent}' if sent else ''}")
+        self.cache.put(artifact_id, data, sha256)
+        return data
+
+    def _integrity_failure(self, artifact_id: str, reason: str) -> None:
+        with self._lock:
+            self.integrity_failures += 1
+            self._meta.pop(artifact_id, None)
+        log.error("kernel blob refused: %s", reason, extra={"artifact_id": artifact_id})
+        for callback in list(self.on_integrity_error):
+            try:
+                callback(artifact_id, reason)
+            except Exception:  # a failing reporter must not hide the integrity error itself
+                log.exception("integrity callback failed")
+        raise KernelIntegrityError(f"kernel artifact {artifact_id}: {reason}; refused")
+
+    def evict(self, artifact_id: str) -> None:
+        """Forget an artifact (after it failed at runtime): the next load fetches and verifies it again."""
+        self.cache.evict(artifact_id)
+        with self._lock:
+            entry = self._loaded.pop(artifact_id, None)
+            if entry is not None:
+                self._loaded_bytes -= entry[1]
+            self._meta.pop(artifact_id, None)
+
+    # -- KernelSelector ---------------------------------------------------------------------------------
+    def query(self, q: KernelQuery) -> KernelQueryResult:
+        """Urza's answer to ``q`` (POST /api/v1/kernels/query); artifacts' records are remembered for load."""
+        result = self.client.query(q)
+        with self._lock:
+            for artifact in result.artifacts:
+                self._meta[artifact.artifact_id] = artifact
+        return result
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()
+
+    # A source is a shared service handle: copying a model that references it must not copy it.
+    def __deepcopy__(self, memo: dict[int, Any]) -> UrzaKernelSource:
+        return self

@@ -1,0 +1,169 @@
+"""The compilation pipelines: BlueprintIR + injection shape -> one compiled kernel artifact (bytes).
+
+Every pipeline starts the same way: static validation (the interpreter builds the IR, the shape fits its
+interface, one eager forward gives the right shape and finite values), weights initialised from a seed
+derived from the IR hash (so every worker builds the same weights), and ``torch.export`` with every axis
+but the feature axis dynamic (one artifact serves any batch, token count or image size). Then:
+
+* ``fast`` — the exported program, saved with ``torch.export.save`` (sample inputs stripped: they would be
+  a pickle);
+* ``standard`` — an AOTInductor package (``aoti_compile_and_package``): C++ on CPU, Triton on GPU;
+* ``aggressive`` — the same with max-autotune.
+
+A pipeline is one entry in ``PIPELINES``; adding one touches that table and the toolchain options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from esper.blueprints import IRValidationError, build_module
+from esper.blueprints.compiled import KernelManifest, pack_kernel_artifact
+from esper.blueprints.interpreter import IRModule
+from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
+
+from .toolchain import inductor_options, toolchain_hash
+
+
+class CompileError(RuntimeError):
+    """A compilation that failed; the message is the compiler's (truncated to what a contract can hold)."""
+
+
+class StaticValidationError(CompileError):
+    """The IR or the shape is wrong: no pipeline can ever compile this job, so it is not retried."""
+
+
+# Axes of each layout whose size may vary at run time (everything but the feature axis).
+DYNAMIC_AXES = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
+_FEATURE_AXIS = {"BD": 1, "BTD": 2, "BCHW": 1}
+
+
+@dataclass(frozen=True)
+class CompiledOutput:
+    """One compiled artifact, ready to store."""
+
+    artifact_id: str
+    blob: bytes
+    sha256: str
+    compile_time_s: float
+    manifest: KernelManifest
+
+
+def weight_seed(ir: BlueprintIR) -> int:
+    """The RNG seed weights are initialised with: a function of the IR hash, so every worker agrees."""
+    return int(ir.ir_hash()[:15], 16)
+
+
+def seeded_module(ir: BlueprintIR) -> IRModule:
+    """``build_module(ir)`` with weights drawn from :func:`weight_seed`, in eval mode (what is compiled)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(weight_seed(ir))
+        module = build_module(ir)
+    return module.eval()
+
+
+def static_check(ir: BlueprintIR, input_shape: list[int]) -> IRModule:
+    """Build the IR and run it once on ``input_shape``; raises StaticValidationError with the reason."""
+    try:
+        module = seeded_module(ir)
+    except IRValidationError as exc:
+        raise StaticValidationError(f"blueprint does not build: {exc}") from None
+    layout, features = ir.input.layout, ir.input.features
+    rank = len(DYNAMIC_AXES[layout]) + 1
+    if len(input_shape) != rank or input_shape[_FEATURE_AXIS[layout]] != features:
+        raise StaticValidationError(f"input shape {input_shape} does not fit the blueprint's {layout} interface "
+                                    f"with {features} features")
+    with torch.no_grad():
+        try:
+            out = module(torch.randn(*input_shape))
+        except Exception as exc:
+            raise StaticValidationError(f"eager forward on {input_shape} failed: {type(exc).__name__}: {exc}") from None
+    expected = list(input_shape)
+    expected[_FEATURE_AXIS[layout]] = ir.output.features
+    if list(out.shape) != expected:
+        raise StaticValidationError(f"eager forward produced shape {list(out.shape)}, the interface says {expected}")
+    if not torch.isfinite(out).all():
+        raise StaticValidationError("eager forward on a random input produced non-finite values")
+    return module
+
+
+def _export(module: IRModule, input_shape: list[int], dynamic: list[int], device: str) -> torch.export.ExportedProgram:
+    # Trace with at least 2 on each dynamic axis: a size of 1 would be specialised into the graph.
+    trace_shape = [max(2, s) if axis in dynamic else s for axis, s in enumerate(input_shape)]
+    x = torch.randn(*trace_shape, device=device)
+    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic}
+    return torch.export.export(module.to(device), (x,), dynamic_shapes=(spec,))
+
+
+def _save_exported(ep: torch.export.ExportedProgram, _pipeline: CompilationPipeline, _device: str) -> tuple[bytes, str]:
+    ep._example_inputs = None  # saved as a torch.save pickle otherwise; the loader refuses pickles
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    return buf.getvalue(), ""
+
+
+def _aoti_package(ep: torch.export.ExportedProgram, pipeline: CompilationPipeline, device: str) -> tuple[bytes, str]:
+    """Compile and package; also returns the CPU ISA the package records it was built for."""
+    from torch._inductor import aoti_compile_and_package
+
+    with tempfile.TemporaryDirectory(prefix="tezzeret-") as tmp:
+        path = aoti_compile_and_package(ep, package_path=os.path.join(tmp, "kernel.pt2"),
+                                        inductor_configs=inductor_options(pipeline, device))
+        loader = torch._C._aoti.AOTIModelPackageLoader
+        meta = loader.load_metadata_from_package(path, "model")  # type: ignore[attr-defined]
+        with open(path, "rb") as f:
+            return f.read(), str(meta.get("AOTI_CPU_ISA", "")) if device != "cuda" else ""
+
+
+#: pipeline -> program builder (exported program -> program bytes, CPU ISA the program needs)
+PIPELINES: dict[CompilationPipeline,
+                Callable[[torch.export.ExportedProgram, CompilationPipeline, str], tuple[bytes, str]]] = {
+    CompilationPipeline.FAST: _save_exported,
+    CompilationPipeline.STANDARD: _aoti_package,
+    CompilationPipeline.AGGRESSIVE: _aoti_package,
+}
+
+
+def plan_artifact_id(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: str, input_shape: list[int],
+                     device: str) -> str:
+    """The id the artifact will have, known before compiling (the id is deterministic)."""
+    th = toolchain_hash(pipeline, device, input_shape, DYNAMIC_AXES[ir.input.layout])
+    return artifact_id(ir.ir_hash(), hardware, pipeline, th)
+
+
+def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: str, input_shape: list[int],
+                     device: str = "cpu") -> CompiledOutput:
+    """Run static validation and ``pipeline``; raises StaticValidationError or CompileError with the reason."""
+    if pipeline not in PIPELINES:
+        raise StaticValidationError(f"pipeline {pipeline.value!r} is not compiled by Tezzeret "
+                                    f"(supported: {', '.join(p.value for p in PIPELINES)})")
+    module = static_check(ir, input_shape)
+    dynamic = DYNAMIC_AXES[ir.input.layout]
+    aid = plan_artifact_id(ir, pipeline, hardware, input_shape, device)
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad() if pipeline is not CompilationPipeline.FAST else contextlib.nullcontext():
+            ep = _export(module, input_shape, dynamic, device)
+            program, cpu_isa = PIPELINES[pipeline](ep, pipeline, device)
+    except Exception as exc:
+        raise CompileError(f"{pipeline.value} compile failed: {type(exc).__name__}: {exc}"[:19000]) from exc
+    elapsed = time.perf_counter() - t0
+    manifest = KernelManifest(
+        artifact_id=aid, blueprint_id=ir.ir_hash(), pipeline=pipeline, hardware=hardware,
+        toolchain_hash=aid.rsplit("-", 1)[1], device="cuda" if device == "cuda" else "cpu",
+        cpu_isa=cpu_isa,
+        compute_capability="{}.{}".format(*torch.cuda.get_device_capability()) if device == "cuda" else "",
+        input_shape=list(input_shape), dynamic_axes=dynamic, torch_version=torch.__version__, ir=ir,
+    )
+    blob = pack_kernel_artifact(manifest, state, program)
+    return CompiledOutput(aid, blob, hashlib.sha256(blob).hexdigest(), elapsed, manifest)

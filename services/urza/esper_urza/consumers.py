@@ -60,13 +60,17 @@ class UrzaConsumers:
         report: FieldReport = envelope.payload
         self.catalog.add_field_report(report)
 
-    def subscribe(self, bus: Bus, subscription: str) -> list[Subscription]:
-        """Attach every handler under one subscription name; replicas with the same name share the work."""
-        return [
-            bus.subscribe(COMPILATION_RESULTS, subscription, self.on_compilation_result, initial_position="earliest"),
-            bus.subscribe(VALIDATION_REPORTS, subscription, self.on_validation_report, initial_position="earliest"),
-            bus.subscribe(FIELD_REPORTS, subscription, self.on_field_report, initial_position="earliest"),
-        ]
+    def subscribe(self, bus: Bus, subscription: str, *, max_redeliveries: int = 3,
+                  nack_delay_ms: int = 1000) -> list[Subscription]:
+        """Attach every handler under one subscription name; replicas with the same name share the work.
+
+        ``earliest``: a subscription created for the first time also gets what was published before it.
+        """
+        handlers = {COMPILATION_RESULTS: self.on_compilation_result, VALIDATION_REPORTS: self.on_validation_report,
+                    FIELD_REPORTS: self.on_field_report}
+        return [bus.subscribe(topic, subscription, handler, max_redeliveries=max_redeliveries,
+                              nack_delay_ms=nack_delay_ms, initial_position="earliest")
+                for topic, handler in handlers.items()]
 
 
 def _trace(envelope: Envelope[Any]) -> dict[str, str]:

@@ -59,7 +59,8 @@ class UrzaService(Service):
             log.info("seed library registered", extra={"new_blueprints": new})
         self.dispatcher.kick()
         if s.consume:
-            self._subscriptions = self.consumers.subscribe(self.bus, s.subscription)
+            self._subscriptions = self.consumers.subscribe(
+                self.bus, s.subscription, max_redeliveries=s.max_redeliveries, nack_delay_ms=s.nack_delay_ms)
         self.dispatcher.start(s.outbox_interval_s)
         log.info("urza ready", extra={"database": self.db.url, "blobs": self.blobs.url})
 

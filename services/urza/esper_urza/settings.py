@@ -34,6 +34,8 @@ class UrzaSettings(ServiceSettings):
     seed_library: bool = Field(default=True, description="register the built-in blueprint library at start-up")
     consume: bool = Field(default=True, description="subscribe to results, reports and field reports on the bus")
     subscription: str = Field(default="urza", min_length=1)
+    max_redeliveries: int = Field(default=3, ge=0, description="retries of a failing message before its dead letter")
+    nack_delay_ms: int = Field(default=1000, ge=0, description="wait before a failed message is redelivered")
     outbox_interval_s: float = Field(default=2.0, gt=0, description="how often unsent jobs are retried")
 
     # Limits on what clients may send.

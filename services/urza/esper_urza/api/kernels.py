@@ -46,9 +46,15 @@ def _same_id(path_id: str, body_id: str) -> None:
 
 
 @router.post("/query", response_model=KernelQueryResult, dependencies=read)
-def query_kernels(query: KernelQuery, catalog: CatalogDep) -> KernelQueryResult:
-    """Kernels matching the query's tags, hardware, status, class, interface and pipeline, best first."""
-    return catalog.query(query)
+def query_kernels(query: KernelQuery, catalog: CatalogDep) -> Response:
+    """Kernels matching the query's tags, hardware, status, class, interface and pipeline, best first.
+
+    ``total`` counts every match; ``artifacts`` holds the best ``limit`` of them. Sorting by latency or
+    memory puts artifacts without a validation report last; ``created_at`` sorts newest first.
+    """
+    # Serialised here: the result is built from validated contracts, so FastAPI's second validation
+    # against response_model would only double the cost of the hottest endpoint.
+    return Response(catalog.query(query).model_dump_json(), media_type="application/json")
 
 
 @router.get("/{artifact_id}", response_model=ArtifactDetail, dependencies=read)

@@ -48,11 +48,16 @@ def _order(q: KernelQuery) -> list[Any]:
 
 
 def run_kernel_query(conn: Connection, q: KernelQuery) -> KernelQueryResult:
-    """Artifacts matching ``q``, best first, at most ``q.limit``; ``total`` counts every match."""
+    """Artifacts matching ``q``, best first, at most ``q.limit``; ``total`` counts every match.
+
+    Two statements: the first filters, counts (a window over all matches) and sorts only ids and sort
+    keys; the second loads the full rows of the page. Sorting narrow rows is what keeps this fast.
+    """
     conds = _conditions(q)
-    rows = conn.execute(select(artifacts).where(*conds).order_by(*_order(q)).limit(q.limit)).all()
-    if len(rows) < q.limit:
-        total = len(rows)  # the page holds every match; skip the count
-    else:
-        total = int(conn.execute(select(func.count()).select_from(artifacts).where(*conds)).scalar_one())
-    return KernelQueryResult(artifacts=[artifact_from_row(r) for r in rows], total=total)
+    hits = conn.execute(select(artifacts.c.artifact_id, func.count().over().label("total"))
+                        .where(*conds).order_by(*_order(q)).limit(q.limit)).all()
+    if not hits:
+        return KernelQueryResult(artifacts=[], total=0)
+    ids = [h.artifact_id for h in hits]
+    rows = {r.artifact_id: r for r in conn.execute(select(artifacts).where(artifacts.c.artifact_id.in_(ids)))}
+    return KernelQueryResult(artifacts=[artifact_from_row(rows[i]) for i in ids], total=int(hits[0].total))

@@ -10,6 +10,9 @@ but the feature axis dynamic (one artifact serves any batch, token count or imag
 * ``standard`` — an AOTInductor package (``aoti_compile_and_package``): C++ on CPU, Triton on GPU;
 * ``aggressive`` — the same with max-autotune.
 
+``eager`` is accepted too: its artifact is the canonical IR JSON (interpreted, trainable, any device), with
+the id the SDK's LocalKernelLibrary gives it, so a standalone library and Urza agree on eager ids.
+
 A pipeline is one entry in ``PIPELINES``; adding one touches that table and the toolchain options.
 """
 
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from esper.blueprints import IRValidationError, build_module
+from esper.blueprints import IRValidationError, build_module, canonical_ir_bytes
+from esper.blueprints import toolchain_hash as eager_toolchain_hash
 from esper.blueprints.compiled import KernelManifest, pack_kernel_artifact
 from esper.blueprints.interpreter import IRModule
 from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
@@ -55,7 +59,7 @@ class CompiledOutput:
     blob: bytes
     sha256: str
     compile_time_s: float
-    manifest: KernelManifest
+    manifest: KernelManifest | None  # None for eager artifacts (the blob is the IR itself)
 
 
 def weight_seed(ir: BlueprintIR) -> int:
@@ -136,6 +140,8 @@ PIPELINES: dict[CompilationPipeline,
 def plan_artifact_id(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: str, input_shape: list[int],
                      device: str) -> str:
     """The id the artifact will have, known before compiling (the id is deterministic)."""
+    if pipeline is CompilationPipeline.EAGER:
+        return artifact_id(ir.ir_hash(), hardware, pipeline, eager_toolchain_hash())
     th = toolchain_hash(pipeline, device, input_shape, DYNAMIC_AXES[ir.input.layout])
     return artifact_id(ir.ir_hash(), hardware, pipeline, th)
 
@@ -143,10 +149,11 @@ def plan_artifact_id(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: s
 def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: str, input_shape: list[int],
                      device: str = "cpu") -> CompiledOutput:
     """Run static validation and ``pipeline``; raises StaticValidationError or CompileError with the reason."""
-    if pipeline not in PIPELINES:
-        raise StaticValidationError(f"pipeline {pipeline.value!r} is not compiled by Tezzeret "
-                                    f"(supported: {', '.join(p.value for p in PIPELINES)})")
     module = static_check(ir, input_shape)
+    if pipeline is CompilationPipeline.EAGER:
+        blob = canonical_ir_bytes(ir)
+        aid = plan_artifact_id(ir, pipeline, hardware, input_shape, device)
+        return CompiledOutput(aid, blob, hashlib.sha256(blob).hexdigest(), 0.0, None)
     dynamic = DYNAMIC_AXES[ir.input.layout]
     aid = plan_artifact_id(ir, pipeline, hardware, input_shape, device)
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

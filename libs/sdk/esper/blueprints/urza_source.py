@@ -72,13 +72,15 @@ class UrzaClient:
 
     def __init__(self, base_url: str = "", *, token: str | None = None, timeout_s: float = 30.0,
                  http: httpx.Client | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._owned = http is None
         self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout_s)
-        self.http.headers.update(headers)
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
-        """Release the connection pool."""
-        self.http.close()
+        """Release the connection pool (a client passed in by the caller is the caller's to close)."""
+        if self._owned:
+            self.http.close()
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -1,0 +1,133 @@
+"""The gatekeeper: does the artifact, loaded exactly as Kasmina loads it, compute what its IR says?
+
+Checks, in order (the first failure is the rejection reason):
+
+1. the blob matches the sha256 Urza recorded, and loads with ``esper.blueprints.compiled.load_compiled``
+   (eager artifacts: the interpreter) — the same code path as a LOADING seed;
+2. it runs on the traced shape and on other sizes of every dynamic axis, without raising;
+3. the outputs have the interface's shape and are finite;
+4. they match the eager reference — the IR built by the interpreter with the weights the artifact
+   carries — within the job's tolerance. The drift is measured against an fp64 evaluation of that
+   reference, relative to the output's scale, and compared with the fp32 reference's own drift, so the
+   report says how far the compiled kernel strays beyond what fp32 arithmetic itself costs.
+
+A numerical-stability probe runs the same comparison on inputs scaled by 1e-3 and 1e3.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from esper.blueprints import build_module
+from esper.blueprints.compiled import load_compiled as load_compiled_kernel
+from esper.blueprints.compiled import open_kernel_artifact, reference_module
+from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact
+
+_FEATURE_AXIS = {"BD": 1, "BTD": 2, "BCHW": 1}
+_DYNAMIC_AXES = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
+STABILITY_SCALES = (1e-3, 1e3)
+
+
+class GateRejection(Exception):
+    """The artifact failed a gate; the message is the rejection reason."""
+
+
+@dataclass
+class LoadedKernel:
+    """The module under test, its eager reference, and the shape it was traced for."""
+
+    module: nn.Module
+    reference: nn.Module
+    ir: BlueprintIR
+    input_shape: list[int]
+    dynamic_axes: list[int]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the gatekeeper measured on a passing kernel."""
+
+    drift: float  # max |kernel - fp64 reference| / output scale
+    fp32_drift: float  # the same for the eager fp32 reference: the arithmetic's own error
+    stable: bool  # finite and within tolerance on scaled inputs too
+    shapes_checked: int
+
+
+def load_for_validation(record: CompiledKernelArtifact, data: bytes, device: str = "cpu") -> LoadedKernel:
+    """Load ``data`` as Kasmina would, and build its eager reference; raises GateRejection with the reason."""
+    if record.sha256 is None:
+        raise GateRejection("the artifact has no recorded sha256")
+    try:
+        if record.pipeline is CompilationPipeline.EAGER:
+            ir = BlueprintIR.model_validate_json(data)
+            module = build_module(ir).eval()
+            return LoadedKernel(module, copy.deepcopy(module), ir, list(record.input_shape),
+                                _DYNAMIC_AXES[ir.input.layout])
+        kernel = load_compiled_kernel(data, record.sha256)
+        artifact = open_kernel_artifact(data, record.sha256)
+    except Exception as exc:
+        raise GateRejection(f"load failed: {type(exc).__name__}: {exc}") from None
+    m = artifact.manifest
+    if m.artifact_id != record.artifact_id:
+        raise GateRejection(f"the blob's manifest names artifact {m.artifact_id}, not {record.artifact_id}")
+    reference = reference_module(artifact).to(device)
+    kernel.eval()
+    return LoadedKernel(kernel, reference, m.ir, list(m.input_shape), list(m.dynamic_axes))
+
+
+def gate_shapes(loaded: LoadedKernel) -> list[list[int]]:
+    """The traced shape, then batch 1 and other sizes on every dynamic axis."""
+    base = loaded.input_shape
+    shapes = [list(base)]
+    variants = [[1 if a == 0 else s for a, s in enumerate(base)],
+                [s + 3 if a in loaded.dynamic_axes else s for a, s in enumerate(base)]]
+    for v in variants:
+        if v not in shapes:
+            shapes.append(v)
+    return shapes
+
+
+def _drift(y: torch.Tensor, reference: torch.Tensor) -> float:
+    scale = max(1.0, float(reference.abs().max()))
+    return float((y.double() - reference).abs().max()) / scale
+
+
+def check(loaded: LoadedKernel, tolerance: float, device: str = "cpu", seed: int = 0) -> GateResult:
+    """Run gates 2-4 and the stability probe; raises GateRejection naming the first failure."""
+    ir = loaded.ir
+    feat_axis = _FEATURE_AXIS[ir.input.layout]
+    gen = torch.Generator().manual_seed(seed)
+    ref64 = copy.deepcopy(loaded.reference).double()
+    worst, worst32 = 0.0, 0.0
+    shapes = gate_shapes(loaded)
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.randn(*shape, generator=gen).to(device)
+            try:
+                y = loaded.module(x)
+            except Exception as exc:
+                raise GateRejection(f"raised on input {shape}: {type(exc).__name__}: {exc}") from None
+            expected = list(shape)
+            expected[feat_axis] = ir.output.features
+            if not isinstance(y, torch.Tensor) or list(y.shape) != expected:
+                got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise GateRejection(f"output shape {got} on input {shape}; the interface says {expected}")
+            if not torch.isfinite(y).all():
+                raise GateRejection(f"non-finite outputs on input {shape}")
+            truth = ref64(x.double())
+            worst = max(worst, _drift(y, truth))
+            worst32 = max(worst32, _drift(loaded.reference(x), truth))
+        if worst > tolerance:
+            raise GateRejection(f"differs from the eager reference by {worst:.3g} (relative to the output scale), "
+                                f"tolerance {tolerance:.3g}; fp32 eager itself differs by {worst32:.3g}")
+        stable = True
+        for scale in STABILITY_SCALES:
+            x = torch.randn(*loaded.input_shape, generator=gen).to(device) * scale
+            y = loaded.module(x)
+            if not torch.isfinite(y).all() or _drift(y, ref64(x.double())) > tolerance:
+                stable = False
+    return GateResult(drift=worst, fp32_drift=worst32, stable=stable, shapes_checked=len(shapes))

@@ -169,3 +169,56 @@ def test_unknown_region_proposal_is_rejected_on_the_bus(platform: dict[str, Any]
     (answer,) = answers
     assert answer.proposal_id == "nowhere-1" and not answer.approved and answer.granted == 0.0
     assert "unknown region 'decoder.h.99'" in answer.reason
+
+
+def test_crashed_worker_regions_move_and_strategic_control_carries_on(platform: dict[str, Any]) -> None:
+    bus, library = platform["bus"], platform["library"]
+    allocations: list[Any] = []
+    narset: list[Any] = []
+    lock = threading.Lock()
+
+    def keep(into: list[Any]) -> Any:
+        def handle(envelope: Any) -> None:
+            with lock:
+                into.append(envelope.payload)
+        return handle
+
+    bus.subscribe("control.budget.allocations", "crash-probe", keep(allocations))
+    bus.subscribe("telemetry.narset.allocations", "crash-probe", keep(narset))
+    torch.manual_seed(1)
+    model = esper.wrap(nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)),
+                       KasminaConfig(chunks_per_layer=2), kernels=library)
+    host = NarsetHost(model, bus, coordinator=HttpCoordinator(platform["coordinator_url"]))
+    victim = host.owner["0"]
+    original = host.workers[victim].step
+
+    def crash_at_epoch_3(boundary: Any, *args: Any, **kwargs: Any) -> Any:
+        if boundary.epoch == 3:
+            raise RuntimeError("simulated worker crash")
+        return original(boundary, *args, **kwargs)
+
+    host.workers[victim].step = crash_at_epoch_3  # type: ignore[method-assign]
+    train, val = tiny_task(seed=1)
+    config = esper.TolariaConfig(epochs=5, run_dir=str(platform["tmp"] / "runs"), run_id="crash", log_lines=False,
+                                 progress_bar=False)
+    try:
+        _model, history = esper.TolariaTrainer(model, host, config, train_data=train, val_data=val).train()
+    finally:
+        host.close()
+
+    assert len(history.epochs) == 5 and host.crashed == [victim]
+    assert victim not in host.workers and host.owner["0"] != victim  # the region moved to a live worker
+    pool = httpx.get(platform["coordinator_url"] + "/api/v1/workers").json()
+    assert pool["dead"] == [victim] and victim not in {w["worker_id"] for w in pool["workers"]}
+    assert sorted(r for w in pool["workers"] for r in w["regions"]) == ["0", "2", "4"]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len({(a.cycle, a.region_id) for a in allocations}) < 15:
+        time.sleep(0.05)
+    with lock:
+        # Tamiyo allocated every region in every cycle, crash or not, and answered every epoch.
+        assert {(a.cycle, a.region_id) for a in allocations} == {(e, r) for e in range(1, 6) for r in ("0", "2", "4")}
+        # Region 0 was allocated by its new worker in the very boundary its old one crashed.
+        assert {d.window for d in narset if d.region_id == "0"} == {1, 2, 3, 4, 5}
+    status = httpx.get(platform["tamiyo_url"] + "/api/v1/system/status").json()
+    assert status["current_epoch"] == 5 and status["run_id"] == "crash"

@@ -97,8 +97,8 @@ class UrzaKit:
 
     toolchain = TOOLCHAIN
 
-    def __init__(self, client: TestClient) -> None:
-        self.client = client
+    def __init__(self, client: TestClient | None = None) -> None:
+        self.client: Any = client
 
     @staticmethod
     def make_ir(features: int = 32, layout: str = "BD", **changes: Any) -> BlueprintIR:
@@ -176,6 +176,15 @@ class UrzaKit:
 def kit(client: TestClient) -> UrzaKit:
     """Helpers bound to the started Urza's client."""
     return UrzaKit(client)
+
+
+@pytest.fixture
+def make_kit() -> Callable[..., UrzaKit]:
+    """Helpers for tests that start their own Urza (set ``kit.client`` once it runs).
+
+    Such tests must not use the ``kit`` fixture: it starts the default Urza on the same files and bus.
+    """
+    return UrzaKit
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ def test_resubmitting_the_same_ir_returns_the_record_and_queues_nothing(client: 
     assert _counts(client) == 1
 
 
-def test_each_configured_pipeline_and_hardware_gets_a_job(urza_factory: Any, kit: Any, collect: Any) -> None:
+def test_each_configured_pipeline_and_hardware_gets_a_job(urza_factory: Any, make_kit: Any, collect: Any) -> None:
+    kit = make_kit()
     urza = urza_factory(pipelines=["fast", "standard", "aggressive"], hardware=["cpu", "h100"], batch_size=8,
                         tokens=4)
     jobs = collect("compilation.jobs")
@@ -137,7 +138,8 @@ def test_malformed_json_is_a_400(client: TestClient) -> None:
     assert "JSON" in response.json()["detail"]
 
 
-def test_a_body_over_the_limit_is_refused_before_parsing(urza_factory: Any, kit: Any) -> None:
+def test_a_body_over_the_limit_is_refused_before_parsing(urza_factory: Any, make_kit: Any) -> None:
+    kit = make_kit()
     urza = urza_factory(max_body_bytes=4096)
     with TestClient(urza.app) as client:
         body = kit.ir_json(kit.make_ir(description="x" * 3900))
@@ -152,8 +154,9 @@ def test_a_body_over_the_limit_is_refused_before_parsing(urza_factory: Any, kit:
     ({"allowed_ops": ["linear", "relu", "add", "layer_norm"]}, 4, "uses op(s) ['gelu']"),
     ({"max_nodes": 3}, 4, "this Urza accepts at most 3"),
 ], ids=["parameters", "ops", "nodes"])
-def test_stricter_local_limits_apply(urza_factory: Any, kit: Any, overrides: dict[str, Any], features: int,
+def test_stricter_local_limits_apply(urza_factory: Any, make_kit: Any, overrides: dict[str, Any], features: int,
                                      reason: str) -> None:
+    kit = make_kit()
     urza = urza_factory(**overrides)
     with TestClient(urza.app) as client:
         response = client.post("/api/v1/blueprints", json=kit.ir_json(kit.make_ir(features=features)))
@@ -260,7 +263,8 @@ def test_unexpected_errors_are_500_with_a_trace_id(client: TestClient, urza: Any
     assert "trace-123" in response.json()["detail"] and "disk on fire" not in response.json()["detail"]
 
 
-def test_tokens_guard_reads_and_writes(urza_factory: Any, kit: Any) -> None:
+def test_tokens_guard_reads_and_writes(urza_factory: Any, make_kit: Any) -> None:
+    kit = make_kit()
     urza = urza_factory(read_tokens=["reader"], write_tokens=["writer"])
     body = kit.ir_json(kit.make_ir())
     with TestClient(urza.app) as client:

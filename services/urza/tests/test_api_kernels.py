@@ -52,7 +52,8 @@ def test_upload_for_a_malformed_id_or_unknown_blueprint(kit: Any) -> None:
     assert unknown.status_code == 404 and "unknown" in unknown.json()["detail"]
 
 
-def test_upload_over_the_binary_limit_is_413(urza_factory: Any, kit: Any) -> None:
+def test_upload_over_the_binary_limit_is_413(urza_factory: Any, make_kit: Any) -> None:
+    kit = make_kit()
     urza = urza_factory(max_binary_bytes=1000)
     with TestClient(urza.app) as client:
         kit.client = client
@@ -102,7 +103,8 @@ def test_compiled_result_queues_validation_and_moves_to_validating(client: TestC
     assert [a["artifact_id"] for a in record["artifacts"]] == [artifact["artifact_id"]]
 
 
-def test_validation_can_be_switched_off(urza_factory: Any, kit: Any, collect: Any) -> None:
+def test_validation_can_be_switched_off(urza_factory: Any, make_kit: Any, collect: Any) -> None:
+    kit = make_kit()
     jobs = collect("validation.jobs")
     with TestClient(urza_factory(validate_compiled=False).app) as client:
         kit.client = client

@@ -249,12 +249,12 @@ def broker() -> tuple[str, Callable[[], None]]:
     if explicit:
         return explicit, lambda: None
     try:
-        from esper_runtime import infra  # type: ignore[attr-defined]
+        from esper_runtime import infra
     except ImportError:
         infra = None
     if infra is not None:
         url = infra.endpoints()["pulsar_url"]
-        if _answers(url):
+        if infra.is_running("pulsar") or _answers(url):
             return url, lambda: None
         console.print(f"[dim]starting Pulsar through esper_runtime.infra for {url} ...[/dim]")
         infra.up(["pulsar"])

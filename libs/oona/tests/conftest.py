@@ -7,7 +7,9 @@ It is looked up lazily, so a run that deselects ``integration`` never starts a b
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +31,27 @@ def bus_url(request: pytest.FixtureRequest) -> str:
 
 
 BusFactory = Callable[..., Bus]
+
+
+@pytest.fixture
+def broker_acks_batch_indexes(bus_url: str, request: pytest.FixtureRequest) -> bool:
+    """Whether the broker keeps per-message acks inside a batch (always true in memory).
+
+    Pulsar needs ``acknowledgmentAtBatchIndexLevelEnabled=true``; without it a batch that is only partly
+    acknowledged is redelivered whole. Read from the admin API (``OONA_TEST_PULSAR_ADMIN_URL`` with
+    ``OONA_TEST_PULSAR_URL``, else the root ``pulsar_admin_url`` fixture).
+    """
+    if bus_url.startswith("memory://"):
+        return True
+    if os.environ.get("OONA_TEST_PULSAR_URL"):
+        admin = os.environ.get("OONA_TEST_PULSAR_ADMIN_URL")
+        if not admin:
+            return True  # unknown: hold the broker to the strict expectation
+    else:
+        admin = request.getfixturevalue("pulsar_admin_url")
+    with urllib.request.urlopen(f"{admin}/admin/v2/brokers/configuration/runtime", timeout=5) as response:
+        runtime = json.load(response)
+    return str(runtime.get("acknowledgmentAtBatchIndexLevelEnabled", "false")).lower() == "true"
 
 
 @pytest.fixture

@@ -173,6 +173,40 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_consumption_continue
     wait_for(lambda: sub.stats.dead_lettered == 3, what="three dead letters counted")
 
 
+def publish_foreign_bytes(bus: Any, topic: str, payloads: list[bytes]) -> None:
+    """Put bytes on ``topic`` the way a foreign producer would: the bare pulsar client, or the memory hook."""
+    from esper_oona.pulsar_bus import PulsarBus
+
+    if not isinstance(bus, PulsarBus):
+        for data in payloads:
+            bus.publish_raw(topic, data)
+        return
+    import pulsar
+
+    client = pulsar.Client(bus.service_url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+    try:
+        producer = client.create_producer(bus.full_topic(topic))
+        for data in payloads:
+            producer.send(data)
+    finally:
+        client.close()
+
+
+def test_bytes_from_a_foreign_producer_are_dead_lettered_and_consumption_continues(make_bus: Any) -> None:
+    bus = make_bus()
+    recorder = Recorder()
+    bus.subscribe(TELEMETRY, "foreign", recorder)
+    junk = [b"", b"{}", b'{"payload": 1}', "ünïcode but not json".encode()]
+    publish_foreign_bytes(bus, TELEMETRY, junk)
+    good = bus.publish(TELEMETRY, telemetry(8))
+    bus.flush()
+
+    assert [e.message_id for e in recorder.wait_received(1)] == [good.message_id]
+    letters = bus.read_dead_letters(TELEMETRY, max_messages=len(junk), timeout_s=10)
+    assert sorted(letter.data for letter in letters) == sorted(junk)
+    assert {letter.reason for letter in letters} == {REASON_MALFORMED}
+
+
 def test_invalid_payloads_are_refused_before_anything_is_sent(make_bus: Any) -> None:
     bus = make_bus()
     recorder = Recorder()
@@ -249,7 +283,9 @@ def test_consumers_of_one_subscription_share_the_work_without_loss(make_bus: Any
     assert a and b
 
 
-def test_close_lets_the_handler_in_flight_finish_and_hands_the_rest_on(make_bus: Any) -> None:
+def test_close_lets_the_handler_in_flight_finish_and_hands_the_rest_on(
+    make_bus: Any, broker_acks_batch_indexes: bool
+) -> None:
     bus = make_bus()
     started = threading.Event()
 
@@ -270,9 +306,14 @@ def test_close_lets_the_handler_in_flight_finish_and_hands_the_rest_on(make_bus:
     bus.subscribe(TELEMETRY, "handover", second)
     second.wait_received(19)
     time.sleep(0.2)
-    # On Pulsar this needs batch-index acknowledgements (broker: acknowledgmentAtBatchIndexLevelEnabled=true);
-    # without them the broker redelivers message 0's whole batch, acknowledged message included.
-    assert sorted(epochs(second.received)) == list(range(1, 20)), "an acknowledged message was delivered again"
+    handed_on = sorted(epochs(second.received))
+    assert set(handed_on) >= set(range(1, 20))  # nothing lost
+    if handed_on != list(range(1, 20)):
+        if not broker_acks_batch_indexes:
+            # All 20 messages travelled in one batch; this broker only tracks acks per batch.
+            pytest.xfail("the broker redelivered an acknowledged message: set "
+                         "acknowledgmentAtBatchIndexLevelEnabled=true in its configuration")
+        raise AssertionError(f"an acknowledged message was delivered again: {handed_on}")
 
 
 def test_a_handler_overrunning_close_has_its_message_redelivered(make_bus: Any) -> None:

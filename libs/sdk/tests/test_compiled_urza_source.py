@@ -1,0 +1,187 @@
+"""UrzaKernelSource against a real Urza app: verified fetches, cache hits without I/O, and Kasmina using it.
+
+Urza runs in process (SQLite, blob folder) behind FastAPI's TestClient; artifacts are compiled by
+Tezzeret's real pipeline. Corruption is injected on the wire, between Urza and the source.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("esper_urza")
+pytest.importorskip("esper_tezzeret")
+
+from fastapi.testclient import TestClient
+
+from esper.blueprints import KernelIntegrityError, KernelNotFoundError, builtin_blueprints
+from esper.blueprints.compiled import CompiledKernel, open_kernel_artifact, reference_module
+from esper.blueprints.urza_source import UrzaClient, UrzaKernelSource
+from esper.kasmina import collect_telemetry, drain_events, kasmina_layers, wait_for_loads, wrap
+from esper.kasmina.telemetry import EventKind
+from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
+from esper_contracts import (
+    BlueprintIR,
+    CompilationPipeline,
+    CompiledKernelArtifact,
+    KernelQuery,
+    KernelStatus,
+    SeedStage,
+    TensorInterface,
+)
+from esper_oona.memory_bus import drop_memory_broker
+from esper_tezzeret.pipelines import compile_artifact
+
+S = SeedStage
+
+
+@pytest.fixture
+def urza_http(tmp_path: Path) -> Iterator[TestClient]:
+    from esper_urza.service import create_service
+
+    name = f"sdk-urza-{uuid.uuid4().hex[:8]}"
+    service = create_service(data_dir=tmp_path / "urza", bus_url=f"memory://{name}", seed_library=False,
+                             pipelines=["fast"], hardware=["cpu"], validate_compiled=False)
+    with TestClient(service.app, raise_server_exceptions=False) as client:
+        yield client
+    drop_memory_broker(name)
+
+
+def bottleneck(features: int) -> BlueprintIR:
+    irs = builtin_blueprints(TensorInterface(layout="BD", features=features))
+    return next(ir for ir in irs if ir.tags[0] == "bottleneck")
+
+
+def store(client: UrzaClient, ir: BlueprintIR, shape: list[int]) -> str:
+    """Compile ``ir`` (fast), upload it and report it COMPILED; returns the artifact id."""
+    out = compile_artifact(ir, CompilationPipeline.FAST, "cpu", shape)
+    client.submit_blueprint(ir)
+    client.put_binary(out.artifact_id, out.blob, out.sha256)
+    _h, hardware, pipeline, toolchain = out.artifact_id.rsplit("-", 3)
+    client.post_compilation(CompiledKernelArtifact(
+        artifact_id=out.artifact_id, blueprint_id=ir.ir_hash(), hardware=hardware, toolchain_hash=toolchain,
+        pipeline=CompilationPipeline(pipeline), status=KernelStatus.COMPILED, input_shape=shape, sha256=out.sha256,
+        size_bytes=len(out.blob), compile_time_s=1.0))
+    return out.artifact_id
+
+
+class CountingTransport:
+    """Wraps the TestClient's transport: counts requests and can corrupt binary downloads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requests: list[str] = []
+        self.corrupt = False
+
+    def handle_request(self, request: Any) -> Any:
+        self.requests.append(f"{request.method} {request.url.path}")
+        response = self.inner.handle_request(request)
+        if self.corrupt and request.url.path.endswith("/binary"):
+            body = bytearray(response.read())
+            body[len(body) // 2] ^= 0xFF
+            # the TestClient may be built on an httpx fork: answer with its own Response class
+            return type(response)(response.status_code, headers=response.headers, content=bytes(body))
+        return response
+
+
+@pytest.fixture
+def wire(urza_http: TestClient) -> CountingTransport:
+    transport = CountingTransport(urza_http._transport)
+    urza_http._transport = transport
+    return transport
+
+
+@pytest.fixture
+def source(urza_http: TestClient, wire: CountingTransport) -> UrzaKernelSource:
+    return UrzaKernelSource(client=UrzaClient(http=urza_http), cache_mb=16, prewarm_loaders=False)
+
+
+def test_a_kernel_is_fetched_verified_loaded_then_served_from_memory(source: UrzaKernelSource,
+                                                                     wire: CountingTransport) -> None:
+    ir = bottleneck(16)
+    aid = store(source.client, ir, [8, 16])
+    meta = source.metadata(aid)
+    assert meta.status is KernelStatus.COMPILED and meta.sha256
+    first = source.load(aid)
+    assert isinstance(first, CompiledKernel)
+    data, sha = source.client.binary(aid)
+    reference = reference_module(open_kernel_artifact(data, sha))
+    x = torch.randn(3, 16)
+    assert torch.allclose(first(x), reference(x), atol=1e-6)
+    before = len(wire.requests)
+    second = source.load(aid)
+    assert len(wire.requests) == before  # a hit: no request, no loader
+    assert second is not first and torch.equal(second(x), first(x))
+
+
+def test_a_corrupted_download_is_refused_reported_and_not_cached(source: UrzaKernelSource,
+                                                                 wire: CountingTransport) -> None:
+    aid = store(source.client, bottleneck(16), [8, 16])
+    reported: list[tuple[str, str]] = []
+    source.on_integrity_error.append(lambda a, why: reported.append((a, why)))
+    wire.corrupt = True
+    with pytest.raises(KernelIntegrityError, match="refused"):
+        source.load(aid)
+    assert source.integrity_failures == 1 and reported and reported[0][0] == aid
+    assert aid not in source.cache
+    wire.corrupt = False
+    assert isinstance(source.load(aid), CompiledKernel)  # the next fetch is clean and is accepted
+
+
+def test_unknown_or_unbuilt_kernels_raise_not_found(source: UrzaKernelSource) -> None:
+    ir = bottleneck(16)
+    source.client.submit_blueprint(ir)
+    with pytest.raises(KernelNotFoundError):
+        source.load(f"{ir.ir_hash()}-cpu-fast-0123456789abcdef")
+
+
+def test_the_loaded_cache_stays_within_its_megabytes(urza_http: TestClient) -> None:
+    client = UrzaClient(http=urza_http)
+    ids = [store(client, bottleneck(f), [4, f]) for f in (8, 16, 32)]
+    sizes = [client.kernel(a).binary_size or 0 for a in ids]
+    tiny = UrzaKernelSource(client=client, cache_mb=(max(sizes) * 1.5) / (1024 * 1024), prewarm_loaders=False)
+    for a in ids:
+        tiny.load(a)
+    assert tiny._loaded_bytes <= tiny.cache.capacity_bytes and len(tiny._loaded) == 1
+    assert list(tiny._loaded) == [ids[-1]]
+
+
+def test_queries_go_to_urza(source: UrzaKernelSource) -> None:
+    aid = store(source.client, bottleneck(16), [8, 16])
+    result = source.query(KernelQuery(status=KernelStatus.COMPILED, tags_required=["bottleneck"]))
+    assert [a.artifact_id for a in result.artifacts] == [aid]
+
+
+def test_kasmina_runs_a_compiled_kernel_from_urza_and_skips_training(source: UrzaKernelSource) -> None:
+    aid = store(source.client, bottleneck(16), [8, 16])  # layer "0" of the MLP has 16 output features
+    model = wrap(mlp(), fast_config(), source)
+    x = torch.randn(16, 8)
+    d = Driver(model, x)
+    d.to_stage("0", 0, aid, S.LOADING)
+    layer = kasmina_layers(model)["0"]
+    assert d.apply(advance("0", 0, S.TRAINING)) == []
+    assert layer.stage(0) is S.GRAFTING  # fixed-function: TRAINING skipped
+    assert any(e.kind is EventKind.REDIRECTED for e in drain_events(model))
+    for target in (S.STABILIZATION, S.EVALUATING):
+        train_steps(model, x, 6)
+        assert d.apply(advance("0", 0, target)) == []
+    train_steps(model, x, 3)  # gradients flow through the compiled seed to the host's first layer
+    assert d.apply(advance("0", 0, S.FINE_TUNING)) == []
+    assert layer.stage(0) is S.FOSSILIZED
+    assert torch.isfinite(model(x)).all()
+
+
+def test_a_kernel_that_cannot_be_loaded_culls_its_seed(source: UrzaKernelSource) -> None:
+    ir = bottleneck(16)
+    source.client.submit_blueprint(ir)
+    model = wrap(mlp(), fast_config(), source)
+    d = Driver(model, torch.randn(16, 8))
+    d.to_stage("0", 0, f"{ir.ir_hash()}-cpu-fast-0123456789abcdef", S.LOADING)
+    wait_for_loads(model)
+    tel: list[Any] = collect_telemetry(model, d.epoch)
+    assert tel[0].stage is S.CULLED and tel[0].error_count == 1

@@ -1,0 +1,118 @@
+"""Fixtures for Urabrask's tests: a real Urza (SQLite + blob folder) behind a TestClient, on a memory bus.
+
+Artifacts are produced by Tezzeret's real compile function and stored through Urza's REST API; reporting
+one COMPILED makes Urza queue the ValidationJob on the bus, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from esper.blueprints import KernelNotFoundError, builtin_blueprints
+from esper.blueprints.compiled import open_kernel_artifact, pack_kernel_artifact, sha256_hex
+from esper.blueprints.urza_source import UrzaClient
+from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact, KernelStatus, TensorInterface
+from esper_oona import Bus, connect
+from esper_oona.memory_bus import drop_memory_broker
+from esper_tezzeret.pipelines import compile_artifact
+from esper_urabrask.profiler import ProfileSettings
+
+#: Quick, still meaningful timing settings for tests.
+QUICK = ProfileSettings(warmup_calls=5, warmup_s=0.01, round_s=0.005, min_rounds=3, max_rounds=10, budget_s=0.5)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def bus_url() -> Iterator[str]:
+    name = f"urabrask-test-{uuid.uuid4().hex[:12]}"
+    yield f"memory://{name}"
+    drop_memory_broker(name)
+
+
+@pytest.fixture
+def bus(bus_url: str) -> Iterator[Bus]:
+    b = connect(bus_url, producer_name="urabrask", nack_delay_ms=20, max_redeliveries=3)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def urza_http(tmp_path: Path, bus_url: str) -> Iterator[TestClient]:
+    """A started Urza that compiles with the fast pipeline for 'cpu' and queues validation jobs."""
+    from esper_urza.service import create_service
+
+    service = create_service(data_dir=tmp_path / "urza", bus_url=bus_url, seed_library=False, pipelines=["fast"],
+                             hardware=["cpu"], outbox_interval_s=0.1, nack_delay_ms=20, max_redeliveries=2)
+    with TestClient(service.app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def urza(urza_http: TestClient) -> UrzaClient:
+    return UrzaClient(http=urza_http)
+
+
+class Kit:
+    """Helpers for the tests (a fixture: test modules are imported in importlib mode, so not importable)."""
+
+    wait_until = staticmethod(wait_until)
+    quick = QUICK
+
+    @staticmethod
+    def blueprint(features: int = 16, family: str = "bottleneck", layout: str = "BD") -> BlueprintIR:
+        irs = builtin_blueprints(TensorInterface(layout=layout, features=features))  # type: ignore[arg-type]
+        return next(ir for ir in irs if ir.tags[0] == family)
+
+    @staticmethod
+    def status_of(urza: UrzaClient, artifact_id: str) -> KernelStatus | None:
+        try:
+            return urza.kernel(artifact_id).artifact.status
+        except KernelNotFoundError:
+            return None
+
+    @staticmethod
+    def compiled(ir: BlueprintIR, shape: list[int] | None = None,
+                 pipeline: CompilationPipeline = CompilationPipeline.FAST) -> tuple[str, bytes, str]:
+        """(artifact id, blob, sha256) of ``ir`` compiled by Tezzeret's pipeline."""
+        out = compile_artifact(ir, pipeline, "cpu", shape or [8, ir.input.features])
+        return out.artifact_id, out.blob, out.sha256
+
+    @staticmethod
+    def with_weights_scaled(blob: bytes, factor: float) -> tuple[bytes, str]:
+        """The same program with other weights in weights.bin: the eager reference no longer matches."""
+        art = open_kernel_artifact(blob, sha256_hex(blob))
+        weights = {k: v * factor if v.is_floating_point() else v for k, v in art.weights.items()}
+        bad = pack_kernel_artifact(art.manifest, weights, art.program)
+        return bad, sha256_hex(bad)
+
+    @staticmethod
+    def store(urza: UrzaClient, ir: BlueprintIR, aid: str, blob: bytes, sha: str,
+              shape: list[int] | None = None) -> None:
+        """Submit the blueprint, upload the bytes and report COMPILED (Urza then queues the ValidationJob)."""
+        urza.submit_blueprint(ir)
+        urza.put_binary(aid, blob, sha)
+        _ir_hash, hardware, pipeline, toolchain = aid.rsplit("-", 3)
+        urza.post_compilation(CompiledKernelArtifact(
+            artifact_id=aid, blueprint_id=ir.ir_hash(), hardware=hardware, pipeline=CompilationPipeline(pipeline),
+            toolchain_hash=toolchain, status=KernelStatus.COMPILED, input_shape=shape or [8, ir.input.features],
+            sha256=sha, size_bytes=len(blob), compile_time_s=0.5))
+
+
+@pytest.fixture
+def kit() -> type[Kit]:
+    return Kit
+

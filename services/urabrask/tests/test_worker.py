@@ -1,0 +1,113 @@
+"""Urabrask's worker against a real Urza: jobs come from Urza over the bus, verdicts land in Urza's records."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from esper.blueprints.urza_source import UrzaClient
+from esper_contracts import KernelQuery, KernelStatus, ValidationJob
+from esper_oona import Bus
+from esper_urabrask.characterizer import Characterizer
+from esper_urabrask.sandbox import KernelSandbox, SandboxCrash
+from esper_urabrask.worker import ValidateWorker
+
+S = KernelStatus
+
+
+def worker(bus: Bus, urza: UrzaClient, kit: Any, **kw: Any) -> ValidateWorker:
+    kw.setdefault("sandbox", KernelSandbox(isolated=False))
+    return ValidateWorker(bus, urza, hardware="cpu", profile=kit.quick, **kw)
+
+
+def test_a_compiled_artifact_is_validated_tagged_and_found_by_its_tags(bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    w = worker(bus, urza, kit)
+    bus.subscribe("validation.jobs", "urabrask-cpu", w.handle, initial_position="earliest")
+    ir = kit.blueprint(16)
+    aid, blob, sha = kit.compiled(ir)
+    kit.store(urza, ir, aid, blob, sha)  # Urza queues the ValidationJob
+    kit.wait_until(lambda: kit.status_of(urza, aid) is S.VALIDATED, what="VALIDATED")
+    art = urza.kernel(aid).artifact
+    report = art.validation
+    assert report is not None and report.passed and report.hardware == "cpu"
+    assert 0 < report.latency_ms_p50 <= report.latency_ms_p99 and report.repeats > 0
+    assert report.throughput_ops_per_sec > 0 and report.precision_drift_vs_fp32 <= 1e-5
+    speed = next(t for t in report.tags if t.endswith("_speed"))
+    assert "numerically_stable" in report.tags and set(report.tags) <= set(art.tags)
+    found = urza.query(KernelQuery(tags_required=[speed, "bottleneck"], hardware="cpu"))
+    assert [a.artifact_id for a in found.artifacts] == [aid]
+
+
+def test_a_kernel_that_strays_from_its_reference_is_rejected_with_the_reason(
+        bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    w = worker(bus, urza, kit)
+    bus.subscribe("validation.jobs", "urabrask-cpu", w.handle, initial_position="earliest")
+    ir = kit.blueprint(16)
+    aid, blob, _sha = kit.compiled(ir)
+    bad, bad_sha = kit.with_weights_scaled(blob, 1.5)
+    kit.store(urza, ir, aid, bad, bad_sha)
+    kit.wait_until(lambda: kit.status_of(urza, aid) is S.REJECTED, what="REJECTED")
+    art = urza.kernel(aid).artifact
+    assert art.validation is not None and not art.validation.passed
+    assert "differs from the eager reference" in (art.validation.rejection_reason or "")
+    assert not urza.query(KernelQuery(hardware="cpu")).artifacts  # a rejected kernel is never offered
+
+
+def test_a_repeated_job_is_not_measured_again(bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    w = worker(bus, urza, kit)
+    ir = kit.blueprint(16)
+    aid, blob, sha = kit.compiled(ir)
+    kit.store(urza, ir, aid, blob, sha)
+    job = ValidationJob(artifact_id=aid, blueprint_id=ir.ir_hash(), hardware="cpu")
+    assert w.process(job).outcome == "validated"
+    kit.wait_until(lambda: kit.status_of(urza, aid) is S.VALIDATED, what="VALIDATED")
+    assert w.process(job).outcome == "repeat"
+    other = ValidationJob(artifact_id=aid, blueprint_id=ir.ir_hash(), hardware="cuda_sm90")
+    assert w.process(other).outcome == "skipped"
+
+
+def test_the_population_is_rebuilt_from_urza_after_a_restart(bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    first = worker(bus, urza, kit)
+    for features in (8, 16):
+        ir = kit.blueprint(features)
+        aid, blob, sha = kit.compiled(ir)
+        kit.store(urza, ir, aid, blob, sha)
+        first.process(ValidationJob(artifact_id=aid, blueprint_id=ir.ir_hash(), hardware="cpu"))
+        kit.wait_until(lambda aid=aid: kit.status_of(urza, aid) is S.VALIDATED, what="VALIDATED")
+    restarted = worker(bus, urza, kit, characterizer=Characterizer())
+    assert restarted.seed_population() == 2 and restarted.characterizer.population("cpu") == 2
+
+
+@pytest.mark.slow
+def test_a_kernel_that_kills_the_sandbox_is_rejected_and_the_next_one_is_measured(
+        bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    from dataclasses import replace
+
+    sandbox = KernelSandbox(isolated=True, timeout_s=300)
+    long = replace(kit.quick, min_rounds=10_000, max_rounds=10_000, budget_s=600, target_cv=1e-9)
+    ir = kit.blueprint(16)
+    aid, blob, sha = kit.compiled(ir)
+    kit.store(urza, ir, aid, blob, sha)
+    art = urza.kernel(aid).artifact
+
+    def kill_child_soon() -> None:  # stands in for a kernel that segfaults mid-benchmark
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            proc = sandbox._proc
+            if proc is not None and proc.is_alive() and time.monotonic() > start + 0.5:
+                time.sleep(1.0)
+                proc.kill()
+                return
+            time.sleep(0.05)
+
+    start = time.monotonic()
+    threading.Thread(target=kill_child_soon, daemon=True).start()
+    with pytest.raises(SandboxCrash, match="SIGKILL"):
+        sandbox.evaluate(art, blob, 1e-4, "cpu", long)
+    w = ValidateWorker(bus, urza, hardware="cpu", sandbox=sandbox, profile=kit.quick)
+    outcome = w.process(ValidationJob(artifact_id=aid, blueprint_id=ir.ir_hash(), hardware="cpu"))
+    assert outcome.outcome == "validated" and sandbox.crashes == 1  # a fresh child took over
+    sandbox.close()

@@ -156,9 +156,16 @@ class TamiyoController:
     def on_packet(self, packet: SystemStatePacket) -> list[Outgoing]:
         """Run one cycle; returns the messages to publish, in order."""
         epoch = packet.epoch
+        # One pass over the seeds (10k seeds must cost milliseconds): per-layer counts, stage counts, live ones.
         counts: dict[str, int] = {}
+        stages: dict[SeedStage, int] = {}
+        live: list[tuple[str, str]] = []
         for t in packet.seeds:
             counts[t.layer_id] = counts.get(t.layer_id, 0) + 1
+            stage = t.stage
+            stages[stage] = stages.get(stage, 0) + 1
+            if stage in ACTIVE_STAGES:
+                live.append((t.layer_id, t.blueprint_id or ""))
         for layer_id, n in counts.items():
             self.regions[layer_id] = Region(layer_id, self.domains.domain_of(layer_id), n)
         out: list[Outgoing] = []
@@ -169,7 +176,6 @@ class TamiyoController:
         criticality = self.economy.prime.criticality(domain_names)
         patterns = {d: self.domains.domains[d].module_paths for d in domain_names if d in self.domains.domains}
         zones = self.zones.observe_volatility(epoch, {d: c.volatility for d, c in criticality.items()}, patterns)
-        live = [(t.layer_id, t.blueprint_id or "") for t in packet.seeds if t.stage in ACTIVE_STAGES]
         zones += self.zones.observe_boundary(epoch, live, clean)
 
         books = self.economy.mint(epoch, list(self.regions.values()), self.update.risk_posture,
@@ -189,7 +195,7 @@ class TamiyoController:
 
         signal = self.policy.decide(packet)
         self.packet = packet
-        self._record("adaptation", epoch, _packet_inputs(packet), {
+        self._record("adaptation", epoch, _packet_inputs(packet, stages), {
             "commands": [c.model_dump(mode="json", include={"layer_id", "seed_index", "command", "target_stage",
                                                              "kernel_artifact_id", "reason"}) for c in signal.commands],
             "reason": signal.reason,
@@ -330,11 +336,8 @@ class TamiyoController:
                 for d in chosen]
 
 
-def _packet_inputs(packet: SystemStatePacket) -> dict[str, Any]:
+def _packet_inputs(packet: SystemStatePacket, stages: dict[SeedStage, int]) -> dict[str, Any]:
     """What of a packet drives a decision, without the per-seed detail."""
-    stages: dict[str, int] = {}
-    for t in packet.seeds:
-        stages[t.stage.value] = stages.get(t.stage.value, 0) + 1
     return {"run_id": packet.run_id, "epoch": packet.epoch, "train_loss": packet.train_loss,
             "val_loss": packet.val_loss, "val_accuracy": packet.val_accuracy, "seeds": len(packet.seeds),
-            "stages": stages}
+            "stages": {stage.value: n for stage, n in stages.items()}}

@@ -83,6 +83,9 @@ class NarsetHost:
         self.owner: dict[str, str] = {}  # region -> worker id
         self.crashed: list[str] = []
         self.spent_total = 0.0
+        # Each region's allocator state after its last successful boundary: a crashed worker's regions
+        # resume from here, so the decision log stays exactly replayable across the crash.
+        self._region_states: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._signals: dict[str, AdaptationSignal] = {}  # correlation id -> answer
         self._rejected: dict[str, str] = {}  # proposal id -> reason, until the next boundary
@@ -213,6 +216,9 @@ class NarsetHost:
             except Exception:
                 log.exception("narset: worker %s crashed at epoch %d", worker_id, boundary.epoch)
                 crashed.append(worker_id)
+                continue
+            for region in worker.regions if regions is None else worker.regions & regions:
+                self._region_states[region] = worker.allocator.region(region).state_dict()
         self.crashed.extend(crashed)
         return outputs, crashed
 
@@ -249,15 +255,18 @@ class NarsetHost:
     # ------------------------------------------------------------------------------------------ the pool
 
     def _apply_assignment(self, assignment: Assignment, lost: set[str]) -> None:
-        """Make the local workers match the coordinator's map; regions move with their allocator state."""
+        """Make the local workers match the coordinator's map; regions move with their allocator state.
+
+        A region of a crashed worker resumes from its state after the last boundary that worker finished:
+        the crashed worker's memory is not trusted, the host's snapshot is.
+        """
         owner = assignment.owner_of()
         handover: dict[str, dict[str, Any] | None] = {}
         for worker_id, worker in list(self.workers.items()):
             for region in sorted(worker.regions):
                 if owner.get(region) != worker_id:
                     state = worker.release(region)
-                    # A crashed worker's memory is not trusted: its regions start afresh.
-                    handover[region] = None if region in lost else state
+                    handover[region] = self._region_states.get(region) if region in lost else state
             if worker_id not in assignment.workers:
                 del self.workers[worker_id]
         for worker_id, spec in assignment.workers.items():
@@ -306,6 +315,7 @@ class NarsetHost:
             worker = self.workers[wid] = NarsetWorker(wid, self.worker_config, self.allocator_config)
             worker.load_state_dict(ws)
         self.owner = {r: wid for wid, w in self.workers.items() for r in w.regions}
+        self._region_states = {r: self.workers[wid].allocator.region(r).state_dict() for r, wid in self.owner.items()}
         self.ledger.load_state_dict(state["ledger"])
         self._previous_val_loss = state["previous_val_loss"]
         self.spent_total = float(state["spent_total"])

@@ -38,7 +38,7 @@ from .grafted import GraftedModule, HostAttributeFallback
 from .lifecycle import MODULE_STAGES, TRAINED_STAGES, SeedFacts, resolve_command
 from .loader import build_kernel, submit_load
 from .state import F, SeedStateTable
-from .telemetry import EventKind, H, HealthAccumulator, SeedEvent, finite, recon_estimate
+from .telemetry import EventKind, HealthAccumulator, SeedEvent, finite, recon_estimate
 
 S = SeedStage
 _RELEASE_STAGES = frozenset({S.CULLED, S.CANCELLED, S.ROLLED_BACK, S.DORMANT})
@@ -252,21 +252,21 @@ class KasminaLayer(HostAttributeFallback):
             return
         self._boundary = epoch
         self._poll_loads(epoch)
-        acc = self.health.drain()
+        health = self.health.drain()
+        recon = self.health.reconstruction()
         st = self.seed_state
         st.row(F.EPOCHS_IN_STAGE)[:] += 1
+        if health.sampled:
+            st.row(F.VARIANCE)[:] = health.variance
+            st.row(F.DEAD_RATIO)[:] = health.dead_ratio
+            st.row(F.CORRELATION)[:] = health.correlation
+            st.row(F.SPARSITY)[:] = health.sparsity
+        if health.graded:
+            st.row(F.GRAD_NORM)[:] = health.gradient_norm
         for i in range(st.n):
             stage = st.stage(i)
-            if acc[H.SAMPLES, i] > 0:
-                n = acc[H.SAMPLES, i]
-                st.set(F.VARIANCE, i, acc[H.VARIANCE, i] / n)
-                st.set(F.DEAD_RATIO, i, acc[H.DEAD, i] / n)
-                st.set(F.CORRELATION, i, acc[H.CORRELATION, i] / n)
-                st.set(F.SPARSITY, i, acc[H.SPARSITY, i] / n)
-            if acc[H.GRAD_SAMPLES, i] > 0:
-                st.set(F.GRAD_NORM, i, acc[H.GRAD_NORM, i] / acc[H.GRAD_SAMPLES, i])
             if stage is S.TRAINING:
-                st.set(F.RECON_LOSS, i, recon_estimate(acc[H.RECON_EMA, i], int(st.get(F.STEPS_IN_STAGE, i))))
+                st.set(F.RECON_LOSS, i, recon_estimate(float(recon[i]), int(st.get(F.STEPS_IN_STAGE, i))))
             # At most one automatic transition per seed per boundary.
             if st.get(F.FAILED, i) and stage in (MODULE_STAGES | {S.LOADING}) - {S.FOSSILIZED}:
                 self._enter(i, S.CULLED, epoch)

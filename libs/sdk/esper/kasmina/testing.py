@@ -64,7 +64,7 @@ def train_steps(model: nn.Module, x: torch.Tensor, n: int, lr: float = 0.01) -> 
         with torch.no_grad():  # plain SGD by hand: torch.optim's first use imports torch._dynamo (seconds)
             for p in model.parameters():
                 if p.grad is not None:
-                    p -= lr * p.grad
+                    p.sub_(lr * p.grad)
 
 
 class Driver:

@@ -72,6 +72,11 @@ def test_download_streams_with_digest_headers(client: TestClient, kit: Any, bid:
     assert response.headers["x-content-sha256"] == hashlib.sha256(data).hexdigest()
     assert response.headers["content-length"] == str(len(data))
     assert response.headers["content-type"] == "application/octet-stream"
+    head = client.head(f"/api/v1/kernels/{artifact['artifact_id']}/binary")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["x-content-sha256"] == response.headers["x-content-sha256"]
+    assert head.headers["content-length"] == str(len(data))
+    assert client.head(f"/api/v1/kernels/{kit.artifact_id(bid, 'standard')}/binary").status_code == 404
 
 
 def test_unknown_artifact_is_404(client: TestClient, bid: str, kit: Any) -> None:

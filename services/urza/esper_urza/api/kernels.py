@@ -97,6 +97,14 @@ def get_kernel_binary(
     return StreamingResponse(_chunks(stream), media_type="application/octet-stream", headers=headers)
 
 
+@router.head("/{artifact_id}/binary", dependencies=read, response_class=Response)
+def head_kernel_binary(artifact_id: str, ledger: LedgerDep) -> Response:
+    """The binary's digest and size without its bytes (404 when none was uploaded)."""
+    info = ledger.binary(artifact_id)
+    return Response(headers={"X-Content-SHA256": info.sha256, "ETag": f'"{info.sha256}"',
+                             "Content-Length": str(info.size_bytes)}, media_type="application/octet-stream")
+
+
 @router.put("/{artifact_id}/binary", response_model=BinaryView, status_code=201, dependencies=write,
             openapi_extra={"requestBody": {"required": True,
                                            "content": {"application/octet-stream": {"schema": {"type": "string",

@@ -1,0 +1,199 @@
+"""Workspace-wide pytest fixtures for integration tests against real local services.
+
+Session-scoped fixtures (each starts its service only when a selected test asks for it):
+
+* ``pulsar_url`` (``pulsar://127.0.0.1:16650``) and ``pulsar_admin_url`` (``http://127.0.0.1:18080``)
+* ``postgres_url`` (``postgresql+psycopg://esper:esper@127.0.0.1:15432/esper``)
+* ``s3_config`` (``{"endpoint_url", "access_key", "secret_key", "region"}``; use path-style addressing)
+* ``prometheus_url`` (``http://127.0.0.1:19090``)
+
+A service that already runs (``bash infra/infra.sh up``, or another session) is reused and left
+running. Otherwise the fixture starts it with the ``infra/`` scripts and stops it (deleting its
+data) when the session ends, unless another pytest session still uses it (the last one out stops
+it). A service that cannot start fails the test with the script output and the service's log tail:
+nothing is skipped.
+
+Before the first test runs, missing tools (Java, the Pulsar classpath, PostgreSQL, SeaweedFS,
+Prometheus) are installed once for the selected tests, outside any per-test timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parent
+
+# Which services each public fixture needs.
+_FIXTURE_SERVICES: dict[str, str] = {
+    "pulsar_url": "pulsar",
+    "pulsar_admin_url": "pulsar",
+    "postgres_url": "postgres",
+    "s3_config": "s3",
+    "prometheus_url": "prometheus",
+}
+
+_infra_module: ModuleType | None = None
+
+
+def _infra() -> ModuleType:
+    """Load ``esper_runtime/infra.py`` by path: stdlib only, so this works even when the
+    ``esper_runtime`` package (or one of its dependencies) is not importable."""
+    global _infra_module
+    if _infra_module is None:
+        path = _ROOT / "libs" / "runtime" / "esper_runtime" / "infra.py"
+        spec = importlib.util.spec_from_file_location("_esper_conftest_infra", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _infra_module = module
+    return _infra_module
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Install missing service tools once, before any test (and its timeout) starts.
+
+    Runs after ``-m``/``-k`` deselection, so only the services the selected tests need are
+    considered. A failure here is only reported: the fixture retries and fails the test.
+    """
+    needed = sorted(
+        {_FIXTURE_SERVICES[f] for item in items for f in getattr(item, "fixturenames", ()) if f in _FIXTURE_SERVICES}
+    )
+    if not needed:
+        return
+    import subprocess
+
+    script = _ROOT / "infra" / "install-deps.sh"
+    check = subprocess.run(["bash", str(script), "--check", "--quiet", *needed], check=False)
+    if check.returncode == 0:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"esper: installing local service tools for {', '.join(needed)} (one time)...")
+    done = subprocess.run(["bash", str(script), *needed], check=False)
+    if done.returncode != 0 and reporter is not None:
+        reporter.write_line(f"esper: infra/install-deps.sh failed (rc={done.returncode}); the fixtures will retry")
+
+
+@contextlib.contextmanager
+def _fixture_lock(name: str) -> Iterator[Path]:
+    """Serialize fixture bookkeeping for one service across concurrent pytest sessions."""
+    directory = Path(_infra().state_dir()) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{name}.fixtures.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield directory
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _live_users(users: Path) -> list[Path]:
+    """Registered sessions whose process still exists (stale entries are removed)."""
+    alive = []
+    for entry in users.glob("*"):
+        try:
+            os.kill(int(entry.name), 0)
+        except (ValueError, ProcessLookupError):
+            entry.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # exists, owned by another user
+        alive.append(entry)
+    return alive
+
+
+def _service(name: str) -> Iterator[None]:
+    """Make ``name`` available for this session.
+
+    Bookkeeping under ``.cache/infra/<name>/``: ``fixture-users/<pid>`` marks each pytest session
+    using the service, ``fixture-owned`` that a fixture (not a person) started it. The last session
+    to leave stops a fixture-owned service; one started by hand (``infra.sh up``) is never stopped.
+    """
+    infra = _infra()
+    me = str(os.getpid())
+    with _fixture_lock(name) as directory:
+        users = directory / "fixture-users"
+        owned = directory / "fixture-owned"
+        users.mkdir(exist_ok=True)
+        if not infra.is_running(name):
+            try:
+                infra.up([name], quiet=True)
+            except infra.InfraError as exc:
+                pytest.fail(f"local service {name!r} could not be started:\n{exc}", pytrace=False)
+            owned.touch()
+        (users / me).touch()
+    try:
+        yield
+    finally:
+        with _fixture_lock(name) as directory:
+            users = directory / "fixture-users"
+            owned = directory / "fixture-owned"
+            (users / me).unlink(missing_ok=True)
+            if owned.exists() and not _live_users(users):
+                owned.unlink(missing_ok=True)
+                try:
+                    infra.down([name], quiet=True)
+                except infra.InfraError as exc:
+                    # Report, but do not turn a passing session red because cleanup stumbled.
+                    sys.stderr.write(f"\nesper: stopping {name} failed:\n{exc}\n")
+
+
+@pytest.fixture(scope="session")
+def _esper_pulsar() -> Iterator[None]:
+    yield from _service("pulsar")
+
+
+@pytest.fixture(scope="session")
+def _esper_postgres() -> Iterator[None]:
+    yield from _service("postgres")
+
+
+@pytest.fixture(scope="session")
+def _esper_s3() -> Iterator[None]:
+    yield from _service("s3")
+
+
+@pytest.fixture(scope="session")
+def _esper_prometheus() -> Iterator[None]:
+    yield from _service("prometheus")
+
+
+@pytest.fixture(scope="session")
+def pulsar_url(_esper_pulsar: None) -> str:
+    """Binary-protocol URL of a running Pulsar standalone broker."""
+    return str(_infra().endpoints()["pulsar_url"])
+
+
+@pytest.fixture(scope="session")
+def pulsar_admin_url(_esper_pulsar: None) -> str:
+    """Admin REST URL of the same broker (``/admin/v2/...``)."""
+    return str(_infra().endpoints()["pulsar_admin_url"])
+
+
+@pytest.fixture(scope="session")
+def postgres_url(_esper_postgres: None) -> str:
+    """SQLAlchemy URL (psycopg 3 driver) of database ``esper`` owned by role ``esper`` (CREATEDB)."""
+    return str(_infra().endpoints()["postgres_url"])
+
+
+@pytest.fixture(scope="session")
+def s3_config(_esper_s3: None) -> dict[str, str]:
+    """S3 endpoint and credentials: ``endpoint_url``, ``access_key``, ``secret_key``, ``region``."""
+    return dict(_infra().s3_config())
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(_esper_prometheus: None) -> str:
+    """Base URL of a running Prometheus that scrapes itself."""
+    return str(_infra().endpoints()["prometheus_url"])

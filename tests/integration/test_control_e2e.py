@@ -224,3 +224,25 @@ def test_crashed_worker_regions_move_and_strategic_control_carries_on(platform: 
         assert replay(narset) == narset
     status = httpx.get(platform["tamiyo_url"] + "/api/v1/system/status").json()
     assert status["current_epoch"] == 5 and status["run_id"] == "crash"
+
+
+def test_liveness_beats_keep_workers_alive_through_long_epochs() -> None:
+    url = f"memory://control-beats-{uuid.uuid4().hex[:8]}"
+    coordinator = create_coordinator(bus_url=url, seeds_per_worker=2, heartbeat_timeout_s=0.5, reap_interval_s=0.05)
+    served = Served(coordinator.app)
+    bus = connect(url, producer_name="trainer-beats")
+    model = esper.wrap(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), KasminaConfig(chunks_per_layer=2))
+    host = NarsetHost(model, bus, coordinator=HttpCoordinator(served.url), config=HostConfig(heartbeat_interval_s=0.1))
+    try:
+        time.sleep(1.5)  # an "epoch" three times longer than the timeout, with no boundary
+        pool = httpx.get(served.url + "/api/v1/workers").json()
+        assert pool["dead"] == [] and len(pool["workers"]) == 2
+        host.close()  # the trainer process is gone: nothing beats any more
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not httpx.get(served.url + "/api/v1/workers").json()["dead"]:
+            time.sleep(0.1)
+        assert sorted(httpx.get(served.url + "/api/v1/workers").json()["dead"]) == sorted(host.workers)
+    finally:
+        host.close()
+        bus.close()
+        served.stop()

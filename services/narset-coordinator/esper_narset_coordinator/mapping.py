@@ -9,7 +9,7 @@ the books. Placing a region:
 4. if the pool is full, the least-loaded worker takes it over quota (reported, never refused: an
    unwatched region would be worse than a busy worker).
 
-A worker that has not sent a heartbeat for ``heartbeat_timeout_s`` is declared dead and its regions
+A worker with regions that has not sent a heartbeat for ``heartbeat_timeout_s`` is declared dead and its regions
 are placed again by the same rules, biggest first. Nothing strategic depends on this: allocations,
 proposals and Tamiyo's decisions are keyed by region, never by worker.
 """
@@ -101,6 +101,7 @@ class RegionMap:
         else:
             target, over_quota = min(self.workers.values(), key=lambda w: (w.load, w.worker_id)), True
         target.regions[region_id] = seed_count
+        target.last_seen = self.clock()  # new work starts a fresh timeout: its host has not had time to beat
         self.owner[region_id] = target.worker_id
         self.generation += 1
         return Move(region_id, previous, target.worker_id, spawned, over_quota)
@@ -130,9 +131,12 @@ class RegionMap:
         return True
 
     def reap(self) -> list[Move]:
-        """Declare silent workers dead and place their regions elsewhere; returns the moves."""
+        """Declare silent workers dead and place their regions elsewhere; returns the moves.
+
+        An idle slot (no regions) is never reaped: nobody is there to send heartbeats yet, and nothing is lost.
+        """
         deadline = self.clock() - self.limits.heartbeat_timeout_s
-        silent = sorted(w.worker_id for w in self.workers.values() if w.last_seen < deadline)
+        silent = sorted(w.worker_id for w in self.workers.values() if w.last_seen < deadline and w.regions)
         moves: list[Move] = []
         for worker_id in silent:
             moves.extend(self.crashed(worker_id))

@@ -55,6 +55,7 @@ class HostConfig:
 
     decision_timeout_s: float = 30.0  # how long a boundary waits for Tamiyo's answer
     allocation_wait_s: float = 2.0  # how long it waits for this cycle's allocations after the answer
+    heartbeat_interval_s: float | None = 5.0  # liveness beats between boundaries (epochs outlast timeouts)
 
 
 class NarsetHost:
@@ -101,8 +102,15 @@ class NarsetHost:
             bus.subscribe("control.proposals.decisions", sub, self._on_proposal_decision),
             bus.subscribe("innovation.field_reports", sub, self._on_field_report),
         ]
+        self._link_lock = threading.Lock()  # one exchange with the coordinator at a time
         specs = [RegionSpec(region_id=r, seed_count=n) for r, n in self.geometry.seed_counts().items()]
-        self._apply_assignment(self.coordinator.register(RegionRegistration(regions=specs)), lost=set())
+        self._apply_assignment(self._exchange(RegionRegistration(regions=specs)), lost=set())
+        self._last_epoch = 0
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
+        if self.config.heartbeat_interval_s:
+            self._beater = threading.Thread(target=self._beat_between_boundaries, name="narset-heartbeat", daemon=True)
+            self._beater.start()
 
     # ------------------------------------------------------------------------------------------ bus handlers
 
@@ -155,12 +163,13 @@ class NarsetHost:
                 alive = sorted(set(self.workers) - set(crashed))
                 beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=alive, crashed=crashed,
                                  reports=reports, complete=False)
-                self._apply_assignment(self.coordinator.heartbeat(beat), lost=lost)
+                self._apply_assignment(self._exchange(beat), lost=lost)
                 retry, _ = self._run_workers(boundary, regions=lost)
                 outputs += retry
                 reports = [r for out in retry for r in out.reports]
             beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=sorted(self.workers), reports=reports)
-            self._apply_assignment(self.coordinator.heartbeat(beat), lost=set())
+            self._apply_assignment(self._exchange(beat), lost=set())
+            self._last_epoch = packet.epoch
             if isinstance(self.coordinator, LocalCoordinator):
                 # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
                 self.bus.publish_many("telemetry.health.summaries", [r for out in outputs for r in out.reports])
@@ -254,6 +263,24 @@ class NarsetHost:
 
     # ------------------------------------------------------------------------------------------ the pool
 
+    def _exchange(self, body: RegionRegistration | Heartbeat) -> Assignment:
+        with self._link_lock:
+            if isinstance(body, RegionRegistration):
+                return self.coordinator.register(body)
+            return self.coordinator.heartbeat(body)
+
+    def _beat_between_boundaries(self) -> None:
+        """Keep the workers alive in the coordinator's eyes while an epoch trains (no reports, no map change)."""
+        interval = self.config.heartbeat_interval_s or 5.0
+        while not self._stop.wait(interval):
+            with self._decide_lock:  # a boundary's own heartbeat is enough while it runs
+                workers = sorted(self.workers)
+                epoch = self._last_epoch
+            try:
+                self._exchange(Heartbeat(window=epoch, epoch=epoch, workers=workers, complete=False))
+            except Exception:  # an unreachable coordinator must never disturb training
+                log.warning("narset: liveness heartbeat failed", exc_info=True)
+
     def _apply_assignment(self, assignment: Assignment, lost: set[str]) -> None:
         """Make the local workers match the coordinator's map; regions move with their allocator state.
 
@@ -322,6 +349,9 @@ class NarsetHost:
 
     def close(self) -> None:
         """Detach from the bus and the coordinator (the bus itself belongs to the caller)."""
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=10)
         for sub in self._subscriptions:
             sub.close()
         self.coordinator.close()

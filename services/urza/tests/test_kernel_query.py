@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -152,7 +150,7 @@ def _fill(urza: Any, n_blueprints: int = 1000, per_blueprint: int = 5) -> None:
         conn.execute(artifact_tags.insert(), tag_rows)
 
 
-def test_query_p99_under_50ms_with_1000_blueprints_and_5000_artifacts(client: TestClient, urza: Any) -> None:
+def test_queries_honour_filters_with_1000_blueprints_and_5000_artifacts(client: TestClient, urza: Any) -> None:
     _fill(urza)
     rng = random.Random(11)
     queries = []
@@ -173,26 +171,27 @@ def test_query_p99_under_50ms_with_1000_blueprints_and_5000_artifacts(client: Te
         if rng.random() < 0.1:
             q["status"] = None
         queries.append(q)
-    for q in queries[:20]:  # warm caches and the first-request paths
-        client.post("/api/v1/kernels/query", json=q)
-    wall, cpu = [], []
+    # Speed is measured by bench/bench_assets.py (urza_query_p99_ms); here, every answer at this scale
+    # must honour its query: filters, status, interface and order.
     for q in queries:
-        started, started_cpu = time.perf_counter(), time.process_time()
         response = client.post("/api/v1/kernels/query", json=q)
-        wall.append((time.perf_counter() - started) * 1000)
-        cpu.append((time.process_time() - started_cpu) * 1000)  # every thread of the request, none of the neighbours'
-        assert response.status_code == 200
-    p99_wall, p99_cpu = _p99(wall), _p99(cpu)
-    print(f"kernel_query_p50_ms: {sorted(wall)[len(wall) // 2]:.2f}\nkernel_query_p99_ms: {p99_wall:.2f}\n"
-          f"kernel_query_cpu_p99_ms: {p99_cpu:.2f}")
-    assert p99_cpu < 50, f"p99 CPU time per query {p99_cpu:.1f} ms"
-    # Wall-clock time also counts waiting for a core; on a saturated machine it measures the neighbours.
-    if os.getloadavg()[0] <= (os.cpu_count() or 1):
-        assert p99_wall < 50, f"p99 wall-clock time per query {p99_wall:.1f} ms"
+        assert response.status_code == 200, response.text
+        found = response.json()["artifacts"]
+        assert len(found) <= q["limit"]
+        for art in found:
+            tags = set(art["tags"])
+            assert set(q.get("tags_required", [])) <= tags, (q, art["tags"])
+            assert not set(q.get("tags_excluded", [])) & tags
+            if "hardware" in q:
+                assert art["hardware"] == q["hardware"]
+            if q.get("status", "VALIDATED") is not None:
+                assert art["status"] == q.get("status", "VALIDATED")
+            if "interface" in q:
+                assert art["input_shape"][-1 if q["interface"]["layout"] != "BCHW" else 1] == q["interface"]["features"]
+        if q["sort_by"] == "latency":
+            keys = [a["validation"]["latency_ms_mean"] for a in found if a["validation"]]
+            assert keys == sorted(keys)
     unfiltered = client.post("/api/v1/kernels/query", json={"status": None, "limit": 1}).json()
     assert unfiltered["total"] == 5000
 
 
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, int(len(ordered) * 0.99) - 1)]

@@ -32,6 +32,22 @@ _MAX_REPORTED_FAILURES = 20
 _POSITIONS = {"latest": pulsar.InitialPosition.Latest, "earliest": pulsar.InitialPosition.Earliest}
 
 
+def _client_logger() -> pulsar.ConsoleLogger:
+    """The native client's logger, at the level Python logging sets for ``esper_oona.pulsar_client``.
+
+    Not a bridge to Python logging: the client's bridge calls into Python, taking the GIL, for every
+    statement the C++ library logs (filtered debug lines included), which cost ~15 µs per message.
+    """
+    level = logging.getLogger("esper_oona.pulsar_client").getEffectiveLevel()
+    if level <= logging.DEBUG:
+        return pulsar.ConsoleLogger(pulsar.LoggerLevel.Debug)
+    if level <= logging.INFO:
+        return pulsar.ConsoleLogger(pulsar.LoggerLevel.Info)
+    if level <= logging.WARNING:
+        return pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+    return pulsar.ConsoleLogger(pulsar.LoggerLevel.Error)
+
+
 class PulsarSubscription(Subscription):
     """One consumer of a Shared (or Key_Shared) Pulsar subscription, with its receive loop on its own thread."""
 
@@ -159,7 +175,7 @@ class PulsarBus(Bus):
         self.client = pulsar.Client(
             service_url,
             operation_timeout_seconds=options.operation_timeout_s,
-            logger=logging.getLogger("esper_oona.pulsar_client"),
+            logger=_client_logger(),
         )
         self._producers: dict[str, pulsar.Producer] = {}
         self._dead_letter_producers: dict[str, pulsar.Producer] = {}

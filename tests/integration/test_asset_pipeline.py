@@ -1,0 +1,233 @@
+"""The asset pipeline end to end, as separate processes on real Pulsar, PostgreSQL and S3.
+
+``esper serve urza``, ``esper serve tezzeret`` and ``esper serve urabrask`` run as subprocesses configured
+only through ``ESPER_*`` variables. A blueprint submitted to Urza is compiled (fast + standard), validated
+and tagged, found by a tag query, and loaded and executed inside a KasminaLayer in this process. On the
+way, the Tezzeret worker is killed with SIGKILL in the middle of the standard compile: after a restart
+the job completes. Finally Urza itself is killed and restarted: nothing it recorded is lost.
+
+Each run uses its own hardware name, database and S3 prefix, so messages other runs left on the shared
+broker are skipped by these workers (they belong to another hardware target's subscription).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import torch
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from esper.blueprints import builtin_blueprints
+from esper.blueprints.compiled import CompiledKernel
+from esper.blueprints.urza_source import UrzaKernelSource
+from esper.kasmina import kasmina_layers, wrap
+from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
+from esper_contracts import BlueprintIR, CompilationPipeline, KernelQuery, KernelStatus, SeedStage, TensorInterface
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+ROOT = Path(__file__).resolve().parents[2]
+ESPER = str(Path(sys.executable).with_name("esper"))
+S = KernelStatus
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """One ``esper serve <service>`` subprocess with its own log file."""
+
+    def __init__(self, service: str, env: dict[str, str], logs: Path) -> None:
+        self.service = service
+        self.env = env
+        self.port = int(env["ESPER_PORT"])
+        self.log = logs / f"{service}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, wait_s: float = 180.0) -> Proc:
+        self.starts += 1
+        with self.log.open("ab") as out:
+            out.write(f"\n===== start {self.starts} =====\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen([ESPER, "serve", self.service], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.service} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"{self.service} did not become healthy in {wait_s} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed or acknowledged."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, lines: int = 60) -> str:
+        text_ = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text_.splitlines()[-lines:])
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    server = make_url(postgres_url)
+    name = f"assets_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def platform(tmp_path: Path, pulsar_url: str, database_url: str, s3_config: dict[str, str]) -> Iterator[Any]:
+    run = uuid.uuid4().hex[:8]
+    hardware = f"cpu_it{run}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
+    base |= {"ESPER_BUS_URL": pulsar_url, "ESPER_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+    blob_query = urlencode({"endpoint_url": s3_config["endpoint_url"], "access_key_id": s3_config["access_key"],
+                            "secret_access_key": s3_config["secret_key"],
+                            "region": s3_config.get("region", "us-east-1")})
+    urza_port = _free_port()
+    urza_url = f"http://127.0.0.1:{urza_port}"
+    urza = Proc("urza", base | {
+        "ESPER_PORT": str(urza_port), "ESPER_DATA_DIR": str(tmp_path / "urza"), "ESPER_DATABASE_URL": database_url,
+        "ESPER_BLOB_URL": f"s3://esper-assets-it/{run}?{blob_query}", "ESPER_SEED_LIBRARY": "false",
+        "ESPER_PIPELINES": '["fast", "standard"]', "ESPER_HARDWARE": f'["{hardware}"]',
+        "ESPER_BATCH_SIZE": "8", "ESPER_OUTBOX_INTERVAL_S": "0.5", "ESPER_SUBSCRIPTION": f"urza-{run}",
+    }, tmp_path)
+    worker_env = base | {"ESPER_URZA_URL": urza_url, "ESPER_HARDWARE": hardware, "ESPER_NACK_DELAY_MS": "500"}
+    tezzeret = Proc("tezzeret", worker_env | {"ESPER_PORT": str(_free_port())}, tmp_path)
+    urabrask = Proc("urabrask", worker_env | {"ESPER_PORT": str(_free_port()), "ESPER_BUDGET_S": "2"}, tmp_path)
+    procs = [urza, tezzeret, urabrask]
+    try:
+        urza.start()
+        tezzeret.start()
+        urabrask.start()
+        yield type("Platform", (), {"urza": urza, "tezzeret": tezzeret, "urabrask": urabrask, "url": urza_url,
+                                    "hardware": hardware, "procs": procs})
+    except BaseException:
+        for p in procs:
+            sys.stderr.write(f"\n----- {p.service} log -----\n{p.tail(120)}\n")
+        raise
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, platform: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass  # Urza restarting
+        time.sleep(0.5)
+    logs = "\n".join(f"----- {p.service} -----\n{p.tail(40)}" for p in platform.procs)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs}")
+
+
+def _artifacts(http: httpx.Client, blueprint_id: str) -> dict[str, dict[str, Any]]:
+    """pipeline -> artifact record, from Urza's blueprint record."""
+    record = http.get(f"/api/v1/blueprints/{blueprint_id}").json()
+    return {a["pipeline"]: a for a in record["artifacts"]}
+
+
+def _blueprint() -> BlueprintIR:
+    irs = builtin_blueprints(TensorInterface(layout="BD", features=16))
+    return next(ir for ir in irs if ir.tags[0] == "bottleneck")
+
+
+def test_blueprint_to_running_seed_through_real_services_surviving_kills(platform: Any) -> None:
+    http = httpx.Client(base_url=platform.url, timeout=30)
+    ir = _blueprint()
+    created = http.post("/api/v1/blueprints", content=ir.model_dump_json(),
+                        headers={"Content-Type": "application/json"})
+    assert created.status_code == 201, created.text
+    bid = created.json()["blueprint_id"]
+
+    # Kill the compile worker in the middle of the standard (AOTInductor) compile: it has announced
+    # COMPILING and holds the job unacknowledged.
+    _wait(lambda: _artifacts(http, bid).get("standard", {}).get("status") == "COMPILING", 600,
+          "the standard compile to start", platform)
+    time.sleep(2.0)
+    platform.tezzeret.kill()
+    assert _artifacts(http, bid)["standard"]["status"] == "COMPILING"
+    platform.tezzeret.start()  # the broker redelivers the unacknowledged job to the new process
+
+    _wait(lambda: {a["status"] for a in _artifacts(http, bid).values()} == {"VALIDATED"}
+          and len(_artifacts(http, bid)) == 2, 900, "both artifacts to be VALIDATED", platform)
+    arts = _artifacts(http, bid)
+    for pipeline, art in arts.items():
+        report = art["validation"]
+        assert report["passed"] and report["hardware"] == platform.hardware, (pipeline, report)
+        assert report["latency_ms_p50"] > 0 and report["repeats"] > 0 and art["compile_time_s"] > 0
+        assert any(t.endswith("_speed") for t in report["tags"]) and art["sha256"]
+    history = http.get(f"/api/v1/kernels/{arts['standard']['artifact_id']}").json()["history"]
+    assert [h["to_status"] for h in history][-3:] == ["COMPILED", "VALIDATING", "VALIDATED"]
+
+    # Tamiyo's view: a tag query finds them; Kasmina's: load one and run it as a seed.
+    speed = next(t for t in arts["standard"]["validation"]["tags"] if t.endswith("_speed"))
+    query = KernelQuery(tags_required=["bottleneck", speed], hardware=platform.hardware,
+                        pipeline=CompilationPipeline.STANDARD, interface=ir.input)
+    source = UrzaKernelSource(platform.url, cache_mb=64)
+    found = source.query(query)
+    assert [a.artifact_id for a in found.artifacts] == [arts["standard"]["artifact_id"]]
+    aid = found.artifacts[0].artifact_id
+    assert isinstance(source.load(aid), CompiledKernel)
+    model = wrap(mlp(), fast_config(), source)  # layer "0" has 16 output features, like the blueprint
+    x = torch.randn(16, 8)
+    driver = Driver(model, x)
+    driver.to_stage("0", 0, aid, SeedStage.LOADING)
+    assert driver.apply(advance("0", 0, SeedStage.TRAINING)) == []
+    assert kasmina_layers(model)["0"].stage(0) is SeedStage.GRAFTING  # fixed-function: TRAINING skipped
+    train_steps(model, x, 6)
+    assert torch.isfinite(model(x)).all()
+
+    # Urza dies without warning and comes back: records, tags and bytes are all still there.
+    before = http.get(f"/api/v1/blueprints/{bid}").json()
+    platform.urza.kill()
+    platform.urza.start()
+    assert http.get(f"/api/v1/blueprints/{bid}").json() == before
+    again = UrzaKernelSource(platform.url, cache_mb=64, prewarm_loaders=False)
+    assert [a.artifact_id for a in again.query(query).artifacts] == [aid]
+    kernel = again.load(aid)
+    assert torch.equal(kernel(torch.ones(2, 16)), source.load(aid)(torch.ones(2, 16)))
+    http.close()

@@ -30,6 +30,9 @@ from esper_narset_worker import HostConfig, HttpCoordinator, NarsetHost, replay
 from esper_oona import connect
 from esper_tamiyo.service import create_service as create_tamiyo
 
+# Each test trains a model and serves two services: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
+
 DOMAINS = """
 hierarchical_control:
   tamiyo_prime: {atp_global_budget: 20, emergency_fraction: 0.1, proposal_reserve_fraction: 0.5}

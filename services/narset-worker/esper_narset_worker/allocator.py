@@ -17,8 +17,8 @@ full operating level; ``x > 1`` is *overdrive*. One window, one region, top to b
    Both lie in [0, 1] and ``need`` moves by at most ``A`` when every input moves by at most ``A``.
 
 3. **Mode, with hysteresis.** Consolidation turns into repair when ``need >= enter_repair``; repair
-   turns back only when ``need <= exit_repair``. Smoothed noise of amplitude below half the band can
-   therefore switch the mode at most once.
+   turns back only when ``need <= exit_repair``. Noise of amplitude below half that band around steady
+   inputs can therefore switch the mode at most once.
 
 4. **Targets.** Repair gives growth ``0.5 + 0.5·need`` and leaves pruning a probing heartbeat;
    consolidation gives pruning ``0.2 + 0.8·prune`` and growth ``0.5·need``. A target above 1 (overdrive)
@@ -31,7 +31,9 @@ full operating level; ``x > 1`` is *overdrive*. One window, one region, top to b
 
 6. **Fit the pool.** ``c(x) = x`` for ``x <= 1`` and ``1 + a(x-1)²`` above. The mode's lead agent keeps
    its intensity (capped where its cost alone fills the pool); the other gets what is left, so
-   ``c(x_T) + c(x_E) <= pool`` holds after every step, whatever the inputs.
+   ``c(x_T) + c(x_E) <= pool`` holds after every step, whatever the inputs. (``c`` bends the wrong way
+   at 1 — slope 1, then 0 — so a blend of two feasible points can be infeasible: this step must come
+   after inertia, every window.)
 
 Every step returns a :class:`~esper_contracts.NarsetAllocationDecision` carrying the raw and smoothed
 inputs. The arithmetic is plain, ordered float arithmetic with no clock and no randomness, so

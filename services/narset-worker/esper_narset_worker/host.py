@@ -191,8 +191,9 @@ class NarsetHost:
     def _wait_for_allocations(self, cycle: int) -> None:
         """Allocations for ``cycle`` are published before the answer, but on another topic: give them a moment."""
         deadline = time.monotonic() + self.config.allocation_wait_s
+        regions = list(self.geometry.widths)
         with self._cond:
-            while (self.ledger.latest_cycle() or -1) < cycle:
+            while (self.ledger.oldest_cycle(regions) or -1) < cycle:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning("narset: no allocations for cycle %d yet; spending from the previous cycle", cycle)

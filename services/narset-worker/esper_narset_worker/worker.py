@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,10 +74,13 @@ class BudgetLedger:
         with self._lock:
             return self.allocations.get(region_id)
 
-    def latest_cycle(self) -> int | None:
-        """The newest cycle any allocation belongs to."""
+    def oldest_cycle(self, regions: Iterable[str]) -> int | None:
+        """The oldest cycle among the allocations of ``regions`` (None while any of them has none)."""
         with self._lock:
-            return max((a.cycle for a in self.allocations.values()), default=None)
+            cycles = [self.allocations[r].cycle if r in self.allocations else None for r in regions]
+        if not cycles or any(c is None for c in cycles):
+            return None
+        return min(c for c in cycles if c is not None)
 
     def balance(self, region_id: str) -> float:
         """ATP left in the region's current cycle (0 without an allocation)."""

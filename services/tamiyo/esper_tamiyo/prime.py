@@ -104,8 +104,14 @@ class TamiyoPrime:
         self._latest: dict[str, HealthSummaryReport] = {}
 
     def observe(self, report: HealthSummaryReport) -> None:
-        """Take one domain's summary (its ``domain_id``, else its ``region_id``, names the domain)."""
+        """Take one domain's summary (its ``domain_id``, else its ``region_id``, names the domain).
+
+        A redelivered summary (same domain and window as the latest) is ignored, so it cannot count twice.
+        """
         domain = report.domain_id or report.region_id
+        latest = self._latest.get(domain)
+        if latest is not None and latest.window == report.window and latest == report:
+            return
         self._recent.append((domain, score_report(report)))
         self._latest[domain] = report
 

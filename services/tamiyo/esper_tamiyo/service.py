@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ class TamiyoService(Service):
         self.controller = TamiyoController(build_policy, RiskFilter(kernels), settings.policy,
                                            load_domains(settings.domains_file), options)
         self.lock = threading.RLock()
+        # Delivery is at least once: a redelivered packet gets the same answer again, never a second cycle.
+        self._answers: OrderedDict[str, list[Outgoing]] = OrderedDict()
         self.app.include_router(build_router(self.controller, self.lock))
         self.app.add_exception_handler(RequestValidationError, bad_request)
 
@@ -102,7 +105,11 @@ class TamiyoService(Service):
 
     def _on_packet(self, envelope: Envelope[Any]) -> None:
         with self.lock:
-            messages = self.controller.on_packet(envelope.payload)
+            messages = self._answers.get(envelope.message_id)
+            if messages is None:
+                messages = self._answers[envelope.message_id] = self.controller.on_packet(envelope.payload)
+                while len(self._answers) > 16:
+                    self._answers.popitem(last=False)
             self._publish(messages, envelope)
 
     def _on_summary(self, envelope: Envelope[Any]) -> None:

@@ -178,3 +178,12 @@ def test_volatile_zone_has_hysteresis() -> None:
     zones.observe_volatility(4, {"mid": 0.2}, pats)
     assert zones.observe_boundary(4, [], clean_checkpoint=True) == []
     assert [z.zone_id for z in zones.observe_boundary(5, [], clean_checkpoint=True)] == ["volatile-mid"]
+
+
+def test_a_redelivered_summary_counts_once() -> None:
+    prime = TamiyoPrime(LLM)
+    report = _report("final_layers", trend=0.2)
+    prime.observe(report)
+    prime.observe(report)
+    prime.observe(_report("final_layers", trend=0.0).model_copy(update={"window": 2}))
+    assert len([d for d, _ in prime._recent if d == "final_layers"]) == 2

@@ -220,3 +220,13 @@ def test_seeds_are_paged_and_filtered_and_bad_filters_are_400(tamiyo: Any) -> No
     assert client.get("/api/v1/seeds", params={"page_size": "many"}).status_code == 400
     assert client.get("/api/v1/decisions", params={"kind": "gossip"}).status_code == 400
     assert client.get("/openapi.json").json()["paths"]["/api/v1/system/status"]
+
+
+def test_a_redelivered_packet_is_answered_again_without_a_second_cycle(tamiyo: Any) -> None:
+    service, bus, probe, _client = tamiyo
+    sent = bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    decisions_before = len(service.controller.decisions)
+    service._on_packet(sent)  # what a redelivery of the same message does
+    signals = probe.wait("control.adaptation.signals", lambda s: len(s) == 2)
+    assert signals[0] == signals[1] and len(service.controller.decisions) == decisions_before

@@ -1,9 +1,10 @@
 """Kasmina overhead benchmark: dormant seeds, an active seed vs a PEFT LoRA adapter, Tamiyo's decision time, and
 the epoch-boundary control cost.
 
-Run: ``.venv/bin/python bench/bench_kasmina.py`` (about a minute on 2 CPU cores). Variants that are compared run
-side by side in one process, interleaved round by round (the order alternates), and every ratio is a ratio of
-medians, so a noisy neighbour slows both sides alike. Prints a table, then ``name: value`` lines, the last four:
+Run: ``.venv/bin/python bench/bench_kasmina.py`` (one to two minutes on 2 CPU cores, one torch thread).
+Variants that are compared run side by side in one process, one step each per round with the order
+alternating, and every ratio is the median of the per-round ratios, so a noisy neighbour slows both sides
+alike. Prints a table, then ``name: value`` lines, the last four:
 
 * ``dormant_overhead_ratio``: training-step time with every seed DORMANT / the bare host (goal <= 1.02).
 * ``active_vs_lora_ratio``: step time with one GRAFTING low-rank seed / the same host with a PEFT LoRA adapter
@@ -15,11 +16,17 @@ medians, so a noisy neighbour slows both sides alike. Prints a table, then ``nam
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
 from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import (
     KasminaConfig,
@@ -35,14 +42,10 @@ from esper.kasmina.testing import Driver, kernel_for
 from esper_contracts import SeedStage, SeedTelemetry, SystemStatePacket, TensorInterface
 from esper_policy import HeuristicPolicy
 from esper_policy.config import TamiyoConfig
-from peft import LoraConfig, inject_adapter_in_model
-from rich.console import Console
-from rich.table import Table
-from torch import nn
 
 S = SeedStage
 WIDTH, BATCH = 512, 128
-ROUNDS, STEPS_PER_ROUND = 11, 10
+PAIRS = 300
 
 
 def host() -> nn.Sequential:
@@ -69,20 +72,31 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
     return step
 
 
-def interleaved(steps: dict[str, Callable[[], None]], rounds: int = ROUNDS, n: int = STEPS_PER_ROUND
-                ) -> dict[str, float]:
-    """Median seconds per step of each variant, timed in alternating order round by round."""
+def interleaved(steps: dict[str, Callable[[], None]], pairs: int = PAIRS) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one step of each per round, the order alternating round by round.
+
+    Adjacent steps see the same machine load, so per-round ratios cancel a noisy neighbour out.
+    """
     for step in steps.values():  # warm-up
         for _ in range(5):
             step()
     samples: dict[str, list[float]] = {k: [] for k in steps}
     names = list(steps)
-    for r in range(rounds):
+    for r in range(pairs):
         for name in names if r % 2 == 0 else reversed(names):
             t0 = time.perf_counter()
-            for _ in range(n):
-                steps[name]()
-            samples[name].append((time.perf_counter() - t0) / n)
+            steps[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator time / denominator time."""
+    return statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator], strict=True))
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Median seconds per step of each variant."""
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -90,7 +104,7 @@ def bench_dormant(x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, fl
     bare = host()
     wrapped = wrap(copy.deepcopy(bare), KasminaConfig(chunks_per_layer=4))  # 4 layers x 4 seeds, all DORMANT
     t = interleaved({"bare host": make_step(bare, x, y), "16 dormant seeds": make_step(wrapped, x, y)})
-    return t["16 dormant seeds"] / t["bare host"], t
+    return paired_ratio(t, "16 dormant seeds", "bare host"), medians(t)
 
 
 def bench_active_vs_lora(x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, float], int, int]:
@@ -108,7 +122,7 @@ def bench_active_vs_lora(x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[
     lora.requires_grad_(True)  # train host and adapter, as the Esper side does
     lora_params = sum(p.numel() for n, p in lora.named_parameters() if "lora_" in n)
     t = interleaved({"LoRA r=8 (PEFT)": make_step(lora, x, y), "GRAFTING seed": make_step(esper_model, x, y)})
-    return t["GRAFTING seed"] / t["LoRA r=8 (PEFT)"], t, seed_params, lora_params
+    return paired_ratio(t, "GRAFTING seed", "LoRA r=8 (PEFT)"), medians(t), seed_params, lora_params
 
 
 def _packet(epoch: int, seeds: list[SeedTelemetry], val_loss: float) -> SystemStatePacket:
@@ -129,6 +143,7 @@ def bench_tamiyo(decisions: int = 200) -> tuple[float, float]:
                                interface=iface, epochs_in_stage=epoch)
                  for i, (v, d, g, s) in enumerate(stats)]
         packet = _packet(epoch, seeds, val_loss=1.0)  # a flat loss: plateaus keep triggering germination
+        gc.collect()  # the 1000 telemetry records built above are this loop's garbage, not the decision's
         t0 = time.perf_counter()
         policy.decide(packet)
         if epoch >= 20:  # the first decisions register kernel interfaces in the library
@@ -162,10 +177,13 @@ def bench_control(x: torch.Tensor, y: torch.Tensor, epochs: int = 5, steps: int 
 
 
 def main() -> None:
+    # One intra-op thread: on a shared 2-core machine a multi-threaded step swings by 10x with the neighbours'
+    # load (threads wait on each other at every kernel), which drowns the overheads being measured.
+    torch.set_num_threads(1)
     console = Console()
     x, y = torch.randn(BATCH, 256), torch.randint(0, 10, (BATCH,))
     console.print(f"[bold]Kasmina benchmark[/]: MLP 256-{WIDTH}-{WIDTH}-{WIDTH}-10, batch {BATCH}, "
-                  f"{torch.get_num_threads()} threads, {ROUNDS} interleaved rounds x {STEPS_PER_ROUND} steps")
+                  f"{torch.get_num_threads()} torch thread(s), {PAIRS} interleaved rounds of one step per variant")
     console.print("dormant seeds ...")
     dormant_ratio, dormant_t = bench_dormant(x, y)
     console.print("active seed vs LoRA ...")
@@ -175,7 +193,7 @@ def main() -> None:
     console.print("epoch-boundary control ...")
     b, e, control = bench_control(x, y)
 
-    table = Table(title="Kasmina overheads (medians)")
+    table = Table(title="Kasmina overheads (medians; ratios are medians of paired ratios)")
     for col in ("measurement", "value", "goal"):
         table.add_column(col)
     table.add_row("bare host step", f"{dormant_t['bare host'] * 1e3:.3f} ms", "")

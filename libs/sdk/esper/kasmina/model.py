@@ -102,6 +102,8 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, kernels: KernelS
         if callable(register):
             for i in range(len(layer.chunks.bounds)):
                 register(layer.chunks.interface(i))
+    layers = {m.layer_id: m for m in model.modules() if isinstance(m, KasminaLayer)}
+    model.__dict__[_LAYERS_ATTR] = layers  # a plain attribute: not a submodule, not in the state dict
     for m in model.modules():
         # The nested-tensor fast path would hand the layers a NestedTensor, which chunks cannot slice.
         if isinstance(m, nn.TransformerEncoder) and any(isinstance(c, KasminaLayer) for c in m.layers):
@@ -109,8 +111,18 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, kernels: KernelS
     return model
 
 
+_LAYERS_ATTR = "_kasmina_layers"
+
+
 def kasmina_layers(model: nn.Module) -> dict[str, KasminaLayer]:
-    """Every KasminaLayer of ``model`` by its layer id (the module path it was wrapped at)."""
+    """Every KasminaLayer of ``model`` by its layer id (the module path it was wrapped at).
+
+    ``wrap`` records the layers on the model, so the per-step calls (``reconstruction_loss``,
+    ``seed_parameters``) do not walk the module tree; any other module is searched.
+    """
+    cached = model.__dict__.get(_LAYERS_ATTR)
+    if cached is not None:
+        return dict(cached)
     return {m.layer_id: m for m in model.modules() if isinstance(m, KasminaLayer)}
 
 
@@ -123,6 +135,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     for path, m in list(model.named_modules()):
         if isinstance(m, KasminaLayer):
             _set_child(model, path, m.merged())
+    model.__dict__.pop(_LAYERS_ATTR, None)
     return model
 
 

@@ -9,7 +9,7 @@ at the boundary. Definitions (over all rows sampled in the epoch; a row is one b
 
 * ``chunk_variance``: mean over the chunk's units of each unit's variance.
 * ``dead_node_ratio``: fraction of units never above ``eps`` (dead under a rectifier).
-* ``activation_sparsity``: fraction of entries with ``|x| <= eps`` (eps of the sample they were in).
+* ``activation_sparsity``: fraction of entries with ``|x| < eps`` (eps of the sample they were in).
 * ``avg_correlation``: mean off-diagonal Pearson correlation among up to 16 evenly spaced units of the chunk.
 * ``gradient_norm``: root-mean-square over sampled steps of the L2 norm of the loss gradient reaching the
   chunk of the host output.
@@ -105,10 +105,11 @@ class HealthAccumulator:
             x = x[:: x.shape[0] // self.max_rows][: self.max_rows]
         rows = x.shape[0]
         x2 = x * x
-        near_zero = (x2 <= x2.mean() * 1e-4).sum(0).to(x.dtype)  # |x| <= 1% of this sample's RMS
+        # |x| < 1% of this sample's RMS, counted in float arithmetic (a bool sum over dim 0 is ~3x slower on CPU)
+        near_zero = (x2.mean() * 1e-4 - x2).clamp_min_(0.0).sign_().sum(0)
         self.sums += torch.stack((x.sum(0), x2.sum(0), near_zero))
         torch.maximum(self.maxes, x.amax(0), out=self.maxes)
-        xs = x[:, self._corr_idx].view(rows, -1, self._m).transpose(0, 1)  # (chunks, rows, m)
+        xs = x.index_select(1, self._corr_idx).view(rows, -1, self._m).transpose(0, 1)  # (chunks, rows, m)
         self.cross.baddbmm_(xs.transpose(1, 2), xs)
         self.rows += rows
         self.samples += 1

@@ -157,3 +157,15 @@ def test_linear_layout_is_learned_from_its_first_output() -> None:
     model = wrap(nn.Sequential(nn.Linear(6, 8)), KasminaConfig())
     model(torch.randn(2, 5, 6))
     assert collect_telemetry(model, 0)[0].interface == TensorInterface(layout="BTD", features=8)
+
+
+def test_a_kernel_chosen_from_another_library_instance_loads() -> None:
+    # Tamiyo and Kasmina may hold different LocalKernelLibrary instances: ids are content-derived, and the
+    # layer registers its chunk interface (here BTD, learned at the first forward) before loading.
+    model = wrap(nn.Sequential(nn.Linear(6, 8)), fast_config(), LocalKernelLibrary())
+    x = torch.randn(2, 5, 6)
+    model(x)
+    tamiyo_library = LocalKernelLibrary()
+    d = Driver(model, x)
+    d.to_stage("0", 0, kernel_for(model, tamiyo_library, "0", 0, family="attention_head"), S.GRAFTING, steps=2)
+    assert model(x).shape == (2, 5, 8)

@@ -235,6 +235,9 @@ class KasminaLayer(HostAttributeFallback):
     def _submit(self, i: int) -> None:
         kernel = self.kernel_id(i)
         assert kernel is not None
+        register = getattr(self.kernels, "register_interface", None)
+        if callable(register):  # a library that builds kernels per interface must know this chunk's (idempotent)
+            register(self.chunks.interface(i))
         device, dtype = self._placement()
         self._pending[i] = submit_load(self.kernels, kernel, device, dtype, self.chunks.interface(i))
 

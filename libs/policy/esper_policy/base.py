@@ -335,6 +335,8 @@ class PolicyBase:
             return False
         if self._epoch < cfg.warmup_epochs:
             return False
+        if cfg.last_germination_epoch is not None and self._epoch > cfg.last_germination_epoch:
+            return False
         last = self._last_germination
         return last is None or self._epoch - last >= cfg.germination_cooldown_epochs
 

@@ -27,6 +27,9 @@ class TamiyoConfig(BaseModel):
     max_concurrent_adaptations: int = Field(default=1, ge=1, description="Seeds live (germinated..fine-tuning) at once")
     max_germinations: int | None = Field(default=None, ge=0, description="Cap on germinations per run (None: no cap)")
     germination_cooldown_epochs: int = Field(default=0, ge=0, description="Epochs between two germinations")
+    last_germination_epoch: int | None = Field(
+        default=None, ge=0, description="No germination after this epoch, so late seeds can finish their lifecycle"
+    )
     embargo_epochs: int = Field(default=5, ge=0, description="A culled slot waits this long before it may regrow")
     cull_regression_tolerance: float = Field(
         default=0.02, ge=0.0, description="Cull when the val metric falls this far below the pre-germination baseline"

@@ -40,6 +40,9 @@ class TolariaConfig(BaseModel):
         default=3.0, gt=1.0, description="Roll back when the epoch's train loss exceeds this × the recent mean"
     )
     spike_window: int = Field(default=5, ge=1, description="Epochs in the recent mean the spike test uses")
+    spike_min_increase: float = Field(
+        default=0.1, ge=0.0, description="A spike must also raise the loss by this much (tiny losses jitter by ratios)"
+    )
     max_rollbacks: int = Field(default=3, ge=0, description="Give up (raise) after this many rollbacks in one run")
     checkpoints_kept: int = Field(default=3, ge=1)
     run_dir: str = Field(default="runs", description="Runs are written to <run_dir>/<run_id>/")

@@ -224,8 +224,8 @@ class TolariaTrainer:
         if not math.isfinite(val_loss):
             self.rollback(epoch, f"non-finite validation loss ({val_loss})")
             return
-        recent = sum(self._train_losses) / len(self._train_losses) if self._train_losses else math.inf
-        if len(self._train_losses) >= 2 and train_loss > self.config.max_loss_spike_ratio * recent:
+        if self._is_spike(train_loss):
+            recent = sum(self._train_losses) / len(self._train_losses)
             self.rollback(epoch, f"loss spike: {train_loss:.4g} > {self.config.max_loss_spike_ratio} x {recent:.4g}")
             return
         self._train_losses.append(train_loss)
@@ -247,6 +247,14 @@ class TolariaTrainer:
         self.progress.update(epoch, f"val_acc {val_acc:.3f}  seeds live {active}")
         if self.hooks.on_epoch_end is not None:
             self.hooks.on_epoch_end(self)
+
+    def _is_spike(self, train_loss: float) -> bool:
+        """The loss jumped well above its recent mean, by a ratio and by an absolute margin."""
+        if len(self._train_losses) < 2:
+            return False
+        recent = sum(self._train_losses) / len(self._train_losses)
+        cfg = self.config
+        return train_loss > cfg.max_loss_spike_ratio * recent and train_loss - recent > cfg.spike_min_increase
 
     def _train_one_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training data; returns (mean loss, accuracy), or (nan, ...) at the first bad loss."""

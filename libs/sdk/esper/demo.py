@@ -1,0 +1,238 @@
+"""``python -m esper.demo``: watch Esper grow a deliberately weak network, on digits and on two spirals.
+
+For each task a narrow MLP is wrapped by Kasmina and trained by Tolaria under the heuristic Tamiyo;
+when validation loss plateaus, seeds germinate in the sickest slots, graft, and are kept or culled.
+The same host is also trained alone (same seed, same epochs) for comparison. Everything a run leaves
+goes to ``runs/demo-<task>/``: the evolved model and its ``lineage.json``, metrics and events, and a
+report (``report.png`` and a self-contained ``report.html``).
+
+The run's settings come from ``configs/demo-<task>.yaml``; the host's shape is part of the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from esper_policy import build_policy
+
+from .blueprints import LocalKernelLibrary
+from .config import EsperConfig, load_config
+from .data import Batches, TaskData, load_task
+from .kasmina import ChunkLayout, GraftedModule, chunk_bounds, wrap
+from .lineage import Lineage, save_model
+from .tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class NarrowMLP(nn.Module):
+    """``in -> hidden.0 -> relu -> ... -> head``: a plain MLP, narrow enough to stall."""
+
+    def __init__(self, in_features: int, widths: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        dims = (in_features, *widths)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = torch.relu(layer(x))  # (B, width)
+        return self.head(x)  # (B, classes)
+
+
+class TinyCNN(nn.Module):
+    """An 8×8 image through one strided 3×3 convolution with a few channels, then a linear head."""
+
+    def __init__(self, channels: int = 4, num_classes: int = 10, side: int = 8) -> None:
+        super().__init__()
+        self.side = side
+        self.conv = nn.Conv2d(1, channels, kernel_size=3, stride=2, padding=1)
+        self.head = nn.Linear(channels * (side // 2) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, self.side, self.side)  # (B, 64) -> (B, 1, 8, 8)
+        x = torch.relu(self.conv(x))  # (B, C, 4, 4)
+        return self.head(x.flatten(1))  # (B, classes)
+
+
+#: The deliberately weak host of each task, and what it is, in words.
+HOSTS: dict[str, tuple[Callable[[TaskData], nn.Module], str]] = {
+    "digits": (lambda d: TinyCNN(4, d.num_classes), "1 conv layer (3x3, 4 channels, stride 2) + linear head"),
+    "spirals": (lambda d: NarrowMLP(d.num_features, (8, 8), d.num_classes), "ReLU MLP 2-8-8-2"),
+}
+
+
+def build_host(task: str, data: TaskData) -> nn.Module:
+    """A freshly initialised weak host for ``task`` (seed torch first for a reproducible init)."""
+    return HOSTS[task][0](data)
+
+
+def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]], chunks: int) -> nn.Module:
+    """The evolved architecture as a plain model, freshly initialised: the host with the same kernels built in.
+
+    ``fossilized`` lists (layer id, seed index, kernel artifact id). Each named layer becomes a
+    GraftedModule (host layer + seed modules on its chunks), exactly the shape ``unwrap`` leaves, but
+    with every parameter trainable from the start.
+    """
+    model = build_host(task, data)
+    library = LocalKernelLibrary()  # kernel ids are content addresses: any library rebuilds the same kernel
+    by_layer: dict[str, dict[int, str]] = {}
+    for layer_id, index, kernel in fossilized:
+        by_layer.setdefault(layer_id, {})[index] = kernel
+    for layer_id, seeds in by_layer.items():
+        host = model.get_submodule(layer_id)
+        if isinstance(host, nn.Conv2d):
+            layout, features = "BCHW", host.out_channels
+        elif isinstance(host, nn.Linear):
+            layout, features = "BD", host.out_features
+        else:
+            raise TypeError(f"{layer_id}: static twins support Linear and Conv2d hosts, not {type(host).__name__}")
+        layout_spec = ChunkLayout(layout, features, tuple(chunk_bounds(features, chunks)))
+        for i in seeds:
+            library.register_interface(layout_spec.interface(i))
+        grafted = GraftedModule(host, {i: library.load(k) for i, k in seeds.items()}, layout_spec)
+        parent, _, name = layer_id.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, name, grafted)
+    return model.requires_grad_(True)
+
+
+def demo_config(task: str, path: Path | None = None) -> EsperConfig:
+    """The demo's run configuration for ``task`` (``configs/demo-<task>.yaml`` unless ``path`` is given)."""
+    return load_config(path or REPO_ROOT / "configs" / f"demo-{task}.yaml")
+
+
+@dataclass
+class ExperimentResult:
+    """What one training run produced."""
+
+    task: str
+    policy: str
+    seed: int
+    test_accuracy: float
+    test_loss: float
+    final_val_accuracy: float
+    parameters: int
+    seconds: float
+    outcomes: dict[str, int] = field(default_factory=dict)
+    history: TrainingHistory | None = None
+    lineage: Lineage | None = None
+    model: nn.Module | None = None
+
+
+def run_experiment(
+    task: str,
+    config: EsperConfig,
+    *,
+    policy: str = "heuristic",
+    seed: int = 0,
+    fossilized: list[tuple[str, int, str]] | None = None,
+    run_dir: Path | None = None,
+    run_id: str | None = None,
+    quiet: bool = False,
+    data: TaskData | None = None,
+) -> ExperimentResult:
+    """Train one host on one task under one policy ("heuristic", "random" or "none") and test it.
+
+    With ``fossilized`` (possibly empty), the model is instead the static twin of an evolved one (see
+    :func:`static_twin`), trained from scratch with no seed slots and no controller.
+    """
+    data = data or load_task(task, seed)
+    torch.manual_seed(seed)
+    library = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
+    if fossilized is not None:  # a static model: nothing left to grow, so no seed slots at all
+        model = static_twin(task, data, fossilized, config.kasmina.chunks_per_layer)
+        policy = "none"
+    else:
+        model = wrap(build_host(task, data), config.kasmina, library)
+    controller = build_policy(config.tamiyo.model_copy(update={"policy": policy, "seed": seed}), library)
+    tolaria = config.tolaria.model_copy(update={
+        "seed": seed,
+        "run_dir": str(run_dir) if run_dir is not None else config.tolaria.run_dir,
+        "run_id": run_id or f"{task}-{policy}-{seed}",
+        **({"progress_bar": False, "log_lines": False} if quiet else {}),
+    })
+    trainer = TolariaTrainer(
+        model, controller, tolaria,
+        train_data=Batches(data.train, tolaria.batch_size, seed=seed),
+        val_data=Batches(data.val, 1024, shuffle=False),
+    )
+    start = time.perf_counter()
+    model, history = trainer.train()
+    seconds = time.perf_counter() - start
+    test_loss, test_acc = evaluate(model, Batches(data.test, 1024, shuffle=False))
+    last = history.epochs[-1]
+    return ExperimentResult(
+        task=task, policy=policy, seed=seed, test_accuracy=test_acc, test_loss=test_loss,
+        final_val_accuracy=float(last["val_accuracy"]), parameters=int(last["total_params"]), seconds=seconds,
+        outcomes=trainer.lineage.summary(), history=history, lineage=trainer.lineage, model=model,
+    )
+
+
+def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Console) -> dict[str, Any]:
+    """Esper and the host alone on one task; writes model, lineage and report; returns the summary row."""
+    from .report import write_report
+
+    config = demo_config(task)
+    if epochs is not None:
+        config = config.model_copy(update={"tolaria": config.tolaria.model_copy(update={"epochs": epochs})})
+    out = out_root / f"demo-{task}"
+    console.rule(f"[bold]{task}: weak host ({HOSTS[task][1]}) grown by Esper, heuristic Tamiyo")
+    esper_run = run_experiment(task, config, policy="heuristic", run_dir=out_root, run_id=f"demo-{task}")
+    console.print(f"[dim]{task}: the same host alone, for comparison[/dim]")
+    host_run = run_experiment(task, config, policy="none", run_dir=out / "baseline", run_id="host-only", quiet=True)
+    assert esper_run.model is not None and esper_run.history is not None and host_run.history is not None
+    summary = {
+        "task": task,
+        "host_test_accuracy": host_run.test_accuracy,
+        "esper_test_accuracy": esper_run.test_accuracy,
+        "host_parameters": host_run.parameters,
+        "esper_parameters": esper_run.parameters,
+        "outcomes": esper_run.outcomes,
+        "seconds": esper_run.seconds + host_run.seconds,
+    }
+    save_model(esper_run.model, out, extra={"task": task, "host": HOSTS[task][1], "summary": summary})
+    write_report(out, task=task, history=esper_run.history, baseline=host_run.history, summary=summary,
+                 lineage=esper_run.lineage)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m esper.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=["digits", "spirals", "all"], default="all")
+    parser.add_argument("--epochs", type=int, default=None, help="override tolaria.epochs of the demo configs")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="parent directory of runs/demo-<task>/")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # tiny models: threads cost more than they give
+    console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
+    tasks = ["digits", "spirals"] if args.task == "all" else [args.task]
+    rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
+
+    table = Table(title="Esper demo: weak host alone vs grown by Esper (held-out test split)")
+    for column in ("task", "host only", "Esper", "params host → Esper", "seeds", "report"):
+        table.add_column(column)
+    for row in rows:
+        gain = row["esper_test_accuracy"] - row["host_test_accuracy"]
+        outcomes = ", ".join(f"{k.lower()} {v}" for k, v in sorted(row["outcomes"].items())) or "none"
+        table.add_row(row["task"], f"{row['host_test_accuracy']:.3f}",
+                      f"{row['esper_test_accuracy']:.3f} ({gain:+.3f})",
+                      f"{row['host_parameters']} → {row['esper_parameters']}", outcomes,
+                      str(args.out / f"demo-{row['task']}" / "report.html"))
+    console.print(table)
+    return 0 if all(math.isfinite(r["esper_test_accuracy"]) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

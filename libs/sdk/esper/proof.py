@@ -1,0 +1,280 @@
+"""``python -m esper.proof``: does growing a network with Esper beat not growing it?
+
+For each task (digits, spirals) and each of N seeds, four arms are trained for the same epochs on the
+same split, and tested on the held-out test split (never seen by any controller):
+
+* ``host``   — the weak host alone (Esper's loop, no controller);
+* ``esper``  — the host grown by the heuristic Tamiyo;
+* ``random`` — the host grown by a policy that germinates random slots with random kernels at random
+  times and never judges a seed;
+* ``static`` — the architecture Esper ended with (host + the same fossilized kernels), built up front
+  and trained from scratch: same parameter count, no growth.
+
+It prints mean ± 95% CI per arm and two-sided Welch t-test p-values of Esper against each other arm,
+and writes ``results.json`` and ``proof.png`` into ``runs/proof/``. Runs go through a process pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import EsperConfig
+from .demo import demo_config, run_experiment
+from .tolaria import progress_bar_wanted
+
+TASKS = ("digits", "spirals")
+ARMS = ("host", "esper", "random", "static")
+POLICY = {"host": "none", "esper": "heuristic", "random": "random", "static": "none"}
+
+
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz evaluation)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= d * c
+        if abs(d * c - 1.0) < 1e-12:
+            break
+    return result
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side; use symmetry on the other
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf_two_sided(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
+    return betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t, by bisection on the two-sided tail."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if 1.0 - t_sf_two_sided(mid, df) / 2.0 < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (t distribution)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan
+    return mean, t_quantile(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Welch's two-sample t-test: (t statistic, two-sided p-value)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if va + vb == 0.0:
+        return (0.0, 1.0) if diff == 0.0 else (math.copysign(math.inf, diff), 0.0)
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, t_sf_two_sided(t, df)
+
+
+# ----------------------------------------------------------------------------------------- one run
+
+
+def proof_config(task: str, quick: bool) -> EsperConfig:
+    """The demo configuration of ``task``; ``quick`` shrinks it to a smoke run (few epochs, early growth)."""
+    config = demo_config(task)
+    if not quick:
+        return config
+    return config.model_copy(update={
+        "tolaria": config.tolaria.model_copy(update={"epochs": 10}),
+        "kasmina": config.kasmina.model_copy(update={"alpha_ramp_steps": 10, "stabilization_steps": 2,
+                                                     "evaluation_steps": 2, "fine_tuning_steps": 5}),
+        "tamiyo": config.tamiyo.model_copy(update={"warmup_epochs": 1, "plateau_patience_epochs": 1,
+                                                   "plateau_min_delta": 10.0, "last_germination_epoch": None,
+                                                   "fine_tuning_epochs": 2, "random_germination_probability": 0.5,
+                                                   "min_improvement": -1.0, "cull_regression_tolerance": 1.0}),
+    })
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train and test one (task, arm, seed); runs in a worker process."""
+    torch.set_num_threads(1)  # two workers on two cores; more threads only fight
+    task, arm, seed = job["task"], job["arm"], job["seed"]
+    result = run_experiment(
+        task, proof_config(task, job["quick"]), policy=POLICY[arm], seed=seed,
+        fossilized=[tuple(f) for f in job["fossilized"]] if arm == "static" else None,  # type: ignore[misc]
+        run_dir=Path(job["out"]) / "runs", run_id=f"{task}-{arm}-{seed}", quiet=True,
+    )
+    lineage = result.lineage.germinations if result.lineage is not None else []
+    return {
+        "task": task, "arm": arm, "seed": seed, "test_accuracy": result.test_accuracy,
+        "final_val_accuracy": result.final_val_accuracy, "parameters": result.parameters,
+        "seconds": round(result.seconds, 2), "outcomes": result.outcomes,
+        "fossilized": [[g.layer_id, g.seed_index, g.kernel_artifact_id] for g in lineage
+                       if g.outcome == "FOSSILIZED" and g.kernel_artifact_id],
+    }
+
+
+def _warm_imports() -> None:
+    """Import what the first optimizer pulls in (torch._dynamo) once, before the pool forks its workers."""
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+
+def run_all(tasks: Sequence[str], seeds: int, quick: bool, out: Path, workers: int,
+            console: Console) -> list[dict[str, Any]]:
+    """Every arm of every task and seed; the static arm waits for the Esper run whose shape it copies."""
+    common = {"quick": quick, "out": str(out), "fossilized": []}
+    growing = [{"task": t, "arm": a, "seed": s, **common} for t in tasks for s in range(seeds)
+               for a in ("esper", "host", "random")]
+    results: list[dict[str, Any]] = []
+    columns = (TextColumn("[bold]proof"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not progress_bar_wanted()) as progress, \
+            ProcessPoolExecutor(max_workers=workers) as pool:
+        bar = progress.add_task("", total=len(growing) + len(tasks) * seeds)
+        statics = []
+        for result in pool.map(run_one, growing):
+            results.append(result)
+            progress.update(bar, advance=1, description=f"{result['task']} {result['arm']} seed {result['seed']}")
+            if result["arm"] == "esper":
+                statics.append({**common, "task": result["task"], "arm": "static", "seed": result["seed"],
+                                "fossilized": result["fossilized"]})
+        for result in pool.map(run_one, statics):
+            results.append(result)
+            progress.update(bar, advance=1, description=f"{result['task']} static seed {result['seed']}")
+    if not progress_bar_wanted():
+        console.print(f"{len(results)} runs done")
+    return results
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+    """Per task and arm: accuracies, mean ± CI, parameters; p-values of Esper against every other arm."""
+    summary: dict[str, Any] = {}
+    for task in tasks:
+        arms: dict[str, Any] = {}
+        for arm in ARMS:
+            runs = sorted((r for r in results if r["task"] == task and r["arm"] == arm), key=lambda r: r["seed"])
+            accs = [r["test_accuracy"] for r in runs]
+            if not accs:
+                continue
+            mean, ci = mean_ci95(accs)
+            arms[arm] = {"test_accuracy": accs, "mean": mean, "ci95": ci,
+                         "parameters_mean": statistics.fmean(r["parameters"] for r in runs),
+                         "fossilized_mean": statistics.fmean(r["outcomes"].get("FOSSILIZED", 0) for r in runs)}
+        esper = arms.get("esper", {}).get("test_accuracy", [])
+        for arm, stats in arms.items():
+            if arm != "esper":
+                stats["esper_minus_this"] = statistics.fmean(esper) - stats["mean"] if esper else math.nan
+                stats["welch_t"], stats["p_value_vs_esper"] = welch(esper, stats["test_accuracy"])
+        summary[task] = arms
+    return summary
+
+
+def print_table(summary: dict[str, Any], console: Console, seeds: int) -> None:
+    """The result table: one row per task and arm."""
+    table = Table(title=f"Esper proof: test accuracy over {seeds} seeds (mean ± 95% CI; Welch t-test vs Esper)")
+    for column in ("task", "arm", "test accuracy", "Esper − arm", "p (vs Esper)", "params", "fossilized"):
+        table.add_column(column, justify="left" if column in ("task", "arm") else "right")
+    for task, arms in summary.items():
+        for arm, s in arms.items():
+            ci = "n/a" if math.isnan(s["ci95"]) else f"{s['ci95']:.4f}"
+            diff = "" if arm == "esper" else f"{s['esper_minus_this']:+.4f}"
+            p_value = s.get("p_value_vs_esper", math.nan)
+            p = "" if arm == "esper" else ("n/a" if math.isnan(p_value) else f"{p_value:.3g}")
+            table.add_row(task, arm, f"{s['mean']:.4f} ± {ci}", diff, p, f"{s['parameters_mean']:.0f}",
+                          f"{s['fossilized_mean']:.1f}" if arm in ("esper", "random") else "")
+    console.print(table)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """One panel per task: mean ± 95% CI per arm, every seed as a dot."""
+    fig, axes = plt.subplots(1, len(summary), figsize=(5.5 * len(summary), 4.2), squeeze=False)
+    colours = {"host": "#7f7f7f", "esper": "#2166ac", "random": "#fdae61", "static": "#1a9641"}
+    for ax, (task, arms) in zip(axes[0], summary.items(), strict=True):
+        for x, (arm, s) in enumerate(arms.items()):
+            ci = 0.0 if math.isnan(s["ci95"]) else s["ci95"]
+            ax.bar(x, s["mean"], yerr=ci, color=colours[arm], alpha=0.75, capsize=6)
+            ax.plot([x] * len(s["test_accuracy"]), s["test_accuracy"], "o", color="black", ms=3.5, alpha=0.7)
+        lows = [min(s["test_accuracy"]) for s in arms.values()]
+        ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(s["mean"] + 0.04 for s in arms.values())))
+        ax.set_xticks(range(len(arms)), list(arms))
+        ax.set_title(f"{task}: test accuracy", loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m esper.proof", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task and arm (default 5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: few epochs, early growth")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/proof"))
+    args = parser.parse_args(argv)
+    console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
+    args.out.mkdir(parents=True, exist_ok=True)
+    _warm_imports()
+    start = time.perf_counter()
+    console.print(f"proof: {len(args.tasks)} task(s) × {len(ARMS)} arms × {args.seeds} seeds"
+                  f"{' (quick)' if args.quick else ''}, {args.workers} workers")
+    results = run_all(args.tasks, args.seeds, args.quick, args.out, args.workers, console)
+    summary = summarise(results, args.tasks)
+    print_table(summary, console, args.seeds)
+    plot(summary, args.out / "proof.png")
+    document = {"seeds": args.seeds, "quick": args.quick, "seconds": round(time.perf_counter() - start, 1),
+                "summary": summary, "runs": results}
+    text = json.dumps(document, indent=2, default=lambda v: None)
+    (args.out / "results.json").write_text(text.replace("NaN", "null") + "\n")
+    console.print(f"wrote {args.out / 'results.json'} and {args.out / 'proof.png'} "
+                  f"in {document['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

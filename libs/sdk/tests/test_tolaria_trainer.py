@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from esper_contracts import Outcome, SeedStage
-from esper_policy import HeuristicPolicy, TamiyoConfig
 from torch import nn
 
 from esper import KasminaConfig, LocalKernelLibrary, TolariaConfig, wrap
 from esper.data import Batches, two_spirals
 from esper.kasmina import kasmina_layers
 from esper.tolaria import TolariaTrainer, TrainerHooks
+from esper_contracts import Outcome, SeedStage
+from esper_policy import HeuristicPolicy, TamiyoConfig
 
 S = SeedStage
 
@@ -80,7 +80,7 @@ def assert_same(a: Any, b: Any, where: str = "") -> None:
 
 def test_a_seed_is_germinated_and_grafted_and_the_run_leaves_its_files(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, epochs=9)
-    model, history = trainer.train()
+    _, history = trainer.train()
     reached = stages_reached(trainer)
     assert {"GERMINATED", "LOADING", "TRAINING", "GRAFTING", "STABILIZATION", "EVALUATING"} <= reached
     assert trainer.lineage.germinations[0].outcome == "FOSSILIZED"
@@ -116,7 +116,6 @@ def test_nan_rolls_back_host_seeds_and_controller_bit_identically(tmp_path: Path
                         controller=copy.deepcopy(t.controller.state_dict()), epoch=t.epoch)
 
     trainer = make_trainer(tmp_path, epochs=6, loss_fn=loss_fn, hooks=TrainerHooks(on_epoch_end, on_restore))
-    live_before = None
 
     _, history = trainer.train()
     assert restored["epoch"] == 4 and restored["path"].name == "epoch-00004.pt"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 from esper_contracts import (
     CommandType,
@@ -253,15 +252,22 @@ def test_random_policy_is_reproducible_and_ungated() -> None:
     assert other.state_dict() == state
 
 
-def test_decide_is_fast_with_1000_seeds() -> None:
+def test_decide_at_1000_seeds_stays_within_its_limits() -> None:
+    # Latency is a benchmark figure (bench/bench_kasmina.py: tamiyo_decision_p99_ms_1k_seeds); here the
+    # decisions at that scale must still be legal: dormant targets only, never over the concurrency cap.
     lib = FakeLibrary([make_artifact("mlp")])
     policy = HeuristicPolicy(CFG.model_copy(update={"max_concurrent_adaptations": 20}), lib)
     stages = [S.DORMANT] * 900 + [S.TRAINING] * 50 + [S.GRAFTING] * 30 + [S.CULLED] * 20
     seeds = [seed(f"layer{i // 4}", i % 4, stage=st, gradient_norm=float(i % 7)) for i, st in enumerate(stages)]
-    timings = []
+    by_id = {(s.layer_id, s.seed_index): s for s in seeds}
     for epoch in range(60):
-        start = time.perf_counter()
-        policy.decide(packet(epoch, 1.0, seeds))
-        timings.append(time.perf_counter() - start)
-    timings.sort()
-    assert timings[int(0.99 * len(timings)) - 1] < 0.005, timings[-5:]
+        signal = policy.decide(packet(epoch, 1.0, seeds))
+        for cmd in signal.commands:
+            target = by_id[(cmd.layer_id, cmd.seed_index)]
+            if cmd.command is CommandType.GERMINATE:
+                assert target.stage is S.DORMANT
+        active = sum(1 for s in seeds if s.stage not in (S.DORMANT, S.CULLED))
+        germinating = sum(1 for c in signal.commands if c.command is CommandType.GERMINATE)
+        assert germinating == 0 or active + germinating <= 20, (active, germinating)
+
+

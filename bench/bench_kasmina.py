@@ -16,7 +16,6 @@ alike. Prints a table, then ``name: value`` lines, the last four:
 from __future__ import annotations
 
 import copy
-import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -143,7 +142,6 @@ def bench_tamiyo(decisions: int = 200) -> tuple[float, float]:
                                interface=iface, epochs_in_stage=epoch)
                  for i, (v, d, g, s) in enumerate(stats)]
         packet = _packet(epoch, seeds, val_loss=1.0)  # a flat loss: plateaus keep triggering germination
-        gc.collect()  # the 1000 telemetry records built above are this loop's garbage, not the decision's
         t0 = time.perf_counter()
         policy.decide(packet)
         if epoch >= 20:  # the first decisions register kernel interfaces in the library

@@ -64,7 +64,9 @@ class KasminaLayer(HostAttributeFallback):
         self._pending: dict[int, Future[nn.Module]] = {}
         self._events: list[SeedEvent] = []
         self._recon: list[torch.Tensor] = []
-        self._countdown = 1  # the first forward is sampled, so telemetry exists from the first boundary
+        # Forwards until the next telemetry sample, in a list so the hot path mutates it without going through
+        # nn.Module.__setattr__. The first forward is sampled, so telemetry exists from the first boundary.
+        self._countdown = [1]
         self._boundary = -1  # last epoch whose boundary work ran
         self._plan: list[tuple[int, SeedStage, nn.Module]] = []
         self._rebuild_plan()
@@ -74,10 +76,11 @@ class KasminaLayer(HostAttributeFallback):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the host, then the seeds of the chunks whose stage affects or learns from the output."""
         out = self.host(*args, **kwargs)
-        self._countdown -= 1
-        sample = self._countdown <= 0
+        countdown = self._countdown
+        countdown[0] -= 1
+        sample = countdown[0] <= 0
         if sample:
-            self._countdown = self.config.telemetry_every
+            countdown[0] = self.config.telemetry_every
             self._sample(out)
         if not self._plan:
             return out
@@ -98,7 +101,7 @@ class KasminaLayer(HostAttributeFallback):
     def _forward_seeds(self, out: torch.Tensor, sample: bool) -> torch.Tensor:
         st, training = self.seed_state, self.training
         if training:
-            self._recon = []
+            self._recon.clear()
         replaced: dict[int, torch.Tensor] = {}
         for i, stage, module in self._plan:
             if st.get(F.FAILED, i):
@@ -440,7 +443,7 @@ class KasminaLayer(HostAttributeFallback):
         return {
             "version": _STATE_VERSION, "state": self.seed_state.tensor.clone(), "health": self.health.state(),
             "kernels": list(self.kernel_table), "attached": sorted(int(k) for k in self.seeds),
-            "layout": self.chunks.layout, "infer_layout": self._infer_layout, "countdown": self._countdown,
+            "layout": self.chunks.layout, "infer_layout": self._infer_layout, "countdown": self._countdown[0],
             "boundary": self._boundary,
         }
 
@@ -455,7 +458,7 @@ class KasminaLayer(HostAttributeFallback):
         self.kernel_table = list(state["kernels"])
         self._set_layout(state["layout"])
         self._infer_layout = bool(state["infer_layout"])
-        self._countdown, self._boundary = int(state["countdown"]), int(state["boundary"])
+        self._countdown, self._boundary = [int(state["countdown"])], int(state["boundary"])
         self._recon = []
         for key in list(self.seeds):
             del self.seeds[key]

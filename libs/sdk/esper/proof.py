@@ -10,15 +10,18 @@ same split, and tested on the held-out test split (never seen by any controller)
 * ``static`` — the architecture Esper ended with (host + the same fossilized kernels), built up front
   and trained from scratch: same parameter count, no growth.
 
-It prints mean ± 95% CI per arm and two-sided Welch t-test p-values of Esper against each other arm,
-and writes ``results.json`` and ``proof.png`` into ``runs/proof/``. Runs go through a process pool.
+It prints mean ± 95% CI per arm and two-sided p-values of Esper against each other arm — Welch's
+t-test, and a paired t-test (the arms of one seed share its split and host initialisation) — and
+writes ``results.json`` and ``proof.png`` into ``runs/proof/``. Runs go through a process pool.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import statistics
 import time
 from collections.abc import Sequence
@@ -117,6 +120,21 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return t, t_sf_two_sided(t, df)
 
 
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Paired t-test on per-seed differences ``a[i] - b[i]``: (t statistic, two-sided p-value).
+
+    The arms share each seed's data split and host initialisation, so pairing removes that variance.
+    """
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0.0:
+        return (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
+    t = mean / (sd / math.sqrt(len(diffs)))
+    return t, t_sf_two_sided(t, len(diffs) - 1)
+
+
 # ----------------------------------------------------------------------------------------- one run
 
 
@@ -155,9 +173,16 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _warm_imports() -> None:
-    """Import what the first optimizer pulls in (torch._dynamo) once, before the pool forks its workers."""
-    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Workers forked from a clean fork server that has already imported torch, torch._dynamo and Esper.
+
+    Plain ``fork`` of a process that has run torch (OpenMP pools, Kasmina's loader threads) can deadlock
+    the children; ``spawn`` would make every worker import torch (and torch._dynamo, which the first
+    optimizer pulls in) from scratch. A preloaded fork server gets both safety and speed.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch._dynamo", "esper.demo"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def run_all(tasks: Sequence[str], seeds: int, quick: bool, out: Path, workers: int,
@@ -170,16 +195,18 @@ def run_all(tasks: Sequence[str], seeds: int, quick: bool, out: Path, workers: i
     columns = (TextColumn("[bold]proof"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress_bar_wanted()) as progress, \
-            ProcessPoolExecutor(max_workers=workers) as pool:
+            contextlib.ExitStack() as stack:
+        # One worker runs in this process (no start-up cost: used by the smoke test); more use a pool.
+        run_many = map if workers == 1 else stack.enter_context(_worker_pool(workers)).map
         bar = progress.add_task("", total=len(growing) + len(tasks) * seeds)
         statics = []
-        for result in pool.map(run_one, growing):
+        for result in run_many(run_one, growing):
             results.append(result)
             progress.update(bar, advance=1, description=f"{result['task']} {result['arm']} seed {result['seed']}")
             if result["arm"] == "esper":
                 statics.append({**common, "task": result["task"], "arm": "static", "seed": result["seed"],
                                 "fossilized": result["fossilized"]})
-        for result in pool.map(run_one, statics):
+        for result in run_many(run_one, statics):
             results.append(result)
             progress.update(bar, advance=1, description=f"{result['task']} static seed {result['seed']}")
     if not progress_bar_wanted():
@@ -209,24 +236,36 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, 
             if arm != "esper":
                 stats["esper_minus_this"] = statistics.fmean(esper) - stats["mean"] if esper else math.nan
                 stats["welch_t"], stats["p_value_vs_esper"] = welch(esper, stats["test_accuracy"])
+                stats["paired_t"], stats["paired_p_value_vs_esper"] = paired(esper, stats["test_accuracy"])
+                stats["esper_wins"] = sum(e > o for e, o in zip(esper, stats["test_accuracy"], strict=True))
+                stats["ties"] = sum(e == o for e, o in zip(esper, stats["test_accuracy"], strict=True))
         summary[task] = arms
     return summary
 
 
 def print_table(summary: dict[str, Any], console: Console, seeds: int) -> None:
     """The result table: one row per task and arm."""
-    table = Table(title=f"Esper proof: test accuracy over {seeds} seeds (mean ± 95% CI; Welch t-test vs Esper)")
-    for column in ("task", "arm", "test accuracy", "Esper − arm", "p (vs Esper)", "params", "fossilized"):
+    table = Table(title=f"Esper proof: test accuracy over {seeds} seeds (mean ± 95% CI), Esper against each arm")
+    columns = ("task", "arm", "test accuracy", "Esper − arm", "p Welch", "p paired", "Esper wins/ties", "params",
+               "fossilized")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("task", "arm") else "right")
     for task, arms in summary.items():
         for arm, s in arms.items():
             ci = "n/a" if math.isnan(s["ci95"]) else f"{s['ci95']:.4f}"
             diff = "" if arm == "esper" else f"{s['esper_minus_this']:+.4f}"
-            p_value = s.get("p_value_vs_esper", math.nan)
-            p = "" if arm == "esper" else ("n/a" if math.isnan(p_value) else f"{p_value:.3g}")
-            table.add_row(task, arm, f"{s['mean']:.4f} ± {ci}", diff, p, f"{s['parameters_mean']:.0f}",
-                          f"{s['fossilized_mean']:.1f}" if arm in ("esper", "random") else "")
+            p_welch, p_paired = (_p(s.get(k)) for k in ("p_value_vs_esper", "paired_p_value_vs_esper"))
+            wins = "" if arm == "esper" else f"{s['esper_wins']}/{s['ties']} of {len(s['test_accuracy'])}"
+            grown = f"{s['fossilized_mean']:.1f}" if arm in ("esper", "random") else ""
+            table.add_row(task, arm, f"{s['mean']:.4f} ± {ci}", diff, p_welch, p_paired, wins,
+                          f"{s['parameters_mean']:.0f}", grown)
     console.print(table)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -238,10 +277,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             ci = 0.0 if math.isnan(s["ci95"]) else s["ci95"]
             ax.bar(x, s["mean"], yerr=ci, color=colours[arm], alpha=0.75, capsize=6)
             ax.plot([x] * len(s["test_accuracy"]), s["test_accuracy"], "o", color="black", ms=3.5, alpha=0.7)
-        lows = [min(s["test_accuracy"]) for s in arms.values()]
-        ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(s["mean"] + 0.04 for s in arms.values())))
+        points = [a for s in arms.values() for a in s["test_accuracy"]]
+        ax.set_ylim(max(0.0, min(points) - 0.03), min(1.0, max(points) + 0.015))
         ax.set_xticks(range(len(arms)), list(arms))
-        ax.set_title(f"{task}: test accuracy", loc="left")
+        ax.set_title(f"{task}: test accuracy (bar: mean, whiskers: 95% CI, dots: seeds)", loc="left", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -251,7 +290,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(prog="python -m esper.proof", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per task and arm (default 5)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds per task and arm (default 10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few epochs, early growth")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--workers", type=int, default=2)
@@ -259,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
     args.out.mkdir(parents=True, exist_ok=True)
-    _warm_imports()
     start = time.perf_counter()
     console.print(f"proof: {len(args.tasks)} task(s) × {len(ARMS)} arms × {args.seeds} seeds"
                   f"{' (quick)' if args.quick else ''}, {args.workers} workers")

@@ -46,6 +46,19 @@ def cpp_compiler_version() -> str:
 
 
 @functools.cache
+def strip_version() -> str:
+    """First line of ``strip --version`` ('' when binutils is absent: packages are then left unstripped)."""
+    tool = shutil.which("strip")
+    if tool is None:
+        return ""
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout.splitlines() or [""])[0].strip()
+
+
+@functools.cache
 def triton_version() -> str:
     """The installed Triton version ('' when absent); it generates GPU kernels for the AOTInductor pipelines."""
     try:
@@ -82,6 +95,7 @@ def toolchain_description(pipeline: CompilationPipeline, device: str, input_shap
     }
     if pipeline is not CompilationPipeline.FAST:
         desc["inductor_options"] = inductor_options(pipeline, device)
+        desc["strip_debug"] = strip_version()  # stripped and unstripped packages are different bytes
         if device == "cuda":
             desc["cuda"] = torch.version.cuda or ""
             desc["triton"] = triton_version()

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from esper.blueprints.compiled import prewarm
 from esper_contracts import CompiledKernelArtifact
 
 from .gatekeeper import GateRejection, check, load_for_validation
@@ -40,6 +41,7 @@ class Evaluation:
 def evaluate(record: CompiledKernelArtifact, data: bytes, tolerance: float, device: str = "cpu",
              settings: ProfileSettings | None = None, seed: int = 0) -> Evaluation:
     """Gate the artifact; when it passes, profile it on its traced input shape."""
+    prewarm()  # the loaders' one-time imports are the process's cost, not this kernel's memory
     try:
         with PeakMemory(device) as mem:
             loaded = load_for_validation(record, data, device)

@@ -9,7 +9,9 @@ The measurement loop, top to bottom:
    variation of the per-round medians below ``target_cv``) or the time budget is spent.
 
 ``measurement_cv`` is that coefficient of variation: how much an identical re-run would move the
-reported latency. Medians per round keep a single preempted call (on a shared CPU) from deciding it.
+reported latency. It is the robust form (1.4826 x MAD / median of the per-round medians), and medians
+per round keep a single preempted call from deciding a round: on a shared CPU, a few rounds disturbed
+by another process say nothing about the kernel.
 Latency mean/p50/p99 come from every timed call; throughput from rounds' wall time.
 
 Peak memory is what running the kernel adds: on GPU ``torch.cuda.max_memory_allocated`` around the
@@ -90,7 +92,7 @@ def measure_latency(fn: Callable[[], object], device: str = "cpu",
         samples.extend(times)
         medians.append(statistics.median(times))
         if len(medians) >= s.min_rounds:
-            cv = statistics.pstdev(medians) / statistics.fmean(medians)
+            cv = robust_cv(medians)
             if cv <= s.target_cv or clock() - start > s.budget_s:
                 break
     if len(medians) < 2:
@@ -101,6 +103,16 @@ def measure_latency(fn: Callable[[], object], device: str = "cpu",
         mean_ms=statistics.fmean(ms), p50_ms=_percentile(ms, 0.50), p99_ms=_percentile(ms, 0.99),
         throughput_per_s=len(samples) / busy if busy > 0 else 0.0, cv=cv, calls=len(samples), rounds=len(medians),
     )
+
+
+def robust_cv(values: list[float]) -> float:
+    """1.4826 x median absolute deviation / median: the coefficient of variation a normal sample would have,
+    computed so that a few rounds disturbed by another process on the machine do not dominate it."""
+    mid = statistics.median(values)
+    if mid <= 0:
+        return 0.0
+    mad = statistics.median(abs(v - mid) for v in values)
+    return 1.4826 * mad / mid
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

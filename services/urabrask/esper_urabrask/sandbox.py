@@ -17,6 +17,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from esper.blueprints.compiled import prewarm
 from esper_contracts import CompiledKernelArtifact
 
 from .evaluate import Evaluation, evaluate
@@ -36,6 +37,7 @@ class SandboxTimeout(RuntimeError):
 def _serve(conn: Connection) -> None:
     """Child main loop: receive a task, evaluate it, send the result; ``None`` ends the loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the child stops
+    prewarm()
     while True:
         try:
             task = conn.recv()

@@ -21,7 +21,7 @@ from esper_contracts import (
     TensorInterface,
 )
 from esper_urabrask.evaluate import evaluate
-from esper_urabrask.profiler import PeakMemory, ProfileSettings, measure_latency
+from esper_urabrask.profiler import PeakMemory, ProfileSettings, measure_latency, robust_cv
 
 
 def record(aid: str, blob: bytes, sha: str, shape: list[int]) -> CompiledKernelArtifact:
@@ -46,6 +46,13 @@ def test_the_loop_stops_early_once_rounds_agree() -> None:
     settings = ProfileSettings(min_rounds=5, max_rounds=200, target_cv=0.5, budget_s=5.0, round_s=0.005)
     profile = measure_latency(lambda: x @ x, settings=settings)
     assert profile.rounds == 5 and profile.cv <= 0.5
+
+
+def test_the_cv_ignores_a_few_disturbed_rounds_but_not_a_noisy_measurement() -> None:
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0]
+    assert robust_cv(steady) < 0.02
+    assert robust_cv([*steady, 3.0]) < 0.02  # one round hit by another process
+    assert robust_cv([1.0, 1.3, 0.7, 1.2, 0.8, 1.25, 0.75]) > 0.2
 
 
 def test_peak_memory_sees_a_large_temporary_allocation() -> None:

@@ -203,12 +203,14 @@ def read_manifest(data: bytes) -> KernelManifest:
         return _parse_manifest(zf.read(MANIFEST_MEMBER))
 
 
-def open_kernel_artifact(data: bytes, sha256: str) -> KernelArtifact:
+def open_kernel_artifact(data: bytes, sha256: str, *, digest_checked: bool = False) -> KernelArtifact:
     """Verify ``data`` against ``sha256`` and then its own members; return manifest, weights and program.
 
-    Raises KernelIntegrityError when a hash does not match and KernelFormatError for anything malformed.
+    ``digest_checked=True`` skips hashing the whole blob again when the caller has just verified these very
+    bytes against ``sha256`` (a sha256-checked cache did); the members are checked either way. Raises
+    KernelIntegrityError when a hash does not match and KernelFormatError for anything malformed.
     """
-    actual = sha256_hex(data)
+    actual = sha256 if digest_checked else sha256_hex(data)
     if actual != sha256:
         raise KernelIntegrityError(f"kernel blob hashes to {actual}, expected {sha256}; refusing to open it")
     with _open_zip(data) as zf:
@@ -505,13 +507,18 @@ class CompiledKernel(nn.Module):
         return (load_compiled, (self._blob, self.sha256))
 
 
-def load_compiled(data: bytes, sha256: str) -> CompiledKernel:
+def load_compiled(data: bytes, sha256: str, *, digest_checked: bool = False) -> CompiledKernel:
     """Verify and load a compiled artifact as a :class:`CompiledKernel` (see the module docstring).
 
     Raises KernelIntegrityError (hash mismatch), KernelFormatError (malformed or unsafe content) or
-    KernelHardwareError (built for a device or ISA this process lacks).
+    KernelHardwareError (built for a device or ISA this process lacks). ``digest_checked``: see
+    :func:`open_kernel_artifact`.
     """
-    artifact = open_kernel_artifact(data, sha256)
+    return load_artifact(open_kernel_artifact(data, sha256, digest_checked=digest_checked), data)
+
+
+def load_artifact(artifact: KernelArtifact, data: bytes) -> CompiledKernel:
+    """Load an artifact already opened (and verified) by :func:`open_kernel_artifact` from ``data``."""
     m = artifact.manifest
     if m.pipeline is CompilationPipeline.FAST:
         graph = _load_exported(artifact.program, m.artifact_id)

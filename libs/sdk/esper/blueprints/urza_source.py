@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from esper_contracts import (
 )
 
 from .cache import KernelCache, sha256_hex
-from .compiled import CompiledKernel, load_compiled, prewarm
+from .compiled import CompiledKernel, load_artifact, open_kernel_artifact, prewarm
 from .errors import KernelIntegrityError, KernelNotFoundError
 from .interpreter import build_module
 
@@ -192,22 +193,34 @@ class UrzaClient:
 IntegrityCallback = Callable[[str, str], None]
 
 
+def _pipeline_of(artifact_id: str) -> CompilationPipeline:
+    """The pipeline segment of ``<ir-hash>-<hardware>-<pipeline>-<toolchain-hash>``."""
+    try:
+        return CompilationPipeline(artifact_id.rsplit("-", 2)[1])
+    except (IndexError, ValueError):
+        raise KernelNotFoundError(f"{artifact_id!r} is not an artifact id") from None
+
+
 class UrzaKernelSource:
     """KernelSource (``load``/``metadata``) and KernelSelector (``query``) backed by Urza.
 
     Thread-safe: Kasmina loads from background threads. ``prewarm_loaders`` pays the loaders' one-time
     per-process cost on a background thread at construction, before the first seed is LOADING.
+    ``pace_s``: how long a background load pauses between its phases (0 to never pause).
     """
 
     def __init__(self, base_url: str = "", *, cache_mb: float = 256.0, token: str | None = None,
-                 timeout_s: float = 30.0, client: UrzaClient | None = None, prewarm_loaders: bool = True) -> None:
+                 timeout_s: float = 30.0, client: UrzaClient | None = None, prewarm_loaders: bool = True,
+                 pace_s: float = 0.005) -> None:
         self.client = client if client is not None else UrzaClient(base_url, token=token, timeout_s=timeout_s)
         self.cache_mb = cache_mb
+        self.pace_s = pace_s
         self.cache = KernelCache(cache_mb)
         self._capacity = self.cache.capacity_bytes
         self._loaded: OrderedDict[str, tuple[CompiledKernel, int]] = OrderedDict()
         self._loaded_bytes = 0
         self._meta: dict[str, CompiledKernelArtifact] = {}
+        self._digests: dict[str, str] = {}  # digests verified when the bytes entered the cache
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self.integrity_failures = 0
@@ -224,7 +237,12 @@ class UrzaKernelSource:
         return record.artifact
 
     def load(self, artifact_id: str) -> nn.Module:
-        """A module for ``artifact_id``: a clone of an already-loaded compiled kernel, or fetch, verify and load."""
+        """A module for ``artifact_id``: a clone of an already-loaded compiled kernel, or fetch, verify and load.
+
+        A cold load is one request: the binary, whose response carries the digest Urza recorded for it
+        (checked against the record too when this source has seen the record). The pipeline is part of
+        the artifact id, so no metadata round trip is needed to know how to load the bytes.
+        """
         hit = self._loaded_hit(artifact_id)
         if hit is not None:
             return hit
@@ -234,18 +252,21 @@ class UrzaKernelSource:
             hit = self._loaded_hit(artifact_id)
             if hit is not None:
                 return hit
-            meta = self._meta.get(artifact_id)
-            if meta is None or meta.sha256 is None:
-                meta = self.metadata(artifact_id)
-            if meta.sha256 is None:
-                raise KernelNotFoundError(f"kernel artifact {artifact_id} has no binary yet (status "
-                                          f"{meta.status.value})")
-            data = self._blob(artifact_id, meta.sha256)
-            if meta.pipeline is CompilationPipeline.EAGER:
+            data, sha256 = self._blob(artifact_id)
+            if _pipeline_of(artifact_id) is CompilationPipeline.EAGER:
                 return build_module(BlueprintIR.model_validate_json(data))
-            kernel = load_compiled(data, meta.sha256)
+            self._pause()
+            artifact = open_kernel_artifact(data, sha256, digest_checked=True)  # _blob verified these bytes
+            self._pause()
+            kernel = load_artifact(artifact, data)
             self._remember(artifact_id, kernel, len(data))
             return kernel.clone()
+
+    def _pause(self) -> None:
+        # A background load pauses between its phases (fetch+verify, open, native load: a few ms of CPU
+        # each), so one training step competes with one phase at most instead of with the whole load.
+        if self.pace_s > 0 and threading.current_thread() is not threading.main_thread():
+            time.sleep(self.pace_s)
 
     def _loaded_hit(self, artifact_id: str) -> CompiledKernel | None:
         with self._lock:
@@ -268,26 +289,39 @@ class UrzaKernelSource:
             self._loaded[artifact_id] = (kernel, size)
             self._loaded_bytes += size
 
-    def _blob(self, artifact_id: str, sha256: str) -> bytes:
+    def _blob(self, artifact_id: str) -> tuple[bytes, str]:
+        """The artifact's bytes and their verified sha256: from the cache, else from Urza."""
+        with self._lock:
+            meta = self._meta.get(artifact_id)
+            known = meta.sha256 if meta is not None else self._digests.get(artifact_id)
         try:
-            cached = self.cache.get(artifact_id, sha256)
+            cached = self.cache.get(artifact_id, known)
         except KernelIntegrityError as exc:  # a corrupted cache entry was evicted: fetch it again
             log.warning("cached kernel bytes failed their check, refetching: %s", exc)
             cached = None
         if cached is not None:
-            return cached
+            return cached, known or sha256_hex(cached)  # cached bytes always have a digest on record
         data, sent = self.client.binary(artifact_id)
-        actual = sha256_hex(data)
-        if actual != sha256 or (sent and sent != sha256):
-            self._integrity_failure(artifact_id, f"fetched bytes hash to {actual}; Urza's record says {sha256}"
-                                                 f"{f' and its header says {sent}' if sent else ''}")
-        self.cache.put(artifact_id, data, sha256)
-        return data
+        if not sent and known is None:  # an Urza that sends no digest: ask for the record
+            known = self.metadata(artifact_id).sha256
+        expected = known or sent
+        try:
+            if expected is None or (sent and known and sent != known):
+                raise KernelIntegrityError("digest mismatch")
+            self.cache.put(artifact_id, data, expected)  # hashes the bytes; nothing is kept on a mismatch
+            with self._lock:
+                self._digests[artifact_id] = expected
+        except KernelIntegrityError:
+            self._integrity_failure(artifact_id, f"fetched bytes hash to {sha256_hex(data)}; Urza's record says "
+                                                 f"{known}, its response header says {sent or None}")
+        assert expected is not None
+        return data, expected
 
     def _integrity_failure(self, artifact_id: str, reason: str) -> None:
         with self._lock:
             self.integrity_failures += 1
             self._meta.pop(artifact_id, None)
+            self._digests.pop(artifact_id, None)
         log.error("kernel blob refused: %s", reason, extra={"artifact_id": artifact_id})
         for callback in list(self.on_integrity_error):
             try:
@@ -296,14 +330,20 @@ class UrzaKernelSource:
                 log.exception("integrity callback failed")
         raise KernelIntegrityError(f"kernel artifact {artifact_id}: {reason}; refused")
 
-    def evict(self, artifact_id: str) -> None:
-        """Forget an artifact (after it failed at runtime): the next load fetches and verifies it again."""
-        self.cache.evict(artifact_id)
+    def evict(self, artifact_id: str, *, keep_bytes: bool = False) -> None:
+        """Forget an artifact (after it failed at runtime): the next load fetches and verifies it again.
+
+        ``keep_bytes`` drops only the loaded program (the next load re-verifies and reloads the cached bytes).
+        """
+        if not keep_bytes:
+            self.cache.evict(artifact_id)
         with self._lock:
             entry = self._loaded.pop(artifact_id, None)
             if entry is not None:
                 self._loaded_bytes -= entry[1]
-            self._meta.pop(artifact_id, None)
+            if not keep_bytes:
+                self._meta.pop(artifact_id, None)
+                self._digests.pop(artifact_id, None)
 
     # -- KernelSelector ---------------------------------------------------------------------------------
     def query(self, q: KernelQuery) -> KernelQueryResult:

@@ -112,9 +112,7 @@ class PolicyBase:
         live = 0
         for t in packet.seeds:  # one pass; cheap attribute reads only, so 1000 seeds cost well under a ms
             stage = t.stage
-            if stage is S.DORMANT:
-                dormant.append(t)
-            elif stage in ACTIVE_STAGES:
+            if stage in ACTIVE_STAGES:
                 rec = self._live.get(t.seed_id) or self._adopt(t, metric)
                 if rec.stage != stage.value:
                     rec.stage, rec.boundaries_in_stage = stage.value, 0
@@ -124,6 +122,11 @@ class PolicyBase:
                     commands.append(cmd)
                 if t.seed_id in self._live:
                     live += 1
+                continue
+            if self._live and t.seed_id in self._live:  # it ended without this policy's command
+                self._forget(t, packet)
+            if stage is S.DORMANT:
+                dormant.append(t)
             elif stage in (S.CULLED, S.CANCELLED):
                 commands.extend(self._release(t))
         self._recent.append(metric)
@@ -235,6 +238,12 @@ class PolicyBase:
                 eval_metrics=eval_metrics,
             )
         )
+
+    def _forget(self, t: SeedTelemetry, packet: SystemStatePacket) -> None:
+        """Close the books on a seed that left the active stages without a command from this policy."""
+        outcome = {S.FOSSILIZED: Outcome.FOSSILIZED, S.ROLLED_BACK: Outcome.ROLLED_BACK,
+                   S.CANCELLED: Outcome.CANCELLED}.get(t.stage, Outcome.CULLED)
+        self._report(self._live[t.seed_id], packet_metric(packet), outcome, packet, f"observed {t.stage.value}")
 
     def _release(self, t: SeedTelemetry) -> list[KasminaControlCommand]:
         """Return a culled or cancelled slot to DORMANT once its embargo is over."""

@@ -271,3 +271,21 @@ def test_decide_at_1000_seeds_stays_within_its_limits() -> None:
         assert germinating == 0 or active + germinating <= 20, (active, germinating)
 
 
+
+
+def test_no_germination_after_the_last_germination_epoch() -> None:
+    policy = HeuristicPolicy(CFG.model_copy(update={"last_germination_epoch": 3}), FakeLibrary([make_artifact("mlp")]))
+    for epoch in range(10):
+        for cmd in policy.decide(packet(epoch, 1.0, [seed("fc1")])).commands:
+            assert epoch <= 3, cmd
+    assert policy.state_dict()["germinations"] == 1
+
+
+def test_a_seed_ended_outside_the_policy_is_reported_and_forgotten() -> None:
+    policy = HeuristicPolicy(CFG, FakeLibrary([make_artifact("mlp")]))
+    plateau_then_germinate(policy, [seed("fc1")])
+    policy.drain_field_reports()
+    policy.decide(packet(20, 1.0, [seed("fc1", stage=S.CULLED, embargo_until_epoch=25)]))
+    (report,) = policy.drain_field_reports()
+    assert report.outcome is Outcome.CULLED and report.seed_id == "fc1[0]"
+    assert policy.state_dict()["live"] == {}

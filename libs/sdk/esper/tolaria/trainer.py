@@ -317,14 +317,14 @@ class TolariaTrainer:
         """
         layers = kasmina_layers(self.model)
         for cmd in commands:
-            layer = layers.get(cmd.layer_id)
-            before = layer.stage(cmd.seed_index) if layer is not None and cmd.seed_index < layer.seed_state.n else None
-            for error in apply_commands(self.model, [cmd], epoch):
+            errors = apply_commands(self.model, [cmd], epoch)
+            for error in errors:
                 self._event(epoch, "command_refused", message=error)
                 self._say(f"epoch {epoch:3d}  command refused: {error}")
-            if layer is not None and before is not None:
-                self._transition(epoch, cmd.layer_id, cmd.seed_index, layer.stage(cmd.seed_index), metrics, cmd.reason,
-                                 layer.kernel_id(cmd.seed_index))
+            layer = layers.get(cmd.layer_id)
+            if not errors and layer is not None:
+                i = cmd.seed_index
+                self._transition(epoch, cmd.layer_id, i, layer.stage(i), metrics, cmd.reason, layer.kernel_id(i))
 
     def _kernel_failures(self, epoch: int) -> dict[str, str]:
         """Drain Kasmina's events; log kernel load/runtime errors and return them by seed id."""

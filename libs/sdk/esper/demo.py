@@ -220,17 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["digits", "spirals"] if args.task == "all" else [args.task]
     rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
 
-    table = Table(title="Esper demo: weak host alone vs grown by Esper (held-out test split)")
-    for column in ("task", "host only", "Esper", "params host → Esper", "seeds", "report"):
+    table = Table(title="Esper demo: the weak host alone vs grown by Esper (held-out test split)")
+    for column in ("task", "host alone", "Esper", "params host → Esper", "adaptations"):
         table.add_column(column)
     for row in rows:
         gain = row["esper_test_accuracy"] - row["host_test_accuracy"]
         outcomes = ", ".join(f"{k.lower()} {v}" for k, v in sorted(row["outcomes"].items())) or "none"
         table.add_row(row["task"], f"{row['host_test_accuracy']:.3f}",
                       f"{row['esper_test_accuracy']:.3f} ({gain:+.3f})",
-                      f"{row['host_parameters']} → {row['esper_parameters']}", outcomes,
-                      str(args.out / f"demo-{row['task']}" / "report.html"))
+                      f"{row['host_parameters']} → {row['esper_parameters']}", outcomes)
     console.print(table)
+    for row in rows:
+        out = args.out / f"demo-{row['task']}"
+        console.print(f"{row['task']}: {out / 'report.html'}  (model.pt, lineage.json, report.png beside it)")
     return 0 if all(math.isfinite(r["esper_test_accuracy"]) for r in rows) else 1
 
 

@@ -200,3 +200,31 @@ def test_kernel_runtime_error_is_logged_and_the_seed_culled(tmp_path: Path) -> N
     culled = [g for g in trainer.lineage.germinations if g.outcome == "CULLED"]
     assert culled and "kernel" in culled[0].stages[-1]["reason"]
     assert any(r["outcome"] == "CULLED" for r in history.field_reports)
+
+
+def test_the_sdk_user_journey_through_the_public_api(tmp_path: Path) -> None:
+    """Design F.2: one YAML, wrap, a controller, the trainer, save_model — kernels chosen and loaded by
+    two different library instances (the controller's and wrap's default)."""
+    import esper
+
+    text = (Path(__file__).resolve().parents[3] / "configs" / "demo-spirals.yaml").read_text()
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(text)
+    config = esper.load_config(config_path)
+    config = config.model_copy(update={
+        "tolaria": config.tolaria.model_copy(update={"epochs": 6, "run_dir": str(tmp_path), "progress_bar": False,
+                                                     "log_lines": False}),
+        "tamiyo": TAMIYO.model_copy(update={"blueprint_preference": ["capacity"]}),
+        "kasmina": KASMINA,
+    })
+    data = two_spirals(seed=0, points_per_class=64)
+    model = esper.wrap(TinyMLP(), config.kasmina)
+    controller = esper.build_controller(config.tamiyo)
+    trainer = esper.TolariaTrainer(model, controller, config.tolaria, train_data=Batches(data.train, 16),
+                                   val_data=Batches(data.val, 256, shuffle=False))
+    final_model, history = trainer.train()
+    assert "GRAFTING" in stages_reached(trainer) and len(history.epochs) == 6
+    out = esper.save_model(final_model, tmp_path / "evolved")
+    assert json.loads((out / "lineage.json").read_text())["germinations"]
+    plain = esper.unwrap(final_model)
+    assert not kasmina_layers(plain)

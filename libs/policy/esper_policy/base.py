@@ -204,7 +204,7 @@ class PolicyBase:
         self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket, outcome: Outcome, reason: str
     ) -> KasminaControlCommand:
         """Fossilize or cull a seed, writing its field report now (the command is legal by construction)."""
-        self._report(rec, packet_metric(packet), outcome, packet, reason)
+        self._report(rec, packet_metric(packet), outcome, packet)
         if outcome is Outcome.FOSSILIZED:
             return self._advance(t, S.FOSSILIZED, reason)
         return KasminaControlCommand(
@@ -215,10 +215,11 @@ class PolicyBase:
             reason=reason,
         )
 
-    def _report(
-        self, rec: Adaptation, post: float, outcome: Outcome, packet: SystemStatePacket | None, reason: str
-    ) -> None:
+    def _report(self, rec: Adaptation, post: float, outcome: Outcome, packet: SystemStatePacket | None) -> None:
+        """Close one adaptation: its field report, and an embargo and a blacklisted blueprint if it failed."""
         del self._live[rec.seed_id]
+        if outcome is Outcome.ROLLED_BACK:
+            self._locked.add(rec.seed_id)
         if outcome is not Outcome.FOSSILIZED:
             self._failed.setdefault(rec.seed_id, []).append(rec.blueprint_id)
             self._embargo[rec.seed_id] = self._epoch + self.config.embargo_epochs
@@ -243,7 +244,7 @@ class PolicyBase:
         """Close the books on a seed that left the active stages without a command from this policy."""
         outcome = {S.FOSSILIZED: Outcome.FOSSILIZED, S.ROLLED_BACK: Outcome.ROLLED_BACK,
                    S.CANCELLED: Outcome.CANCELLED}.get(t.stage, Outcome.CULLED)
-        self._report(self._live[t.seed_id], packet_metric(packet), outcome, packet, f"observed {t.stage.value}")
+        self._report(self._live[t.seed_id], packet_metric(packet), outcome, packet)
 
     def _release(self, t: SeedTelemetry) -> list[KasminaControlCommand]:
         """Return a culled or cancelled slot to DORMANT once its embargo is over."""

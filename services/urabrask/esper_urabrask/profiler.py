@@ -4,7 +4,8 @@ The measurement loop, top to bottom:
 
 1. warm up until the kernel has run ``warmup_calls`` times *and* ``warmup_s`` has passed (first calls
    allocate, fault pages in and spin up thread pools);
-2. size a round so that it lasts about ``round_s`` (timer noise and one-off hiccups shrink relative to it);
+2. calibrate the cost of a call on fresh calls and size a round to last about ``round_s`` (timer noise
+   and one-off hiccups shrink relative to it);
 3. run rounds, timing every call; after ``min_rounds``, stop as soon as the rounds agree (coefficient of
    variation of the per-round medians below ``target_cv``) or the time budget is spent.
 
@@ -71,7 +72,19 @@ def measure_latency(fn: Callable[[], object], device: str = "cpu",
         fn()
         calls += 1
     _sync(device)
-    per_call = max((clock() - t0) / calls, 1e-7)
+    # Calibrate on fresh calls rather than the warm-up's average: one stall there (a page fault storm, a
+    # neighbour's burst) would otherwise shrink every round to a handful of calls.
+    k = 8
+    while True:
+        c0 = clock()
+        for _ in range(k):
+            fn()
+        _sync(device)
+        elapsed = clock() - c0
+        if elapsed >= s.round_s / 10 or k >= s.max_calls_per_round:
+            break
+        k *= 2
+    per_call = max(elapsed / k, 1e-7)
     n = int(min(max(s.round_s / per_call, 5), s.max_calls_per_round))
 
     samples: list[float] = []

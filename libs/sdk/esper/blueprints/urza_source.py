@@ -211,7 +211,7 @@ class UrzaKernelSource:
 
     def __init__(self, base_url: str = "", *, cache_mb: float = 256.0, token: str | None = None,
                  timeout_s: float = 30.0, client: UrzaClient | None = None, prewarm_loaders: bool = True,
-                 pace_s: float = 0.005) -> None:
+                 pace_s: float = 0.01) -> None:
         self.client = client if client is not None else UrzaClient(base_url, token=token, timeout_s=timeout_s)
         self.cache_mb = cache_mb
         self.pace_s = pace_s

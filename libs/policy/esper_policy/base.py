@@ -163,6 +163,7 @@ class PolicyBase:
             if rec.boundaries_in_stage < wanted:
                 return None
             target = next_stage(t.stage, rec.trainable)
+            assert target is not None  # EVALUATING and FINE_TUNING always have a successor
             if target is S.FOSSILIZED:
                 return self._end(t, rec, packet, Outcome.FOSSILIZED, "fine-tuning finished")
             return self._advance(t, target, "evaluation finished")

@@ -127,7 +127,9 @@ def broadcast_signal(signal: AdaptationSignal | None) -> AdaptationSignal:
         return signal
     box = [signal.model_dump_json() if signal is not None else None]
     dist.broadcast_object_list(box, src=0)
-    return AdaptationSignal.model_validate_json(box[0])
+    decided = box[0]
+    assert decided is not None  # rank 0 always decides
+    return AdaptationSignal.model_validate_json(decided)
 
 
 def _library_names(model: nn.Module) -> Callable[[str], str | None]:

@@ -19,7 +19,7 @@ out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 "$HELM" lint --strict deploy/helm/esper
 "$HELM" template esper deploy/helm/esper --kube-version "$KUBE_VERSION" > "$out/default.yaml"
 "$HELM" template esper deploy/helm/esper --kube-version "$KUBE_VERSION" \
-  --set services.tezzeret.enabled=true --set services.urabrask.enabled=true > "$out/all.yaml"
-grep -q 'nvidia.com/gpu: 1' "$out/all.yaml" || { echo "urabrask lost its GPU request"; exit 1; }
+  --set services.tezzeret.replicas=4 --set services.urabrask.gpu=2 > "$out/all.yaml"
+grep -q 'nvidia.com/gpu: 2' "$out/all.yaml" || { echo "urabrask lost its GPU request"; exit 1; }
 .venv/bin/kubernetes-validate --strict -k "$KUBE_VERSION" --quiet "$out/default.yaml" "$out/all.yaml"
 echo "deploy-check: compose, chart and $(grep -c '^kind:' "$out/all.yaml") rendered manifests are valid"

@@ -37,7 +37,11 @@ def test_service_folder_has_code_tests_dockerfile_readme(service: Path) -> None:
     assert (service / "tests").is_dir()
     assert (service / "README.md").exists()
     dockerfile = (service / "Dockerfile").read_text()
-    assert f"--package esper-{service.name}" in dockerfile and f'"serve", "{service.name}"' in dockerfile
+    assert f"--package esper-{service.name}" in dockerfile
+    if service.name == "narset-worker":  # lives in the trainer process: its image is the trainer's base
+        assert '"esper.demo"' in dockerfile
+    else:
+        assert f'"serve", "{service.name}"' in dockerfile
 
 
 def test_urza_and_contracts_do_not_pull_torch() -> None:

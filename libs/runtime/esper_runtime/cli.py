@@ -11,7 +11,7 @@ from rich.table import Table
 
 from esper_contracts import TOPICS
 
-from .registry import KNOWN_SERVICES, UnknownServiceError, load_factory, runnable_services
+from .registry import IN_TRAINER_PROCESS, KNOWN_SERVICES, UnknownServiceError, load_factory, runnable_services
 
 app = typer.Typer(help="Esper: grow neural networks while they train.", no_args_is_help=True)
 infra_app = typer.Typer(help="Start, stop and inspect local Pulsar, PostgreSQL, S3 and Prometheus.",
@@ -42,7 +42,8 @@ def services() -> None:
     found = runnable_services()
     table = Table("service", "runnable")
     for name in KNOWN_SERVICES:
-        table.add_row(name, "yes" if name in found else "not yet")
+        state = "yes" if name in found else "in the trainer process" if name in IN_TRAINER_PROCESS else "not yet"
+        table.add_row(name, state)
     console.print(table)
 
 

@@ -22,6 +22,10 @@ KNOWN_SERVICES = (
 )
 
 
+#: Parts of the platform that live inside the trainer process rather than as a process of their own.
+IN_TRAINER_PROCESS = {"narset-worker": "import esper_narset_worker.NarsetHost as the trainer's controller"}
+
+
 class UnknownServiceError(LookupError):
     """No installed package provides a service of that name."""
 
@@ -37,6 +41,9 @@ def load_factory(name: str) -> ServiceFactory:
     if name in found:
         factory: ServiceFactory = found[name].load()
         return factory
+    if name in IN_TRAINER_PROCESS:
+        raise UnknownServiceError(f"{name} runs inside the trainer process, not as a service: "
+                                  f"{IN_TRAINER_PROCESS[name]} (see services/{name}/README.md)")
     if name in KNOWN_SERVICES:
         raise UnknownServiceError(
             f"service {name!r} has no runnable process yet (see services/{name}/README.md); "

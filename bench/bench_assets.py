@@ -328,10 +328,10 @@ def loading_step_ratio(source: UrzaKernelSource, aid: str, rounds: int = 6,
                        keep_bytes: bool = False) -> dict[str, float]:
     """Worst training step while a seed is LOADING / median step.
 
-    Each round: 40 ordinary steps (the median's sample), then a *control* window — an epoch boundary with
-    no command and as many steps as a loading window takes — then the loading window itself: GERMINATE +
-    LOADING at a boundary and steps until the background load has finished (at least 3). The control
-    window's worst step / median is the noise floor of this machine for the same statistic. Every round
+    Each round: 40 ordinary steps (the median's sample), then the loading window — GERMINATE + LOADING at
+    a boundary and steps until the background load has finished (at least 3) — then a *control* window:
+    a boundary with no command and as many steps. The control windows' worst step / median is the noise
+    floor of this machine for the same statistic over the same number of steps. Every round
     loads the standard kernel afresh (``keep_bytes``: from the verified bytes cache, else over HTTP).
     """
     torch.manual_seed(0)
@@ -368,8 +368,6 @@ def loading_step_ratio(source: UrzaKernelSource, aid: str, rounds: int = 6,
     for _ in range(rounds):
         steady += [step() for _ in range(40)]
         source.evict(aid, keep_bytes=keep_bytes)
-        boundary([])
-        control += [step() for _ in range(3)]
         boundary([KasminaControlCommand(layer_id="4", seed_index=0, command=CommandType.GERMINATE,
                                         kernel_artifact_id=aid),
                   KasminaControlCommand(layer_id="4", seed_index=0, command=CommandType.ADVANCE,
@@ -378,6 +376,8 @@ def loading_step_ratio(source: UrzaKernelSource, aid: str, rounds: int = 6,
         while any(not f.done() for f in layer._pending.values()) or len(window) < 3:
             window.append(step())  # steps while the background load runs
         loading += window
+        boundary([])
+        control += [step() for _ in window]  # as many steps after a boundary, with no load running
         for commands in ([], [KasminaControlCommand(layer_id="4", seed_index=0, command=CommandType.CANCEL)], []):
             boundary(commands)  # pick the load up, cancel the seed, let the slot return to DORMANT
         assert layer.stage(0) is SeedStage.DORMANT, layer.stage(0)

@@ -72,19 +72,16 @@ def measure_latency(fn: Callable[[], object], device: str = "cpu",
         fn()
         calls += 1
     _sync(device)
-    # Calibrate on fresh calls rather than the warm-up's average: one stall there (a page fault storm, a
-    # neighbour's burst) would otherwise shrink every round to a handful of calls.
-    k = 8
-    while True:
-        c0 = clock()
-        for _ in range(k):
-            fn()
+    # Calibrate on the median of fresh, individually timed calls rather than on the warm-up's average: one
+    # stall (a neighbour's burst, a page-fault storm) would otherwise shrink every round to a few calls.
+    singles = []
+    c0 = clock()
+    while len(singles) < 20 or (len(singles) < 200 and clock() - c0 < s.round_s):
+        a = clock()
+        fn()
         _sync(device)
-        elapsed = clock() - c0
-        if elapsed >= s.round_s / 10 or k >= s.max_calls_per_round:
-            break
-        k *= 2
-    per_call = max(elapsed / k, 1e-7)
+        singles.append(clock() - a)
+    per_call = max(statistics.median(singles), 1e-7)
     n = int(min(max(s.round_s / per_call, 5), s.max_calls_per_round))
 
     samples: list[float] = []

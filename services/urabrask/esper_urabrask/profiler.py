@@ -74,7 +74,7 @@ def measure_latency(fn: Callable[[], object], device: str = "cpu",
     _sync(device)
     # Calibrate on the median of fresh, individually timed calls rather than on the warm-up's average: one
     # stall (a neighbour's burst, a page-fault storm) would otherwise shrink every round to a few calls.
-    singles = []
+    singles: list[float] = []
     c0 = clock()
     while len(singles) < 20 or (len(singles) < 200 and clock() - c0 < s.round_s):
         a = clock()

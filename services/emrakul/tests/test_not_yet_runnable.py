@@ -1,0 +1,18 @@
+"""emrakul has no process yet: asking to serve it must say so plainly instead of pretending to run."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+import esper_emrakul
+from esper_runtime.cli import app
+
+
+def test_package_states_its_role() -> None:
+    assert esper_emrakul.__doc__ and "emrakul" in esper_emrakul.__doc__
+
+
+def test_serve_refuses_with_the_reason() -> None:
+    result = CliRunner().invoke(app, ["serve", "emrakul"])
+    assert result.exit_code == 2
+    assert "no runnable process yet" in result.output and "services/emrakul/README.md" in result.output

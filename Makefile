@@ -10,7 +10,7 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof bench bench-oona bench-kasmina clean
+        unit integration deploy-check demo proof bench bench-oona bench-kasmina bench-control bench-assets clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -20,6 +20,8 @@ help:
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
 	@echo "make bench-oona     bus throughput vs the raw pulsar client"
 	@echo "make bench-kasmina  seed overheads and controller latency"
+	@echo "make bench-control  Narset/Tamiyo decision latency and telemetry fan-in"
+	@echo "make bench-assets   kernel cache, cold loads, Urza queries vs MLflow, compile times"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -76,13 +78,19 @@ demo: dev
 proof: dev
 	$(PY) -m esper.proof
 
-bench: bench-oona bench-kasmina
+bench: bench-oona bench-kasmina bench-control bench-assets
 
 bench-oona: infra-deps
 	$(PY) bench/bench_oona.py
 
 bench-kasmina: dev
 	$(PY) bench/bench_kasmina.py
+
+bench-control: dev
+	$(PY) bench/bench_control.py
+
+bench-assets: dev
+	$(PY) bench/bench_assets.py
 
 clean: infra-down
 	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

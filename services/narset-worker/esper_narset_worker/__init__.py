@@ -7,8 +7,10 @@ its controller while talking to Tamiyo over the bus and to the coordinator over 
     TolariaTrainer(model, host, config, train_data=..., val_data=...).train()
 """
 
+from esper_contracts import Assignment, Heartbeat, RegionRegistration
+
 from .allocator import Allocator, AllocatorConfig, BlastRadius, RegionAllocator, emrakul_blast_radius, replay
-from .coordinator_link import Assignment, Heartbeat, HttpCoordinator, LocalCoordinator, RegionRegistration
+from .coordinator_link import HttpCoordinator, LocalCoordinator
 from .host import HostConfig, NarsetHost
 from .pricing import SlotGeometry, adaptation_cost, kernel_risk
 from .worker import BudgetLedger, NarsetWorker, WorkerConfig

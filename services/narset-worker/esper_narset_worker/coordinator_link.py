@@ -1,8 +1,7 @@
 """The trainer side of the coordinator's REST API: register regions, send heartbeats, read assignments.
 
-These request and response bodies mirror the coordinator's OpenAPI schema (``/openapi.json``); the two
-packages may not import each other, so ``tests/integration/test_control_schema.py`` checks that both
-sides describe the same JSON. Health reports travel as the Leyline contract itself.
+The request and response bodies are Leyline contracts (``esper_contracts.narset``), shared with the
+coordinator, which serves them.
 
 When no coordinator is configured, :class:`LocalCoordinator` plays its part in-process with a single
 worker (a fresh one replaces it if it crashes) and no telemetry tree: fine for small models.
@@ -13,63 +12,9 @@ from __future__ import annotations
 from typing import Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from esper_contracts import HealthSummaryReport
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RegionSpec(_Body):
-    """A region (Kasmina layer) and how many seeds it holds."""
-
-    region_id: str = Field(min_length=1)
-    seed_count: int = Field(ge=0)
-
-
-class RegionRegistration(_Body):
-    """Regions a trainer process brings to the pool."""
-
-    regions: list[RegionSpec]
-
-
-class Heartbeat(_Body):
-    """One window from a trainer process: which workers are alive, which crashed, their region reports."""
-
-    window: int = Field(ge=0)
-    epoch: int = Field(ge=0)
-    workers: list[str] = Field(default_factory=list)
-    crashed: list[str] = Field(default_factory=list)
-    reports: list[HealthSummaryReport] = Field(default_factory=list)
-    complete: bool = Field(default=True, description="Last heartbeat of the window: the coordinator may fold it")
-
-
-class WorkerQuota(_Body):
-    """What one worker may carry and spend."""
-
-    max_seeds: int
-    max_regions: int
-    atp_per_cycle: float
-
-
-class WorkerAssignment(_Body):
-    """One worker's regions and quota."""
-
-    regions: list[str]
-    quota: WorkerQuota
-
-
-class Assignment(_Body):
-    """The whole region -> worker map; ``generation`` grows with every change."""
-
-    generation: int
-    workers: dict[str, WorkerAssignment]
-
-    def owner_of(self) -> dict[str, str]:
-        """region id -> worker id."""
-        return {r: wid for wid, w in self.workers.items() for r in w.regions}
+from esper_contracts import Assignment, Heartbeat, RegionRegistration, WorkerAssignment, WorkerQuota
 
 
 class CoordinatorLink(Protocol):

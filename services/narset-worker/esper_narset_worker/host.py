@@ -30,17 +30,21 @@ from torch import nn
 from esper_contracts import (
     AdaptationSignal,
     AllocationCommand,
+    Assignment,
     Envelope,
     FieldReport,
+    Heartbeat,
     KasminaControlCommand,
     ProposalDecision,
+    RegionRegistration,
+    RegionSpec,
     SeedTelemetry,
     SystemStatePacket,
 )
 from esper_oona import Bus, Subscription
 
 from .allocator import AllocatorConfig
-from .coordinator_link import Assignment, CoordinatorLink, Heartbeat, LocalCoordinator, RegionRegistration, RegionSpec
+from .coordinator_link import CoordinatorLink, LocalCoordinator
 from .pricing import SlotGeometry
 from .summary import loss_trend
 from .worker import Boundary, BudgetLedger, NarsetWorker, WorkerConfig, WorkerOutput

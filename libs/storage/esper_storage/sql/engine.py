@@ -8,6 +8,8 @@ another writer committed in between, which is exactly the compare-and-set patter
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,10 +66,10 @@ def _sqlite_hooks(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            cursor.execute("PRAGMA busy_timeout=30000")
+            _enable_wal(cursor)  # readers never block the writer, nor it them
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
-            cursor.execute("PRAGMA busy_timeout=30000")
         finally:
             cursor.close()
 
@@ -75,6 +77,28 @@ def _sqlite_hooks(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _enable_wal(cursor: Any, patience_s: float = 30.0) -> None:
+    """Switch the file to WAL mode, waiting out other connections that hold a lock.
+
+    SQLite answers "database is locked" to a journal-mode switch at once, without calling the busy
+    handler, when another connection of a fresh (not yet WAL) file holds a lock: several services or
+    threads opening one new database together would otherwise fail at start-up.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.005
+    while True:
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return  # already WAL (persistent in the file): nothing to switch
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 SQLITE = SqlBackend("sqlite", _sqlite_normalise, _sqlite_engine_kwargs, _sqlite_hooks)

@@ -10,6 +10,7 @@ from .baselines import NullPolicy, RandomGerminationPolicy
 from .config import TamiyoConfig
 from .heuristic import HeuristicPolicy, PlateauDetector, unhealthiness
 from .protocols import ControlPolicy, KernelSelector
+from .risk import kernel_risk
 
 
 def build_policy(config: TamiyoConfig | None = None, kernels: KernelSelector | None = None) -> ControlPolicy:
@@ -35,6 +36,7 @@ __all__ = [
     "TamiyoConfig",
     "artifact_name",
     "build_policy",
+    "kernel_risk",
     "next_stage",
     "packet_metric",
     "unhealthiness",

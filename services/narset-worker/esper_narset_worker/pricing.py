@@ -20,23 +20,9 @@ from torch import nn
 
 from esper.kasmina import kasmina_layers
 from esper_contracts import UrabraskValidationReport
+from esper_policy import kernel_risk
 
-DEFAULT_RISK = 0.5
-BASE_RISK = 0.2  # a kernel that validated cleanly still changes the network
-DRIFT_AT_FULL_RISK = 1e-3  # precision drift vs fp32 that adds the whole drift term (0.4)
-CV_AT_FULL_RISK = 0.2  # measurement coefficient of variation that adds the whole variability term (0.4)
-
-
-def kernel_risk(report: UrabraskValidationReport | None, default: float = DEFAULT_RISK) -> float:
-    """Risk in [0, 1] from a validation report (``default`` without one)."""
-    if report is None:
-        return default
-    if not report.passed:
-        return 1.0
-    drift = min(1.0, report.precision_drift_vs_fp32 / DRIFT_AT_FULL_RISK)
-    spread = min(1.0, report.measurement_cv / CV_AT_FULL_RISK)
-    return min(1.0, BASE_RISK + 0.4 * drift + 0.4 * spread)
-
+__all__ = ["SlotGeometry", "adaptation_cost", "kernel_risk"]
 
 def adaptation_cost(risk: float, disruption: float, atp_per_full_disruption: float) -> float:
     """ATP an adaptation costs (both factors clamped to [0, 1])."""

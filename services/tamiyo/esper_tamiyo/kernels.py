@@ -12,24 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult, UrabraskValidationReport
-from esper_policy import KernelSelector
-
-DEFAULT_RISK = 0.5
-BASE_RISK = 0.2
-DRIFT_AT_FULL_RISK = 1e-3
-CV_AT_FULL_RISK = 0.2
-
-
-def kernel_risk(report: UrabraskValidationReport | None, default: float = DEFAULT_RISK) -> float:
-    """Risk in [0, 1] from a validation report: failed = 1; else base + drift and measurement-spread terms."""
-    if report is None:
-        return default
-    if not report.passed:
-        return 1.0
-    drift = min(1.0, report.precision_drift_vs_fp32 / DRIFT_AT_FULL_RISK)
-    spread = min(1.0, report.measurement_cv / CV_AT_FULL_RISK)
-    return min(1.0, BASE_RISK + 0.4 * drift + 0.4 * spread)
+from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult
+from esper_policy import KernelSelector, kernel_risk
 
 
 class UrzaKernels:

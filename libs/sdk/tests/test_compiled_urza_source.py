@@ -13,10 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-
-pytest.importorskip("esper_urza")
-pytest.importorskip("esper_tezzeret")
-
 from fastapi.testclient import TestClient
 
 from esper.blueprints import KernelIntegrityError, KernelNotFoundError, builtin_blueprints

@@ -1,7 +1,8 @@
-"""The compiled-kernel loader: verified before opened, never unpickles, runs like its eager reference.
+"""The compiled-kernel loader: verified before opened, never unpickles, runs and trains like its eager reference.
 
-Artifacts are built here with torch.export directly (the ``fast`` pipeline's program), so these tests need
-no service. AOTInductor packages take tens of seconds to compile; their tests are marked ``slow``.
+Artifacts are built here with torch.export directly (the ``fast`` pipeline's program: the IR as a function
+of its weights), so these tests need no service. AOTInductor packages take tens of seconds to compile;
+their tests are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from esper.blueprints.compiled import (
     reference_module,
     unpack_weights,
 )
+from esper.blueprints.programs import VectorJacobianProduct, WeightsAsInputs
 from esper_contracts import BlueprintIR, CompilationPipeline, TensorInterface, artifact_id
 
 BD = TensorInterface(layout="BD", features=16)
@@ -61,32 +63,49 @@ def export_program(ir: BlueprintIR, shape: list[int], *, seed: int = 0, strip: b
     return program, {k: v.clone() for k, v in weights.items()}
 
 
-def _export(ir: BlueprintIR, shape: list[int], seed: int, strip: bool) -> tuple[bytes, dict]:
+def exported(ir: BlueprintIR, shape: list[int], seed: int = 0, *, backward: bool = False,
+             ) -> tuple[torch.export.ExportedProgram, dict]:
+    """The IR (weights seeded with ``seed``) exported as a function of its weights, or its backward."""
     torch.manual_seed(seed)
     module = build_module(ir).eval()
-    dyn = DYNAMIC[ir.input.layout]
+    fn = WeightsAsInputs(module)
+    params, buffers = fn.weights()
+    dyn = {a: torch.export.Dim.DYNAMIC for a in DYNAMIC[ir.input.layout]}
     x = torch.randn(*[max(2, s) if a in dyn else s for a, s in enumerate(shape)])
-    ep = torch.export.export(module, (x,), dynamic_shapes=({a: torch.export.Dim.DYNAMIC for a in dyn},))
+    weights_spec = ((None,) * len(params), (None,) * len(buffers))
+    if backward:
+        ep = torch.export.export(VectorJacobianProduct(fn, x), (x, torch.randn_like(x), params, buffers),
+                                 dynamic_shapes=(dyn, dyn, *weights_spec))
+    else:
+        ep = torch.export.export(fn, (x, params, buffers), dynamic_shapes=(dyn, *weights_spec))
+    return ep, module.state_dict()
+
+
+def _export(ir: BlueprintIR, shape: list[int], seed: int, strip: bool) -> tuple[bytes, dict]:
+    ep, state = exported(ir, shape, seed)
     if strip:
         ep._example_inputs = None
     buf = io.BytesIO()
     torch.export.save(ep, buf)
-    return buf.getvalue(), module.state_dict()
+    return buf.getvalue(), state
 
 
 def manifest_for(blueprint: BlueprintIR, shape: list[int], **changes: object) -> KernelManifest:
     ir = blueprint
+    module = build_module(ir)
     aid = artifact_id(ir.ir_hash(), "cpu", CompilationPipeline.FAST, "0123456789abcdef")
     values: dict[str, object] = dict(artifact_id=aid, blueprint_id=ir.ir_hash(), pipeline=CompilationPipeline.FAST,
                                      hardware="cpu", toolchain_hash="0123456789abcdef", device="cpu", input_shape=shape,
-                                     dynamic_axes=DYNAMIC[ir.input.layout], torch_version=torch.__version__, ir=ir)
+                                     dynamic_axes=DYNAMIC[ir.input.layout], torch_version=torch.__version__, ir=ir,
+                                     parameters=[n for n, _ in module.named_parameters()],
+                                     buffers=[n for n, _ in module.named_buffers()])
     values.update(changes)
     return KernelManifest(**values)  # type: ignore[arg-type]
 
 
-def pack(blueprint: BlueprintIR, shape: list[int], program: bytes, weights: dict,
+def pack(blueprint: BlueprintIR, shape: list[int], program: bytes, weights: dict, backward: bytes = b"",
          **changes: object) -> tuple[bytes, str]:
-    blob = pack_kernel_artifact(manifest_for(blueprint, shape, **changes), weights, program)
+    blob = pack_kernel_artifact(manifest_for(blueprint, shape, **changes), weights, program, backward)
     return blob, sha256_hex(blob)
 
 
@@ -105,8 +124,13 @@ def test_loaded_kernel_matches_its_eager_reference_on_any_batch(artifact: tuple[
     for batch in (8, 1, 5, 64):
         x = torch.randn(batch, 16)
         assert torch.allclose(kernel(x), reference(x), atol=1e-6)
-    assert isinstance(kernel, CompiledKernel) and kernel.fixed_function
-    assert list(kernel.parameters()) == [] and kernel.state_dict() == {}
+    assert isinstance(kernel, CompiledKernel)
+    # The weights are the kernel's own: one flat trainable vector holding every IR parameter.
+    (flat,) = kernel.parameters()
+    assert flat.requires_grad and flat.numel() == sum(p.numel() for p in reference.parameters())
+    state = kernel.ir_state_dict()
+    assert state.keys() == reference.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
 
 
 def test_the_container_is_deterministic_and_carries_the_weights(artifact: tuple[bytes, str, BlueprintIR]) -> None:
@@ -120,17 +144,42 @@ def test_the_container_is_deterministic_and_carries_the_weights(artifact: tuple[
     assert read_manifest(blob).ir == ir
 
 
-def test_gradients_reach_the_input_but_there_is_nothing_to_train(artifact: tuple[bytes, str, BlueprintIR]) -> None:
-    blob, sha, _ir = artifact
-    kernel = load_compiled(blob, sha)
-    reference = reference_module(open_kernel_artifact(blob, sha))
-    x = torch.randn(4, 16, requires_grad=True)
+def assert_trains_like_its_reference(kernel: CompiledKernel, reference: torch.nn.Module, features: int) -> None:
+    """Input and weight gradients match the eager reference's, and so do a few optimiser steps on both."""
+    reference.requires_grad_(True)
+    x = torch.randn(4, features, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
     kernel(x).pow(2).sum().backward()
-    assert x.grad is not None
-    grad = x.grad.clone()
-    x.grad = None
-    reference(x).pow(2).sum().backward()
-    assert torch.allclose(grad, x.grad, atol=1e-5)
+    reference(x_ref).pow(2).sum().backward()
+    assert x.grad is not None and x_ref.grad is not None
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    ref_flat_grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])  # type: ignore[union-attr]
+    assert kernel.flat_parameters.grad is not None
+    assert torch.allclose(kernel.flat_parameters.grad, ref_flat_grad, atol=1e-5)
+
+    opt = torch.optim.SGD(kernel.parameters(), lr=0.05)
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.05)
+    target = torch.randn(16, features)
+    inputs = torch.randn(16, features)
+    for _ in range(5):
+        for o, m in ((opt, kernel), (opt_ref, reference)):
+            o.zero_grad()
+            (m(inputs) - target).pow(2).mean().backward()
+            o.step()
+    trained = kernel.ir_state_dict()
+    assert not torch.equal(trained[next(iter(trained))], open_weights(kernel)[next(iter(trained))])  # it moved
+    for name, value in reference.state_dict().items():
+        assert torch.allclose(trained[name], value, atol=1e-5), name
+
+
+def open_weights(kernel: CompiledKernel) -> dict:
+    return open_kernel_artifact(kernel._blob, kernel.sha256).weights
+
+
+def test_gradients_reach_the_input_and_the_weights_which_train_like_the_reference(
+        artifact: tuple[bytes, str, BlueprintIR]) -> None:
+    blob, sha, _ir = artifact
+    assert_trains_like_its_reference(load_compiled(blob, sha), reference_module(open_kernel_artifact(blob, sha)), 16)
 
 
 def test_other_dtypes_are_cast_in_and_out_and_wrong_shapes_refused(artifact: tuple[bytes, str, BlueprintIR]) -> None:
@@ -148,9 +197,15 @@ def test_copies_share_the_program_and_pickling_reloads_from_verified_bytes(
         artifact: tuple[bytes, str, BlueprintIR]) -> None:
     blob, sha, _ir = artifact
     kernel = load_compiled(blob, sha)
+    with torch.no_grad():
+        kernel.flat_parameters.mul_(1.5)  # "trained": copies carry the current weights, not the artifact's
     x = torch.randn(2, 16)
     for other in (kernel.clone(), copy.deepcopy(kernel), pickle.loads(pickle.dumps(kernel))):
         assert other is not kernel and torch.equal(other(x), kernel(x))
+        assert other._forward_program is kernel._forward_program or isinstance(other, CompiledKernel)
+        with torch.no_grad():
+            other.flat_parameters.zero_()  # each copy owns its weights
+        assert not torch.equal(other(x), kernel(x))
     clone = kernel.clone()
     clone.eval()
     clone.register_forward_hook(lambda *_: None)
@@ -167,10 +222,12 @@ def test_a_wrong_digest_is_refused_before_anything_is_opened(artifact: tuple[byt
         load_compiled(bytes(flipped), sha)
 
 
-def _rezip(blob: bytes, replace: dict[str, bytes]) -> bytes:
+def _rezip(blob: bytes, replace: dict[str, bytes], drop: frozenset[str] | set[str] = frozenset()) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
+            if info.filename in drop:
+                continue
             dst.writestr(info, replace.get(info.filename, src.read(info)))
         for name, data in replace.items():
             if name not in src.namelist():
@@ -184,7 +241,7 @@ def test_members_that_disagree_with_the_manifest_are_refused(artifact: tuple[byt
     with pytest.raises(KernelIntegrityError, match=r"weights\.bin"):
         load_compiled(tampered, sha256_hex(tampered))
     extra = _rezip(blob, {"payload.so": b"\x7fELF"})
-    with pytest.raises(KernelFormatError, match="exactly"):
+    with pytest.raises(KernelFormatError, match="not a kernel container"):
         load_compiled(extra, sha256_hex(extra))
     with pytest.raises(KernelFormatError, match="not a zip"):
         load_compiled(b"not a kernel", sha256_hex(b"not a kernel"))
@@ -237,7 +294,7 @@ def test_an_export_archive_smuggling_native_code_is_refused(artifact: tuple[byte
 
 
 def test_weight_index_entries_are_bounds_checked() -> None:
-    manifest = manifest_for(bottleneck(), [8, 16])
+    manifest = manifest_for(bottleneck(), [8, 16], parameters=["w"], buffers=[])
     blob = pack_kernel_artifact(manifest, {"w": torch.ones(4)}, b"")
     entries = read_manifest(blob).weights
     assert torch.equal(unpack_weights(b"\0" * 16, entries)["w"], torch.zeros(4))
@@ -265,12 +322,14 @@ def aoti_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, str,
     from torch._inductor import aoti_compile_and_package
 
     ir = bottleneck(TensorInterface(layout="BD", features=8))
-    torch.manual_seed(0)
-    module = build_module(ir).eval()
-    ep = torch.export.export(module, (torch.randn(4, 8),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    path = aoti_compile_and_package(ep, package_path=str(tmp_path_factory.mktemp("aoti") / "k.pt2"))
-    program = Path(path).read_bytes()
-    blob, sha = pack(ir, [4, 8], program, module.state_dict(), pipeline=CompilationPipeline.STANDARD,
+    folder = tmp_path_factory.mktemp("aoti")
+    with torch.no_grad():
+        forward, state = exported(ir, [4, 8])
+        program = Path(aoti_compile_and_package(forward, package_path=str(folder / "f.pt2"))).read_bytes()
+    backward_ep, _ = exported(ir, [4, 8], backward=True)
+    with torch.no_grad():
+        backward = Path(aoti_compile_and_package(backward_ep, package_path=str(folder / "b.pt2"))).read_bytes()
+    blob, sha = pack(ir, [4, 8], program, state, backward, pipeline=CompilationPipeline.STANDARD,
                      artifact_id=artifact_id(ir.ir_hash(), "cpu", CompilationPipeline.STANDARD, "0123456789abcdef"),
                      cpu_isa="AVX2")
     return blob, sha, ir
@@ -284,10 +343,19 @@ def test_aoti_kernel_loads_without_the_isa_probe_and_matches(aoti_artifact: tupl
     for batch in (4, 1, 33):
         x = torch.randn(batch, 8)
         assert torch.allclose(kernel(x), reference(x), atol=1e-5)
-    x = torch.randn(3, 8, requires_grad=True)
-    kernel(x).sum().backward()  # the input gradient comes from the eager reference
-    expected = torch.autograd.grad(reference(x).sum(), x)[0]
-    assert x.grad is not None and torch.allclose(x.grad, expected, atol=1e-5)
+    # The backward is the compiled vector-Jacobian product; it trains exactly like the eager reference.
+    assert_trains_like_its_reference(kernel, reference, 8)
+
+
+@pytest.mark.slow
+def test_aoti_artifacts_need_their_backward_program(aoti_artifact: tuple[bytes, str, BlueprintIR]) -> None:
+    blob, sha, _ir = aoti_artifact
+    opened = open_kernel_artifact(blob, sha)
+    with pytest.raises(KernelFormatError, match="needs"):
+        pack_kernel_artifact(opened.manifest, opened.weights, opened.program)
+    dropped = _rezip(blob, {}, drop={"backward.pt2"})
+    with pytest.raises(KernelFormatError, match="exactly"):
+        load_compiled(dropped, sha256_hex(dropped))
 
 
 @pytest.mark.slow
@@ -296,6 +364,6 @@ def test_aoti_kernel_for_a_wider_isa_is_refused_before_it_is_opened(
     blob, _sha, _ir = aoti_artifact
     opened = open_kernel_artifact(blob, sha256_hex(blob))
     manifest = opened.manifest.model_copy(update={"cpu_isa": "AMX_TILE"})
-    wider = pack_kernel_artifact(manifest, opened.weights, opened.program)
+    wider = pack_kernel_artifact(manifest, opened.weights, opened.program, opened.backward)
     with pytest.raises(KernelHardwareError, match="AMX_TILE"):
         load_compiled(wider, sha256_hex(wider))

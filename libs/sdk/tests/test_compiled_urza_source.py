@@ -153,7 +153,7 @@ def test_queries_go_to_urza(source: UrzaKernelSource) -> None:
     assert [a.artifact_id for a in result.artifacts] == [aid]
 
 
-def test_kasmina_runs_a_compiled_kernel_from_urza_and_skips_training(source: UrzaKernelSource) -> None:
+def test_kasmina_trains_a_compiled_kernel_from_urza_through_the_whole_lifecycle(source: UrzaKernelSource) -> None:
     aid = store(source.client, bottleneck(16), [8, 16])  # layer "0" of the MLP has 16 output features
     model = wrap(mlp(), fast_config(), source)
     x = torch.randn(16, 8)
@@ -161,14 +161,19 @@ def test_kasmina_runs_a_compiled_kernel_from_urza_and_skips_training(source: Urz
     d.to_stage("0", 0, aid, S.LOADING)
     layer = kasmina_layers(model)["0"]
     assert d.apply(advance("0", 0, S.TRAINING)) == []
-    assert layer.stage(0) is S.GRAFTING  # fixed-function: TRAINING skipped
-    assert any(e.kind is EventKind.REDIRECTED for e in drain_events(model))
-    for target in (S.STABILIZATION, S.EVALUATING):
-        train_steps(model, x, 6)
+    assert layer.stage(0) is S.TRAINING  # weights are program inputs: a compiled kernel is trainable
+    kernel = layer.seeds["0"]
+    assert isinstance(kernel, CompiledKernel)
+    before = kernel.flat_parameters.detach().clone()
+    train_steps(model, x, 4)
+    assert not torch.equal(kernel.flat_parameters.detach(), before)  # TRAINING moved the compiled seed's weights
+    for target in (S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING):
         assert d.apply(advance("0", 0, target)) == []
-    train_steps(model, x, 3)  # gradients flow through the compiled seed to the host's first layer
-    assert d.apply(advance("0", 0, S.FINE_TUNING)) == []
+        assert layer.stage(0) is target
+        train_steps(model, x, 6)
+    assert d.apply(advance("0", 0, S.FOSSILIZED)) == []
     assert layer.stage(0) is S.FOSSILIZED
+    assert not any(e.kind is EventKind.REDIRECTED for e in drain_events(model))
     assert torch.isfinite(model(x)).all()
 
 

@@ -1,13 +1,17 @@
 """The compilation pipelines: BlueprintIR + injection shape -> one compiled kernel artifact (bytes).
 
 Every pipeline starts the same way: static validation (the interpreter builds the IR, the shape fits its
-interface, one eager forward gives the right shape and finite values), weights initialised from a seed
-derived from the IR hash (so every worker builds the same weights), and ``torch.export`` with every axis
-but the feature axis dynamic (one artifact serves any batch, token count or image size). Then:
+interface, one eager forward gives the right shape and finite values), initial weights drawn from a seed
+derived from the IR hash (so every worker builds the same artifact), and ``torch.export`` of the IR as a
+*function of its weights*, ``(x, parameters, buffers) -> y``, with every axis but the feature axis dynamic
+(one artifact serves any batch, token count or image size). Weights are inputs so that a compiled seed
+stays trainable (docs/decisions/0007). Then:
 
 * ``fast`` — the exported program, saved with ``torch.export.save`` (sample inputs stripped: they would be
-  a pickle);
-* ``standard`` — an AOTInductor package (``aoti_compile_and_package``): C++ on CPU, Triton on GPU;
+  a pickle); its aten graph is differentiable as it is;
+* ``standard`` — an AOTInductor package (``aoti_compile_and_package``): C++ on CPU, Triton on GPU, plus a
+  second package for the backward: the vector-Jacobian product ``(x, dy, parameters, buffers) ->
+  (dx, dparameters)``, traced to aten with ``make_fx`` and compiled the same way;
 * ``aggressive`` — the same with max-autotune.
 
 ``eager`` is accepted too: its artifact is the canonical IR JSON (interpreted, trainable, any device), with
@@ -34,8 +38,9 @@ import torch
 
 from esper.blueprints import IRValidationError, build_module, canonical_ir_bytes
 from esper.blueprints import toolchain_hash as eager_toolchain_hash
-from esper.blueprints.compiled import KernelManifest, pack_kernel_artifact
+from esper.blueprints.compiled import AOTI_PIPELINES, KernelManifest, pack_kernel_artifact
 from esper.blueprints.interpreter import IRModule
+from esper.blueprints.programs import VectorJacobianProduct, WeightsAsInputs
 from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
 
 from .toolchain import inductor_options, strip_version, toolchain_hash
@@ -103,12 +108,23 @@ def static_check(ir: BlueprintIR, input_shape: list[int]) -> IRModule:
     return module
 
 
-def _export(module: IRModule, input_shape: list[int], dynamic: list[int], device: str) -> torch.export.ExportedProgram:
+def _trace_input(input_shape: list[int], dynamic: list[int], device: str) -> torch.Tensor:
     # Trace with at least 2 on each dynamic axis: a size of 1 would be specialised into the graph.
-    trace_shape = [max(2, s) if axis in dynamic else s for axis, s in enumerate(input_shape)]
-    x = torch.randn(*trace_shape, device=device)
+    return torch.randn(*[max(2, s) if axis in dynamic else s for axis, s in enumerate(input_shape)], device=device)
+
+
+def _export(fn: WeightsAsInputs, x: torch.Tensor, dynamic: list[int]) -> torch.export.ExportedProgram:
+    params, buffers = fn.weights()
     spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic}
-    return torch.export.export(module.to(device), (x,), dynamic_shapes=(spec,))
+    return torch.export.export(fn, (x, params, buffers),
+                               dynamic_shapes=(spec, (None,) * len(params), (None,) * len(buffers)))
+
+
+def _export_backward(fn: WeightsAsInputs, x: torch.Tensor, dynamic: list[int]) -> torch.export.ExportedProgram:
+    params, buffers = fn.weights()
+    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic}
+    return torch.export.export(VectorJacobianProduct(fn, x), (x, torch.randn_like(x), params, buffers),
+                               dynamic_shapes=(spec, spec, (None,) * len(params), (None,) * len(buffers)))
 
 
 def _save_exported(ep: torch.export.ExportedProgram, _pipeline: CompilationPipeline, _device: str) -> tuple[bytes, str]:
@@ -194,11 +210,17 @@ def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: s
     dynamic = DYNAMIC_AXES[ir.input.layout]
     aid = plan_artifact_id(ir, pipeline, hardware, input_shape, device)
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    fn = WeightsAsInputs(module.to(device))
+    x = _trace_input(input_shape, dynamic, device)
+    backward = b""
     t0 = time.perf_counter()
     try:
         with torch.no_grad() if pipeline is not CompilationPipeline.FAST else contextlib.nullcontext():
-            ep = _export(module, input_shape, dynamic, device)
-            program, cpu_isa = PIPELINES[pipeline](ep, pipeline, device)
+            program, cpu_isa = PIPELINES[pipeline](_export(fn, x, dynamic), pipeline, device)
+        if pipeline in AOTI_PIPELINES:
+            backward_ep = _export_backward(fn, x, dynamic)
+            with torch.no_grad():
+                backward, _ = PIPELINES[pipeline](backward_ep, pipeline, device)
     except Exception as exc:
         raise CompileError(f"{pipeline.value} compile failed: {type(exc).__name__}: {exc}"[:19000]) from exc
     elapsed = time.perf_counter() - t0
@@ -208,6 +230,7 @@ def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: s
         cpu_isa=cpu_isa,
         compute_capability="{}.{}".format(*torch.cuda.get_device_capability()) if device == "cuda" else "",
         input_shape=list(input_shape), dynamic_axes=dynamic, torch_version=torch.__version__, ir=ir,
+        parameters=fn.param_names, buffers=fn.buffer_names,
     )
-    blob = pack_kernel_artifact(manifest, state, program)
+    blob = pack_kernel_artifact(manifest, state, program, backward)
     return CompiledOutput(aid, blob, hashlib.sha256(blob).hexdigest(), elapsed, manifest)

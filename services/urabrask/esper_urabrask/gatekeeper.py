@@ -9,7 +9,10 @@ Checks, in order (the first failure is the rejection reason):
 4. they match the eager reference — the IR built by the interpreter with the weights the artifact
    carries — within the job's tolerance. The drift is measured against an fp64 evaluation of that
    reference, relative to the output's scale, and compared with the fp32 reference's own drift, so the
-   report says how far the compiled kernel strays beyond what fp32 arithmetic itself costs.
+   report says how far the compiled kernel strays beyond what fp32 arithmetic itself costs;
+5. weights are really inputs: with other (perturbed) weights, kernel and reference still agree;
+6. gradients: the input and weight gradients the kernel's backward computes (the compiled
+   vector-Jacobian product of an AOTInductor artifact) match the reference's, with the perturbed weights.
 
 A numerical-stability probe runs the same comparison on inputs scaled by 1e-3 and 1e3.
 """
@@ -23,8 +26,8 @@ import torch
 from torch import nn
 
 from esper.blueprints import build_module
+from esper.blueprints.compiled import CompiledKernel, open_kernel_artifact, reference_module
 from esper.blueprints.compiled import load_compiled as load_compiled_kernel
-from esper.blueprints.compiled import open_kernel_artifact, reference_module
 from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact
 
 _FEATURE_AXIS = {"BD": 1, "BTD": 2, "BCHW": 1}
@@ -92,12 +95,61 @@ def gate_shapes(loaded: LoadedKernel) -> list[list[int]]:
 
 
 def _drift(y: torch.Tensor, reference: torch.Tensor) -> float:
-    scale = max(1.0, float(reference.abs().max()))
-    return float((y.double() - reference).abs().max()) / scale
+    scale = max(1.0, float(reference.abs().max())) if reference.numel() else 1.0
+    return float((y.double() - reference).abs().max()) / scale if reference.numel() else 0.0
+
+
+def _ir_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A kernel's current weights under the IR's state-dict names."""
+    if isinstance(module, CompiledKernel):
+        return module.ir_state_dict()
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _flat_grad(module: nn.Module) -> torch.Tensor:
+    params = list(module.parameters())
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                     ) if params else torch.zeros(0)
+
+
+def perturbed_pair(loaded: LoadedKernel, gen: torch.Generator) -> tuple[nn.Module, nn.Module]:
+    """A copy of the kernel with randomly perturbed weights, and an fp64 reference holding the same weights."""
+    module = copy.deepcopy(loaded.module)  # a compiled kernel's copy owns its weights and shares the program
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p.device) * (0.1 + float(p.abs().mean())))
+    reference = copy.deepcopy(loaded.reference)
+    reference.load_state_dict(_ir_state(module))
+    return module, reference.double().requires_grad_(True)
+
+
+def check_gradients(module: nn.Module, ref64: nn.Module, shape: list[int], tolerance: float, device: str,
+                    gen: torch.Generator) -> float:
+    """Worst relative difference of the input and weight gradients from the fp64 reference's (raises on non-finite)."""
+    x = torch.randn(*shape, generator=gen).to(device)
+    cotangent = torch.randn(*module(x).shape, generator=gen).to(device)
+    xk = x.clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    (module(xk) * cotangent).sum().backward()
+    x64 = x.double().requires_grad_(True)
+    ref64.zero_grad(set_to_none=True)
+    (ref64(x64) * cotangent.double()).sum().backward()
+    assert xk.grad is not None and x64.grad is not None
+    pairs = [("input", xk.grad, x64.grad), ("weight", _flat_grad(module), _flat_grad(ref64))]
+    worst = 0.0
+    for what, got, truth in pairs:
+        if not torch.isfinite(got).all():
+            raise GateRejection(f"non-finite {what} gradients on input {shape}")
+        drift = _drift(got, truth)
+        if drift > tolerance:
+            raise GateRejection(f"{what} gradient differs from the eager reference's by {drift:.3g} (relative), "
+                                f"tolerance {tolerance:.3g}")
+        worst = max(worst, drift)
+    return worst
 
 
 def check(loaded: LoadedKernel, tolerance: float, device: str = "cpu", seed: int = 0) -> GateResult:
-    """Run gates 2-4 and the stability probe; raises GateRejection naming the first failure."""
+    """Run gates 2-6 and the stability probe; raises GateRejection naming the first failure."""
     ir = loaded.ir
     feat_axis = _FEATURE_AXIS[ir.input.layout]
     gen = torch.Generator().manual_seed(seed)
@@ -124,6 +176,16 @@ def check(loaded: LoadedKernel, tolerance: float, device: str = "cpu", seed: int
         if worst > tolerance:
             raise GateRejection(f"differs from the eager reference by {worst:.3g} (relative to the output scale), "
                                 f"tolerance {tolerance:.3g}; fp32 eager itself differs by {worst32:.3g}")
+        module, perturbed64 = perturbed_pair(loaded, gen)
+        x = torch.randn(*loaded.input_shape, generator=gen).to(device)
+        moved = _drift(module(x), perturbed64(x.double()))
+        if moved > tolerance:
+            raise GateRejection(f"with other weights it differs from the eager reference by {moved:.3g}: the program "
+                                f"does not take its weights as inputs")
+    if any(True for _ in module.parameters()):
+        with torch.enable_grad():
+            check_gradients(module, perturbed64, loaded.input_shape, tolerance, device, gen)
+    with torch.no_grad():
         stable = True
         for scale in STABILITY_SCALES:
             x = torch.randn(*loaded.input_shape, generator=gen).to(device) * scale

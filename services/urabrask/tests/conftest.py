@@ -17,7 +17,14 @@ from fastapi.testclient import TestClient
 from esper.blueprints import KernelNotFoundError, builtin_blueprints
 from esper.blueprints.compiled import open_kernel_artifact, pack_kernel_artifact, sha256_hex
 from esper.blueprints.urza_source import UrzaClient
-from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact, KernelStatus, TensorInterface
+from esper_contracts import (
+    BlueprintIR,
+    CompilationPipeline,
+    CompiledKernelArtifact,
+    KernelStatus,
+    OpType,
+    TensorInterface,
+)
 from esper_oona import Bus, connect
 from esper_oona.memory_bus import drop_memory_broker
 from esper_tezzeret.pipelines import compile_artifact
@@ -92,11 +99,19 @@ class Kit:
         return out.artifact_id, out.blob, out.sha256
 
     @staticmethod
-    def with_weights_scaled(blob: bytes, factor: float) -> tuple[bytes, str]:
-        """The same program with other weights in weights.bin: the eager reference no longer matches."""
+    def variant(ir: BlueprintIR, node: str, op: OpType) -> BlueprintIR:
+        """``ir`` with one node's operator swapped (same weights, another function)."""
+        nodes = [n.model_copy(update={"op": op}) if n.id == node else n for n in ir.nodes]
+        return ir.model_copy(update={"nodes": nodes, "name": f"{ir.name}-variant"})
+
+    @staticmethod
+    def with_programs_of(blob: bytes, other: bytes, *, forward: bool = True,
+                         backward: bool = True) -> tuple[bytes, str]:
+        """``blob``'s manifest and weights with the forward and/or backward program of ``other``."""
         art = open_kernel_artifact(blob, sha256_hex(blob))
-        weights = {k: v * factor if v.is_floating_point() else v for k, v in art.weights.items()}
-        bad = pack_kernel_artifact(art.manifest, weights, art.program)
+        donor = open_kernel_artifact(other, sha256_hex(other))
+        bad = pack_kernel_artifact(art.manifest, art.weights, donor.program if forward else art.program,
+                                   donor.backward if backward else art.backward)
         return bad, sha256_hex(bad)
 
     @staticmethod

@@ -71,12 +71,26 @@ def test_a_correct_kernel_passes_with_its_drift_and_timings(kit: Any) -> None:
     assert 0 < ev.latency_ms_p50 <= ev.latency_ms_p99 and ev.calls > 0 and ev.throughput_per_s > 0
 
 
-def test_weights_that_are_not_the_programs_are_rejected(kit: Any) -> None:
+def test_a_program_that_is_not_its_irs_is_rejected(kit: Any) -> None:
     ir = kit.blueprint(16)
     aid, blob, _sha = kit.compiled(ir)
-    bad, sha = kit.with_weights_scaled(blob, 2.0)
+    _aid, other, _ = kit.compiled(kit.variant(ir, "act1", OpType.GELU))  # same weights, another function
+    bad, sha = kit.with_programs_of(blob, other)
     ev = evaluate(record(aid, bad, sha, [8, 16]), bad, tolerance=1e-4, settings=kit.quick)
     assert not ev.passed and "differs from the eager reference" in (ev.reason or "")
+
+
+@pytest.mark.slow
+def test_a_native_kernel_with_a_wrong_backward_is_rejected(kit: Any) -> None:
+    ir = kit.blueprint(8)
+    standard = CompilationPipeline.STANDARD
+    aid, blob, sha = kit.compiled(ir, [4, 8], standard)
+    good = evaluate(record(aid, blob, sha, [4, 8]), blob, tolerance=1e-4, settings=kit.quick)
+    assert good.passed, good.reason
+    _aid, other, _ = kit.compiled(kit.variant(ir, "act1", OpType.GELU), [4, 8], standard)
+    bad, bad_sha = kit.with_programs_of(blob, other, forward=False)  # right forward, wrong backward
+    ev = evaluate(record(aid, bad, bad_sha, [4, 8]), bad, tolerance=1e-4, settings=kit.quick)
+    assert not ev.passed and "gradient differs from the eager reference" in (ev.reason or ""), ev.reason
 
 
 def test_non_finite_outputs_are_rejected(kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from esper.blueprints.urza_source import UrzaClient
-from esper_contracts import KernelQuery, KernelStatus, ValidationJob
+from esper_contracts import KernelQuery, KernelStatus, OpType, ValidationJob
 from esper_oona import Bus
 from esper_urabrask.characterizer import Characterizer
 from esper_urabrask.sandbox import KernelSandbox, SandboxCrash
@@ -47,7 +47,8 @@ def test_a_kernel_that_strays_from_its_reference_is_rejected_with_the_reason(
     bus.subscribe("validation.jobs", "urabrask-cpu", w.handle, initial_position="earliest")
     ir = kit.blueprint(16)
     aid, blob, _sha = kit.compiled(ir)
-    bad, bad_sha = kit.with_weights_scaled(blob, 1.5)
+    _aid, other, _ = kit.compiled(kit.variant(ir, "act1", OpType.GELU))
+    bad, bad_sha = kit.with_programs_of(blob, other)
     kit.store(urza, ir, aid, bad, bad_sha)
     kit.wait_until(lambda: kit.status_of(urza, aid) is S.REJECTED, what="REJECTED")
     art = urza.kernel(aid).artifact

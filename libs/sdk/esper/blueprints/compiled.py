@@ -1,16 +1,19 @@
 """Compiled kernel artifacts: the one container format, its writer, and the loader Kasmina and Urabrask share.
 
-A compiled artifact is a zip (members stored, fixed timestamps) with exactly three members:
+A compiled artifact is a zip (members stored, fixed timestamps) with these members:
 
 * ``manifest.json`` — a :class:`KernelManifest`: identity (artifact id, pipeline, hardware, toolchain hash),
   the full BlueprintIR, the traced input shape and which axes are dynamic, the device and instruction set
-  the program needs, an index of the weights and the sha256 of the other two members.
-* ``weights.bin`` — the state dict the program was compiled from, as raw little-endian tensor bytes. The
-  weights travel with the kernel so that anyone can rebuild the eager reference (``build_module`` of the
-  manifest's IR with exactly these weights): Urabrask compares against it, and the AOTInductor wrapper
-  uses it for the backward pass.
-* ``program.pt2`` — a ``torch.export.save`` archive (``fast``) or an AOTInductor package (``standard``,
-  ``aggressive``).
+  the program needs, the order in which the program takes the weights, an index of the weights and the
+  sha256 of every other member.
+* ``weights.bin`` — the initial weights (the IR's state dict), as raw little-endian tensor bytes. They are
+  the seed's starting point, and anyone can rebuild the eager reference from them (``build_module`` of the
+  manifest's IR with exactly these weights): Urabrask compares against it.
+* ``program.pt2`` — the forward program ``(x, *parameters, *buffers) -> y``: a ``torch.export.save`` archive
+  (``fast``) or an AOTInductor package (``standard``, ``aggressive``).
+* ``backward.pt2`` (AOTInductor pipelines only) — the compiled vector-Jacobian product
+  ``(x, dy, *parameters, *buffers) -> (dx, *dparameters)``. An exported program needs none: its aten graph
+  is differentiable as it is.
 
 Loading never unpickles stored bytes. The whole blob is sha256-checked before it is opened; weights are
 read with ``torch.frombuffer``; an exported program is screened first (no pickled weights or constants,
@@ -22,10 +25,11 @@ and Inductor and then probes the CPU's vector ISA by compiling and dlopen-ing te
 a warning on a mismatch. In a fresh process on torch 2.15 that is seconds per cold load; the C++ loader
 takes milliseconds. We make the ISA check ourselves, without a compiler, and refuse instead of warning.
 
-Compiled kernels are fixed-function: they expose no parameters (Kasmina then skips TRAINING and
-FINE_TUNING) and their weights are the ones Urabrask validated. Gradients still flow to the *input*, so
-a fossilized compiled seed does not cut the host's upstream layers off: an exported program is
-differentiable as it is, an AOTInductor kernel gets its input gradient from the eager reference.
+Weights are program *inputs*, not constants baked into the binary: a loaded kernel owns them as ordinary
+``nn.Parameter`` s, so a compiled seed trains through TRAINING and FINE_TUNING like an eager one, is
+checkpointed and rolled back with the model, and the forward and backward it runs are both the compiled
+ones (docs/decisions/0007). Compiled programs have eval-mode semantics (dropout off, batch norm on its
+running statistics, which are inputs but never updated).
 """
 
 from __future__ import annotations
@@ -55,11 +59,11 @@ from .errors import KernelIntegrityError
 from .interpreter import IRModule, build_module
 
 KERNEL_FORMAT = "esper-kernel"
-KERNEL_FORMAT_VERSION = 1
+KERNEL_FORMAT_VERSION = 2
 MANIFEST_MEMBER = "manifest.json"
 WEIGHTS_MEMBER = "weights.bin"
 PROGRAM_MEMBER = "program.pt2"
-_MEMBERS = (MANIFEST_MEMBER, WEIGHTS_MEMBER, PROGRAM_MEMBER)
+BACKWARD_MEMBER = "backward.pt2"
 #: Upper bound on a kernel blob and on any member's declared size (a blueprint is a small kernel).
 MAX_KERNEL_BYTES = 1 << 30
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -103,7 +107,7 @@ class KernelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["esper-kernel"] = "esper-kernel"
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     artifact_id: str = Field(pattern=ARTIFACT_ID_PATTERN)
     blueprint_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     pipeline: CompilationPipeline
@@ -117,10 +121,21 @@ class KernelManifest(BaseModel):
     dtype: Literal["float32"] = "float32"
     torch_version: str
     ir: BlueprintIR
+    #: The state-dict names the programs take after the input, in order: parameters, then buffers.
+    parameters: list[str] = Field(default_factory=list, max_length=4096)
+    buffers: list[str] = Field(default_factory=list, max_length=4096)
     weights: list[WeightEntry] = Field(default_factory=list)
     weights_sha256: str = ""
     program_sha256: str = ""
     program_size: int = 0
+    backward_sha256: str = ""  # AOTInductor pipelines: the compiled backward program
+    backward_size: int = 0
+
+    def members(self) -> tuple[str, ...]:
+        """The container members an artifact of this pipeline holds."""
+        if self.pipeline in AOTI_PIPELINES:
+            return (MANIFEST_MEMBER, WEIGHTS_MEMBER, PROGRAM_MEMBER, BACKWARD_MEMBER)
+        return (MANIFEST_MEMBER, WEIGHTS_MEMBER, PROGRAM_MEMBER)
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,7 @@ class KernelArtifact:
     weights: dict[str, torch.Tensor]
     program: bytes
     sha256: str
+    backward: bytes = b""
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -173,21 +189,32 @@ def unpack_weights(data: bytes, entries: list[WeightEntry]) -> dict[str, torch.T
     return out
 
 
-def pack_kernel_artifact(manifest: KernelManifest, weights: dict[str, torch.Tensor], program: bytes) -> bytes:
-    """Write the container: ``manifest`` completed with the weights index and both members' sha256.
+def pack_kernel_artifact(manifest: KernelManifest, weights: dict[str, torch.Tensor], program: bytes,
+                         backward: bytes = b"") -> bytes:
+    """Write the container: ``manifest`` completed with the weights index and every member's sha256.
 
-    The container adds no nondeterminism of its own (sorted weights, fixed timestamps, stored members):
-    identical programs and weights give identical bytes.
+    ``backward`` is required for (and only for) the AOTInductor pipelines. The container adds no
+    nondeterminism of its own (sorted weights, fixed timestamps, stored members): identical programs
+    and weights give identical bytes.
     """
+    if bool(backward) != (manifest.pipeline in AOTI_PIPELINES):
+        raise KernelFormatError(f"a {manifest.pipeline.value} artifact {'needs' if not backward else 'has no'} "
+                                f"backward program")
+    if sorted([*manifest.parameters, *manifest.buffers]) != sorted(weights):
+        raise KernelFormatError("the manifest's parameters and buffers must name exactly the weights")
     weight_bytes, entries = pack_weights(weights)
     full = manifest.model_copy(update={
         "weights": entries, "weights_sha256": sha256_hex(weight_bytes),
         "program_sha256": sha256_hex(program), "program_size": len(program),
+        "backward_sha256": sha256_hex(backward) if backward else "", "backward_size": len(backward),
     })
     body = json.dumps(full.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    members = [(MANIFEST_MEMBER, body), (WEIGHTS_MEMBER, weight_bytes), (PROGRAM_MEMBER, program)]
+    if backward:
+        members.append((BACKWARD_MEMBER, backward))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, payload in ((MANIFEST_MEMBER, body), (WEIGHTS_MEMBER, weight_bytes), (PROGRAM_MEMBER, program)):
+        for name, payload in members:
             info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
             info.external_attr = 0o644 << 16
             zf.writestr(info, payload)
@@ -215,15 +242,26 @@ def open_kernel_artifact(data: bytes, sha256: str, *, digest_checked: bool = Fal
         raise KernelIntegrityError(f"kernel blob hashes to {actual}, expected {sha256}; refusing to open it")
     with _open_zip(data) as zf:
         manifest = _parse_manifest(zf.read(MANIFEST_MEMBER))
+        names = sorted(i.filename for i in zf.infolist())
+        if names != sorted(manifest.members()):
+            raise KernelFormatError(f"a {manifest.pipeline.value} kernel container must hold exactly "
+                                    f"{list(manifest.members())}, found {names[:10]}")
         weight_bytes = zf.read(WEIGHTS_MEMBER)
         program = zf.read(PROGRAM_MEMBER)
+        backward = zf.read(BACKWARD_MEMBER) if BACKWARD_MEMBER in names else b""
     if sha256_hex(weight_bytes) != manifest.weights_sha256:
         raise KernelIntegrityError(f"{manifest.artifact_id}: weights.bin does not match the manifest's sha256")
     if sha256_hex(program) != manifest.program_sha256 or len(program) != manifest.program_size:
         raise KernelIntegrityError(f"{manifest.artifact_id}: program.pt2 does not match the manifest's sha256")
+    if backward and (sha256_hex(backward) != manifest.backward_sha256 or len(backward) != manifest.backward_size):
+        raise KernelIntegrityError(f"{manifest.artifact_id}: backward.pt2 does not match the manifest's sha256")
     if manifest.ir.ir_hash() != manifest.blueprint_id or not manifest.artifact_id.startswith(manifest.blueprint_id):
         raise KernelFormatError(f"{manifest.artifact_id}: the manifest's IR does not hash to its blueprint id")
-    return KernelArtifact(manifest, unpack_weights(weight_bytes, manifest.weights), program, sha256)
+    weights = unpack_weights(weight_bytes, manifest.weights)
+    if sorted([*manifest.parameters, *manifest.buffers]) != sorted(weights):
+        raise KernelFormatError(f"{manifest.artifact_id}: the manifest's parameters and buffers do not name "
+                                f"exactly the weights it carries")
+    return KernelArtifact(manifest, weights, program, sha256, backward)
 
 
 def _open_zip(data: bytes) -> zipfile.ZipFile:
@@ -234,10 +272,11 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
     except zipfile.BadZipFile as exc:
         raise KernelFormatError(f"not a compiled kernel artifact (not a zip container): {exc}") from None
     infos = zf.infolist()
-    names = sorted(i.filename for i in infos)
-    if names != sorted(_MEMBERS):
+    names = {i.filename for i in infos}
+    if MANIFEST_MEMBER not in names or not names <= {MANIFEST_MEMBER, WEIGHTS_MEMBER, PROGRAM_MEMBER,
+                                                     BACKWARD_MEMBER} or len(infos) != len(names):
         zf.close()
-        raise KernelFormatError(f"kernel container must hold exactly {list(_MEMBERS)}, found {names[:10]}")
+        raise KernelFormatError(f"not a kernel container: members {sorted(names)[:10]}")
     if any(i.file_size > MAX_KERNEL_BYTES or i.compress_type != zipfile.ZIP_STORED for i in infos):
         zf.close()
         raise KernelFormatError("kernel container members must be stored uncompressed and within the size limit")
@@ -343,8 +382,8 @@ def _load_exported(program: bytes, artifact_id: str) -> nn.Module:
         if namespace not in _ALLOWED_OP_NAMESPACES and node.target.__module__ != "_operator":
             raise KernelFormatError(f"{artifact_id}: exported graph calls {node.target!r}, which is not an aten op")
     module = ep.module()
-    for p in module.parameters():
-        p.requires_grad_(False)  # fixed-function: the validated weights never move
+    if any(True for _ in module.parameters()):  # weights are inputs; a program with its own would ignore them
+        raise KernelFormatError(f"{artifact_id}: exported program embeds parameters; kernels take them as inputs")
     return module
 
 
@@ -375,7 +414,10 @@ def check_hardware(manifest: KernelManifest) -> None:
         check_cpu_isa(manifest.cpu_isa)
 
 
-def _load_aoti(program: bytes, manifest: KernelManifest) -> Callable[[torch.Tensor], torch.Tensor]:
+NativeProgram = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+def _load_aoti(program: bytes, manifest: KernelManifest, member: str) -> NativeProgram:
     # The ISA is checked from the manifest (covered by the blob's sha256) *before* the shared object is
     # opened: a binary built for a wider ISA could fault in its initialisers on this CPU.
     check_hardware(manifest)
@@ -387,37 +429,32 @@ def _load_aoti(program: bytes, manifest: KernelManifest) -> Callable[[torch.Tens
         try:
             loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1, False)
         except RuntimeError as exc:
-            raise KernelFormatError(f"{manifest.artifact_id}: AOTInductor package does not load: {exc}") from None
+            raise KernelFormatError(f"{manifest.artifact_id}: {member} does not load: {exc}") from None
     finally:
         os.unlink(path)
     meta = loader.get_metadata()
     if meta.get("AOTI_DEVICE_KEY", manifest.device) != manifest.device:
-        raise KernelFormatError(f"{manifest.artifact_id}: package targets {meta.get('AOTI_DEVICE_KEY')!r}, "
+        raise KernelFormatError(f"{manifest.artifact_id}: {member} targets {meta.get('AOTI_DEVICE_KEY')!r}, "
                                 f"the manifest says {manifest.device!r}")
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return loader.boxed_run([x])[0]
-
-    return run
+    return loader.boxed_run  # type: ignore[no-any-return]
 
 
-class _CompiledForwardEagerBackward(torch.autograd.Function):
-    """Forward through the native kernel; the input gradient comes from the eager reference (same weights)."""
+class _NativeKernelFunction(torch.autograd.Function):
+    """Forward through the compiled program, backward through the compiled vector-Jacobian product."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, kernel: CompiledKernel) -> torch.Tensor:  # type: ignore[override]
-        ctx.kernel = kernel
-        ctx.save_for_backward(x)
-        return kernel._run(x)
+    def forward(ctx: Any, kernel: CompiledKernel, n_params: int, x: torch.Tensor,  # type: ignore[override]
+                *weights: torch.Tensor) -> torch.Tensor:
+        ctx.kernel, ctx.n_params = kernel, n_params
+        ctx.save_for_backward(x, *weights)
+        return kernel._forward_program([x, *weights])[0]
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        reference = ctx.kernel.reference()
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(True)
-            (gx,) = torch.autograd.grad(reference(xd), xd, grad)
-        return gx, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, *weights = ctx.saved_tensors
+        grads = ctx.kernel._backward_program([x, grad.contiguous(), *weights])
+        n_buffers = len(weights) - ctx.n_params
+        return (None, None, *grads[:1 + ctx.n_params], *([None] * n_buffers))
 
 
 _REGISTRY_KEYS: tuple[str, ...] | None = None
@@ -431,46 +468,66 @@ def _registries(state: dict[str, Any]) -> tuple[str, ...]:
     return _REGISTRY_KEYS
 
 
-class CompiledKernel(nn.Module):
-    """A loaded compiled artifact as a fixed-function seed kernel: no parameters, float32 compute inside.
+def weight_attribute(name: str) -> str:
+    """The attribute a kernel keeps buffer ``name`` under (module attributes cannot hold dots)."""
+    return name.replace(".", "__")
 
-    Inputs of another floating dtype are cast in and the output cast back; the feature axis (and every axis
-    not listed as dynamic in the manifest) must match the traced shape. Copies share the loaded program:
-    it is immutable.
+
+class CompiledKernel(nn.Module):
+    """A loaded compiled artifact as a seed kernel: compiled programs, trainable weights, float32 inside.
+
+    The parameters live in one flat trainable vector, ``flat_parameters`` (the manifest's ``parameters`` in
+    order, each flattened), which the forward splits into the programs' inputs; buffers are registered one
+    by one (dots in names as ``__``). One vector makes a copy cheap (one tensor to clone, one Parameter to
+    create) and gives the optimiser one tensor per kernel. Every copy owns its weights and shares the loaded
+    programs, which are immutable. Inputs of another floating dtype are cast in and the output cast back;
+    the feature axis (and every axis not listed as dynamic in the manifest) must match the traced shape.
     """
 
-    fixed_function = True
-    _run_fn: Callable[[torch.Tensor], torch.Tensor]
-    _reference: IRModule | None
+    _forward_program: Callable[..., Any]
+    _backward_program: NativeProgram | None
 
-    def __init__(self, artifact: KernelArtifact, blob: bytes, run: Callable[[torch.Tensor], torch.Tensor],
-                 native: bool) -> None:
+    def __init__(self, artifact: KernelArtifact, blob: bytes, forward_program: Callable[..., Any],
+                 backward_program: NativeProgram | None) -> None:
         super().__init__()
-        self.manifest = artifact.manifest
-        self.artifact_id = artifact.manifest.artifact_id
+        m = artifact.manifest
+        self.manifest = m
+        self.artifact_id = m.artifact_id
         self.sha256 = artifact.sha256
         self._artifact = artifact
         self._blob = blob
-        self._native = native
-        # Kept out of nn.Module's registry on purpose: registered, the program's and the reference's tensors
-        # would show up as parameters (and be trained, moved, checkpointed) — a fixed-function kernel has none.
-        object.__setattr__(self, "_run_fn", run)
-        object.__setattr__(self, "_reference", None)
-        shape = self.manifest.input_shape
-        self._static = [(axis, size) for axis, size in enumerate(shape) if axis not in self.manifest.dynamic_axes]
+        self._native = backward_program is not None
+        # Programs are kept out of nn.Module's registry: an exported module's tensors must not show up as
+        # this kernel's state, and the native ones are plain callables.
+        object.__setattr__(self, "_forward_program", forward_program)
+        object.__setattr__(self, "_backward_program", backward_program)
+        params = [artifact.weights[n].to(torch.float32) for n in m.parameters]
+        self._shapes = [tuple(p.shape) for p in params]
+        self._numels = [p.numel() for p in params]
+        flat = torch.cat([p.reshape(-1) for p in params]) if params else torch.empty(0)
+        self.flat_parameters = nn.Parameter(flat, requires_grad=bool(params))
+        for name in m.buffers:
+            self.register_buffer(weight_attribute(name), artifact.weights[name].clone())
+        self._buffer_keys = tuple(weight_attribute(n) for n in m.buffers)
+        self._static = [(axis, size) for axis, size in enumerate(m.input_shape) if axis not in m.dynamic_axes]
 
-    def reference(self) -> IRModule:
-        """The eager reference module with this kernel's weights (built on first use)."""
-        if self._reference is None:
-            object.__setattr__(self, "_reference", reference_module(self._artifact))
-        assert self._reference is not None
-        return self._reference
+    def program_inputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The current parameters (views of ``flat_parameters``) and buffers, as the programs take them."""
+        flat: torch.Tensor = self.flat_parameters
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        params = [v.view(s) for v, s in zip(flat.split(self._numels), self._shapes, strict=True)]
+        buffers: list[torch.Tensor] = [getattr(self, k) for k in self._buffer_keys]
+        return params, [b.float() if b.is_floating_point() and b.dtype != torch.float32 else b for b in buffers]
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run_fn(x)
+    def ir_state_dict(self) -> dict[str, torch.Tensor]:
+        """The current weights under the IR's state-dict names (what ``build_module(ir)`` loads)."""
+        params, buffers = self.program_inputs()
+        names = [*self.manifest.parameters, *self.manifest.buffers]
+        return {n: t.detach().clone() for n, t in zip(names, [*params, *buffers], strict=True)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the compiled program on ``x``."""
+        """Run the compiled program on ``x`` with this kernel's current weights."""
         if x.dim() != len(self.manifest.input_shape) or any(x.shape[a] != s for a, s in self._static):
             raise ValueError(f"kernel {self.artifact_id[:16]}… expects shape {self.manifest.input_shape} "
                              f"(dynamic axes {self.manifest.dynamic_axes}), got {list(x.shape)}")
@@ -479,10 +536,13 @@ class CompiledKernel(nn.Module):
                                       f"input is on {x.device}")
         dtype = x.dtype
         xin = x.to(torch.float32).contiguous()
-        if self._native and torch.is_grad_enabled() and xin.requires_grad:
-            y = _CompiledForwardEagerBackward.apply(xin, self)
+        params, buffers = self.program_inputs()
+        if not self._native:
+            y = self._forward_program(xin, tuple(params), tuple(buffers))  # an aten graph: autograd as usual
+        elif torch.is_grad_enabled() and (xin.requires_grad or self.flat_parameters.requires_grad):
+            y = _NativeKernelFunction.apply(self, len(params), xin, *params, *buffers)
         else:
-            y = self._run_fn(xin)
+            y = self._forward_program([xin, *params, *buffers])[0]
         return y if y.dtype == dtype else y.to(dtype)
 
     def extra_repr(self) -> str:
@@ -490,12 +550,16 @@ class CompiledKernel(nn.Module):
         return f"artifact={m.artifact_id[:12]}…-{m.hardware}-{m.pipeline.value}, input_shape={m.input_shape}"
 
     def clone(self) -> CompiledKernel:
-        """A new module sharing this one's loaded program (a few microseconds: no loading, no hashing)."""
+        """A new kernel sharing the loaded programs, with its own copy of the current weights (no loading)."""
         new = object.__new__(CompiledKernel)
         state = self.__dict__.copy()
         # nn.Module keeps its registries (parameters, buffers, hooks) in dicts and sets: give the clone its own.
         for key in _registries(state):
             state[key] = state[key].copy()
+        flat = self.flat_parameters
+        state["_parameters"] = {"flat_parameters": nn.Parameter(flat.detach().clone(), flat.requires_grad)}
+        if self._buffers:
+            state["_buffers"] = {k: b.clone() for k, b in self._buffers.items() if b is not None}
         object.__setattr__(new, "__dict__", state)  # nn.Module.__setattr__ would inspect it (slow, needless)
         return new
 
@@ -503,8 +567,15 @@ class CompiledKernel(nn.Module):
         return self.clone()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickling (a model copied to another process) re-runs the verified load from the artifact bytes.
-        return (load_compiled, (self._blob, self.sha256))
+        # Pickling (a model copied to another process) re-runs the verified load from the artifact bytes
+        # and then restores the current weights.
+        return (_restore_compiled, (self._blob, self.sha256, self.state_dict(), self.training))
+
+
+def _restore_compiled(blob: bytes, sha256: str, state: dict[str, torch.Tensor], training: bool) -> CompiledKernel:
+    kernel = load_compiled(blob, sha256)
+    kernel.load_state_dict(state)
+    return kernel.train(training)
 
 
 def load_compiled(data: bytes, sha256: str, *, digest_checked: bool = False) -> CompiledKernel:
@@ -524,10 +595,14 @@ def load_artifact(artifact: KernelArtifact, data: bytes) -> CompiledKernel:
         graph = _load_exported(artifact.program, m.artifact_id)
         if m.device == "cuda":
             graph = graph.to("cuda")
-        return CompiledKernel(artifact, data, graph, native=False)
-    if m.pipeline in AOTI_PIPELINES:
-        return CompiledKernel(artifact, data, _load_aoti(artifact.program, m), native=True)
-    raise KernelFormatError(f"{m.artifact_id}: pipeline {m.pipeline.value!r} has no compiled program")
+        kernel = CompiledKernel(artifact, data, graph, None)
+    elif m.pipeline in AOTI_PIPELINES:
+        forward = _load_aoti(artifact.program, m, PROGRAM_MEMBER)
+        backward = _load_aoti(artifact.backward, m, BACKWARD_MEMBER)
+        kernel = CompiledKernel(artifact, data, forward, backward)
+    else:
+        raise KernelFormatError(f"{m.artifact_id}: pipeline {m.pipeline.value!r} has no compiled program")
+    return kernel.to(m.device)
 
 
 _PREWARMED: float | None = None

@@ -6,9 +6,10 @@ adds two caches in front of it:
 
 * the SDK's :class:`KernelCache` of blobs (LRU, bounded in MB, sha256-checked on the way in and out), so a
   kernel evicted from memory or reloaded after a failure is not fetched again;
-* a cache of *loaded* compiled kernels under the same MB budget. A compiled kernel is immutable and has
-  no parameters, so a hit hands out a cheap clone sharing the loaded program: microseconds, no hashing
-  and no loader call. (Eager artifacts are trainable and are always built fresh.)
+* a cache of *loaded* compiled kernels under the same MB budget. The loaded programs are immutable, so a
+  hit hands out a clone sharing them, with its own copy of the artifact's initial weights (one flat
+  tensor): microseconds, no hashing and no loader call. The cached kernel itself is never handed out, so
+  its weights stay the artifact's. (Eager artifacts are always built fresh.)
 
 Every blob fetched is checked against the sha256 Urza recorded for the artifact *and* the digest Urza
 sent with the bytes. A mismatch is refused (KernelIntegrityError), logged, counted and passed to the

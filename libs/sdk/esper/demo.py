@@ -1,10 +1,17 @@
 """``python -m esper.demo``: watch Esper grow a deliberately weak network, on digits and on two spirals.
 
-For each task a narrow MLP is wrapped by Kasmina and trained by Tolaria under the heuristic Tamiyo;
+For each task a weak host is wrapped by Kasmina and trained by Tolaria under the heuristic Tamiyo;
 when validation loss plateaus, seeds germinate in the sickest slots, graft, and are kept or culled.
 The same host is also trained alone (same seed, same epochs) for comparison. Everything a run leaves
 goes to ``runs/demo-<task>/``: the evolved model and its ``lineage.json``, metrics and events, and a
 report (``report.png`` and a self-contained ``report.html``).
+
+Kernels are real compiled artifacts: the demo runs the standalone platform in process
+(:class:`esper.standalone.LocalPlatform`: Urza on SQLite + a blob folder, Tezzeret, Urabrask, one memory
+bus). The built-in blueprints for every seed slot's shape are submitted to Urza, compiled with
+AOTInductor, gatekept and profiled, and Tamiyo picks among the VALIDATED ones by tag query. Compiled
+kernels are kept under ``runs/platform/``, so only the first run pays for compiling them.
+``--kernels eager`` skips the platform and interprets the blueprints instead.
 
 The run's settings come from ``configs/demo-<task>.yaml``; the host's shape is part of the demo.
 """
@@ -25,13 +32,15 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from esper_contracts import KernelStatus, TensorInterface
 from esper_policy import build_policy
 
 from .blueprints import LocalKernelLibrary
 from .config import EsperConfig, load_config
 from .data import Batches, TaskData, load_task
-from .kasmina import ChunkLayout, GraftedModule, chunk_bounds, wrap
+from .kasmina import ChunkLayout, GraftedModule, chunk_bounds, kasmina_layers, wrap
 from .lineage import Lineage, save_model
+from .standalone import KernelProgress, LocalPlatform
 from .tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -142,15 +151,17 @@ def run_experiment(
     run_id: str | None = None,
     quiet: bool = False,
     data: TaskData | None = None,
+    kernels: Any = None,
 ) -> ExperimentResult:
     """Train one host on one task under one policy ("heuristic", "random" or "none") and test it.
 
     With ``fossilized`` (possibly empty), the model is instead the static twin of an evolved one (see
-    :func:`static_twin`), trained from scratch with no seed slots and no controller.
+    :func:`static_twin`), trained from scratch with no seed slots and no controller. ``kernels``: the
+    KernelSource + KernelSelector seeds and Tamiyo use (default: a fresh LocalKernelLibrary, eager).
     """
     data = data or load_task(task, seed)
     torch.manual_seed(seed)
-    library = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
+    library = kernels if kernels is not None else LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
     if fossilized is not None:  # a static model: nothing left to grow, so no seed slots at all
         model = static_twin(task, data, fossilized, config.kasmina.chunks_per_layer)
         policy = "none"
@@ -180,8 +191,43 @@ def run_experiment(
     )
 
 
-def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Console) -> dict[str, Any]:
-    """Esper and the host alone on one task; writes model, lineage and report; returns the summary row."""
+def seed_interfaces(task: str, config: EsperConfig) -> list[TensorInterface]:
+    """The chunk interface of every seed slot Kasmina puts into ``task``'s host under ``config``."""
+    data = load_task(task, 0)
+    model = wrap(build_host(task, data), config.kasmina, LocalKernelLibrary())
+    return [layer.chunks.interface(i) for layer in kasmina_layers(model).values()
+            for i in range(len(layer.chunks.bounds))]
+
+
+def prepare_kernels(platform: LocalPlatform, interfaces: list[TensorInterface], console: Console) -> KernelProgress:
+    """Submit the built-in blueprints for ``interfaces`` and wait (with a progress bar) until each is final."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    start = time.perf_counter()
+    total = platform.submit_builtins(interfaces)
+    pipelines = ", ".join(p.value for p in platform.pipelines)
+    with Progress(TextColumn("[bold]kernels[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=console, disable=not progress_bar_wanted()) as bar:
+        job = bar.add_task(f"({pipelines}: compile, gatekeep, profile)", total=total)
+
+        def show(state: KernelProgress) -> None:
+            waiting = ", ".join(f"{k.lower()} {v}" for k, v in sorted(state.by_status.items()))
+            bar.update(job, completed=state.ready + len(state.failed), description=f"({pipelines}) {waiting}")
+
+        state = platform.wait_ready(on_progress=show)
+    for reason in state.failed:
+        console.print(f"[yellow]kernel not available:[/yellow] {reason}")
+    console.print(f"kernels: {state.ready} of {state.total} compiled ({pipelines}), validated and tagged in Urza "
+                  f"({platform.urza_url}) in {time.perf_counter() - start:.0f} s")
+    return state
+
+
+def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Console,
+                  platform: LocalPlatform | None = None) -> dict[str, Any]:
+    """Esper and the host alone on one task; writes model, lineage and report; returns the summary row.
+
+    With ``platform``, seeds run compiled kernels from its Urza (prepared first); otherwise eager ones.
+    """
     from .report import write_report
 
     config = demo_config(task)
@@ -189,7 +235,16 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
         config = config.model_copy(update={"tolaria": config.tolaria.model_copy(update={"epochs": epochs})})
     out = out_root / f"demo-{task}"
     console.rule(f"[bold]{task}: weak host ({HOSTS[task][1]}) grown by Esper, heuristic Tamiyo")
-    esper_run = run_experiment(task, config, policy="heuristic", run_dir=out_root, run_id=f"demo-{task}")
+    kernels = None
+    if platform is not None:
+        ready = prepare_kernels(platform, seed_interfaces(task, config), console)
+        if ready.ready == 0:
+            raise RuntimeError(f"{task}: no kernel passed compilation and validation: {ready.failed}")
+        config = config.model_copy(update={"tamiyo": config.tamiyo.model_copy(
+            update={"kernel_status": KernelStatus.VALIDATED})})
+        kernels = platform.kernel_source(config.kasmina.kernel_cache_mb)
+    esper_run = run_experiment(task, config, policy="heuristic", run_dir=out_root, run_id=f"demo-{task}",
+                               kernels=kernels)
     console.print(f"[dim]{task}: the same host alone, for comparison[/dim]")
     host_run = run_experiment(task, config, policy="none", run_dir=out / "baseline", run_id="host-only", quiet=True)
     assert esper_run.model is not None and esper_run.history is not None and host_run.history is not None
@@ -214,11 +269,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=["digits", "spirals", "all"], default="all")
     parser.add_argument("--epochs", type=int, default=None, help="override tolaria.epochs of the demo configs")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent directory of runs/demo-<task>/")
+    parser.add_argument("--kernels", choices=["compiled", "eager"], default="compiled",
+                        help="compiled: Urza + Tezzeret + Urabrask in process (default); eager: interpreted IR")
+    parser.add_argument("--pipeline", choices=["standard", "fast"], default="standard",
+                        help="compile pipeline: standard = AOTInductor (native code), fast = torch.export program")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: threads cost more than they give
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
     tasks = ["digits", "spirals"] if args.task == "all" else [args.task]
-    rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
+    if args.kernels == "compiled":
+        console.print(f"starting the standalone platform (Urza, Tezzeret, Urabrask) in {args.out / 'platform'}")
+        with LocalPlatform(args.out / "platform", pipelines=[args.pipeline]) as platform:
+            rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, platform=platform)
+                    for task in tasks]
+    else:
+        rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
 
     table = Table(title="Esper demo: the weak host alone vs grown by Esper (held-out test split)")
     for column in ("task", "host alone", "Esper", "params host → Esper", "adaptations"):

@@ -12,7 +12,9 @@ from esper.demo import build_host, static_twin
 
 
 def test_demo_writes_model_lineage_and_report(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert demo.main(["--task", "spirals", "--epochs", "3", "--out", str(tmp_path)]) == 0
+    # Compiled kernels from the in-process platform, with the quick pipeline (the default compiles C++).
+    assert demo.main(["--task", "spirals", "--epochs", "3", "--out", str(tmp_path), "--pipeline", "fast"]) == 0
+    assert (tmp_path / "platform" / "urza.db").exists()
     out = tmp_path / "demo-spirals"
     for name in ("model.pt", "model.pt.sha256", "lineage.json", "metrics.jsonl", "events.jsonl", "report.png",
                  "report.html"):
@@ -26,6 +28,12 @@ def test_demo_writes_model_lineage_and_report(tmp_path: Path, capsys) -> None:  
     assert doc["task"] == "spirals" and "host_test_accuracy" in doc["summary"]
     printed = capsys.readouterr().out
     assert "epoch   3" in printed and "Esper demo" in printed
+    assert "kernels: 3 of 3 compiled (fast), validated and tagged in Urza" in printed
+
+
+def test_the_eager_demo_needs_no_platform(tmp_path: Path) -> None:
+    assert demo.main(["--task", "spirals", "--epochs", "2", "--out", str(tmp_path), "--kernels", "eager"]) == 0
+    assert not (tmp_path / "platform").exists() and (tmp_path / "demo-spirals" / "lineage.json").exists()
 
 
 def test_static_twin_has_the_evolved_shape_and_trains_everything() -> None:

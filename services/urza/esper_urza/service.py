@@ -15,10 +15,12 @@ from .api import install_api
 from .catalog import Catalog
 from .consumers import UrzaConsumers
 from .context import UrzaContext
+from .jobs import COMPILATION_TOPIC, VALIDATION_TOPIC
 from .ledger import Ledger
 from .library import library_blueprints
 from .publisher import OutboxDispatcher
 from .settings import UrzaSettings
+from .store import outbox
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class UrzaService(Service):
         if s.seed_library:
             new = self.catalog.seed(library_blueprints())
             log.info("seed library registered", extra={"new_blueprints": new})
+        if s.bus_url.startswith("memory://"):
+            # An in-process bus starts empty: jobs an earlier run published were lost with its process.
+            with self.db.write() as conn:
+                again = outbox.requeue_published(conn, [COMPILATION_TOPIC, VALIDATION_TOPIC])
+            if again:
+                log.info("in-process bus: sending earlier jobs again", extra={"jobs": again})
         self.dispatcher.kick()
         if s.consume:
             self._subscriptions = self.consumers.subscribe(

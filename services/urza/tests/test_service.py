@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from esper_contracts import TensorInterface
+from esper_oona import connect
+from esper_oona.memory_bus import drop_memory_broker
 from esper_runtime.registry import load_factory
 from esper_storage import current_revision, head_revision, open_database, upgrade
 from esper_urza.service import MIGRATIONS, create_service
@@ -134,6 +137,28 @@ def test_jobs_left_unsent_by_a_crash_go_out_at_the_next_start(urza_factory: Any,
     jobs = collect("compilation.jobs")
     with TestClient(urza_factory().app):
         assert len(jobs.wait_for(2)) == 2
+
+
+def test_on_an_in_process_bus_a_restart_sends_earlier_jobs_again(urza_factory: Any, make_kit: Any) -> None:
+    kit = make_kit()
+    first = urza_factory()
+    with TestClient(first.app) as client:
+        kit.client = client
+        kit.submit(kit.make_ir())
+        assert first.dispatcher.sent == 2  # published on a memory bus, which ends with this "process"
+    fresh_bus = f"memory://urza-test-{uuid.uuid4().hex[:12]}"
+    listener = connect(fresh_bus, producer_name="test")
+    try:
+        jobs: list[Any] = []
+        listener.subscribe("compilation.jobs", "test", lambda e: jobs.append(e.payload), initial_position="earliest")
+        with TestClient(urza_factory(bus_url=fresh_bus).app):
+            deadline = time.monotonic() + 5
+            while len(jobs) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert sorted(j.pipeline.value for j in jobs) == ["fast", "standard"]  # same jobs, same ids: repeats
+    finally:
+        listener.close()
+        drop_memory_broker(fresh_bus.removeprefix("memory://"))
 
 
 def _free_port() -> int:

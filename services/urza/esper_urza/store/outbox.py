@@ -65,3 +65,16 @@ def queued(conn: Connection, topic: str, key_prefix: str) -> list[Any]:
     return list(conn.execute(select(outbox).where(outbox.c.topic == topic,
                                                   outbox.c.dedupe_key.startswith(key_prefix, autoescape=True))
                              .order_by(outbox.c.id)))
+
+
+def requeue_published(conn: Connection, topics: list[str]) -> int:
+    """Mark every message published on ``topics`` as pending again (not the dropped ones); returns how many.
+
+    For a bus that does not outlive its process (``memory://``): what an earlier run published died with
+    it. Jobs carry stable ids and workers recognise repeats, so sending them again is safe.
+    """
+    result = conn.execute(update(outbox).where(outbox.c.topic.in_(topics), outbox.c.published_at.is_not(None),
+                                               ~outbox.c.last_error.startswith("dropped:", autoescape=True)
+                                               | outbox.c.last_error.is_(None))
+                          .values(published_at=None))
+    return int(result.rowcount or 0)

@@ -276,3 +276,22 @@ def test_tokens_guard_reads_and_writes(urza_factory: Any, make_kit: Any) -> None
         allowed = client.post("/api/v1/blueprints", json=body, headers={"Authorization": "Bearer writer"})
         assert allowed.status_code == 201
         assert client.get("/healthz").status_code == 200  # operations endpoints stay open
+
+
+def test_no_route_sends_a_dependency_to_the_thread_pool() -> None:
+    # FastAPI runs a plain ``def`` dependency on its thread pool: a thread switch per request for a lookup.
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from esper_urza.api.blueprints import router as blueprints_router
+    from esper_urza.api.kernels import router as kernels_router
+
+    def calls(dependant: Any) -> list[Any]:
+        return [d.call for d in dependant.dependencies] + [c for d in dependant.dependencies for c in calls(d)]
+
+    routes = [r for router in (blueprints_router, kernels_router) for r in router.routes if isinstance(r, APIRoute)]
+    assert len(routes) > 10
+    blocking = {(r.path, getattr(c, "__qualname__", c)) for r in routes for c in calls(r.dependant)
+                if not inspect.iscoroutinefunction(c)}
+    assert not blocking

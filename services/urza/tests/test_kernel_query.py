@@ -195,3 +195,19 @@ def test_queries_honour_filters_with_1000_blueprints_and_5000_artifacts(client: 
     assert unfiltered["total"] == 5000
 
 
+
+
+def test_queries_of_one_shape_share_a_statement_but_not_their_values(client: TestClient,
+                                                                     population: dict[str, str]) -> None:
+    from esper_contracts import KernelQuery
+    from esper_urza.store.kernel_query import _shape_and_parameters, _statement
+
+    high = KernelQuery(tags_required=["high_speed"], hardware="cpu")
+    low = KernelQuery(tags_required=["low_speed", "low_speed"], hardware="cpu", limit=1)  # a repeated tag counts once
+    assert _shape_and_parameters(high)[0] == _shape_and_parameters(low)[0]
+    assert _statement(_shape_and_parameters(high)[0]) is _statement(_shape_and_parameters(low)[0])
+    for query, expected, total in ((high, ["mlp-std", "lora-fast"], 2), (low, ["conv-fast"], 1),
+                                   (high.model_copy(update={"limit": 1}), ["mlp-std"], 2)):
+        body = client.post("/api/v1/kernels/query", json=query.model_dump(mode="json")).json()
+        assert _names(population, [a["artifact_id"] for a in body["artifacts"]]) == expected
+        assert body["total"] == total

@@ -95,15 +95,20 @@ class Service:
                 self._bus.close()
             log.info("stopped")
 
+    def uvicorn_config(self) -> Any:
+        """How :meth:`run` serves the app: a ``uvicorn.Config`` on the settings' host and port.
+
+        ``http`` and ``loop`` stay ``auto``, which picks httptools' C parser and uvloop (dependencies of
+        this package) where they install, and falls back to h11 and asyncio where they do not.
+        """
+        import uvicorn
+
+        return uvicorn.Config(self.app, host=self.settings.host, port=self.settings.port, log_config=None,
+                              timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s))
+
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; uvicorn runs the lifespan shutdown, which stops and flushes cleanly."""
         import uvicorn
 
         configure_logging(self.name, self.settings.log_level, self.settings.log_format)
-        uvicorn.run(
-            self.app,
-            host=self.settings.host,
-            port=self.settings.port,
-            log_config=None,
-            timeout_graceful_shutdown=int(self.settings.shutdown_timeout_s),
-        )
+        uvicorn.Server(self.uvicorn_config()).run()

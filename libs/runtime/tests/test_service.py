@@ -80,3 +80,12 @@ def test_cli_topics_and_unknown_service() -> None:
     assert out.exit_code == 0 and "control.kasmina.commands" in out.output
     bad = runner.invoke(app, ["serve", "nonexistent"])
     assert bad.exit_code == 2 and "unknown service" in bad.output
+
+
+def test_services_are_served_with_httptools_and_uvloop() -> None:
+    config = Service(ServiceSettings(service_name="t", port=9123)).uvicorn_config()
+    config.load()  # resolves "auto" to what is installed
+    assert config.port == 9123
+    assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    loop_factory = config.get_loop_factory()
+    assert loop_factory is not None and loop_factory.__module__.startswith("uvloop")

@@ -204,17 +204,17 @@ def prepare_kernels(platform: LocalPlatform, interfaces: list[TensorInterface], 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     start = time.perf_counter()
-    total = platform.submit_builtins(interfaces)
+    keys = platform.submit_builtins(interfaces)
     pipelines = ", ".join(p.value for p in platform.pipelines)
     with Progress(TextColumn("[bold]kernels[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), TimeElapsedColumn(), console=console, disable=not progress_bar_wanted()) as bar:
-        job = bar.add_task(f"({pipelines}: compile, gatekeep, profile)", total=total)
+        job = bar.add_task(f"({pipelines}: compile, gatekeep, profile)", total=len(keys))
 
         def show(state: KernelProgress) -> None:
             waiting = ", ".join(f"{k.lower()} {v}" for k, v in sorted(state.by_status.items()))
             bar.update(job, completed=state.ready + len(state.failed), description=f"({pipelines}) {waiting}")
 
-        state = platform.wait_ready(on_progress=show)
+        state = platform.wait_ready(keys, on_progress=show)
     for reason in state.failed:
         console.print(f"[yellow]kernel not available:[/yellow] {reason}")
     console.print(f"kernels: {state.ready} of {state.total} compiled ({pipelines}), validated and tagged in Urza "

@@ -188,27 +188,31 @@ class LocalPlatform:
         return self._source
 
     # -- kernels ------------------------------------------------------------------------------------------
-    def submit(self, blueprints: Iterable[BlueprintIR]) -> int:
-        """Submit blueprints (idempotent per IR hash); returns how many artifacts the run now waits for."""
+    def submit(self, blueprints: Iterable[BlueprintIR]) -> list[str]:
+        """Submit blueprints (idempotent per IR hash); returns the keys of the artifacts to wait for."""
         client = self.kernel_source().client
+        keys = []
         for ir in blueprints:
             record = client.submit_blueprint(ir)
             for pipeline in self.pipelines:
-                self._wanted[f"{record.blueprint_id}/{pipeline.value}"] = (ir, pipeline)
-        return len(self._wanted)
+                key = f"{record.blueprint_id}/{pipeline.value}"
+                self._wanted[key] = (ir, pipeline)
+                keys.append(key)
+        return keys
 
-    def submit_builtins(self, interfaces: Iterable[TensorInterface]) -> int:
+    def submit_builtins(self, interfaces: Iterable[TensorInterface]) -> list[str]:
         """Submit every built-in blueprint family for each interface (a seed slot's chunk shape)."""
         unique = {(i.layout, i.features): i for i in interfaces}
         return self.submit(ir for iface in unique.values() for ir in builtin_blueprints(iface))
 
-    def progress(self) -> KernelProgress:
-        """The status of every artifact submitted so far (one request per blueprint)."""
+    def progress(self, keys: Iterable[str] | None = None) -> KernelProgress:
+        """The status of the artifacts ``keys`` names (default: all submitted so far), one request per blueprint."""
         client = self.kernel_source().client
         by_status: dict[str, int] = {}
         ready, failed = 0, []
         records: dict[str, Any] = {}
-        for key, (ir, pipeline) in self._wanted.items():
+        wanted = {k: self._wanted[k] for k in keys} if keys is not None else dict(self._wanted)
+        for key, (ir, pipeline) in wanted.items():
             blueprint_id = key.split("/")[0]
             if blueprint_id not in records:
                 records[blueprint_id] = client.blueprint(blueprint_id)
@@ -222,14 +226,18 @@ class LocalPlatform:
                 art = found[0]
                 reason = art.error or (art.validation.rejection_reason if art.validation else None) or status.value
                 failed.append(f"{ir.name} {pipeline.value}: {reason}")
-        return KernelProgress(len(self._wanted), by_status, ready, failed)
+        return KernelProgress(len(wanted), by_status, ready, failed)
 
-    def wait_ready(self, timeout_s: float = 1800.0, poll_s: float = 0.5,
+    def wait_ready(self, keys: Iterable[str] | None = None, *, timeout_s: float = 1800.0, poll_s: float = 0.5,
                    on_progress: Callable[[KernelProgress], None] | None = None) -> KernelProgress:
-        """Block until every submitted artifact is VALIDATED, REJECTED or FAILED; PlatformError on timeout."""
+        """Block until the artifacts ``keys`` names (default: all) are VALIDATED, REJECTED or FAILED.
+
+        Raises PlatformError on timeout.
+        """
+        keys = list(keys) if keys is not None else None
         deadline = time.monotonic() + timeout_s
         while True:
-            state = self.progress()
+            state = self.progress(keys)
             if on_progress is not None:
                 on_progress(state)
             if state.done:

@@ -367,3 +367,19 @@ def test_aoti_kernel_for_a_wider_isa_is_refused_before_it_is_opened(
     wider = pack_kernel_artifact(manifest, opened.weights, opened.program, opened.backward)
     with pytest.raises(KernelHardwareError, match="AMX_TILE"):
         load_compiled(wider, sha256_hex(wider))
+
+
+@pytest.mark.slow
+def test_aoti_cpu_kernels_run_on_the_model_runner_and_a_package_for_another_device_is_refused(
+        aoti_artifact: tuple[bytes, str, BlueprintIR]) -> None:
+    import esper.blueprints.compiled as compiled
+
+    blob, sha, _ir = aoti_artifact
+    opened = open_kernel_artifact(blob, sha)
+    run = compiled._load_aoti(opened.program, opened.manifest, "program.pt2")
+    assert "AOTIModelContainerRunnerCpu" in repr(getattr(run, "__self__", run))  # not the package loader
+    metadata = next(n for n in zipfile.ZipFile(io.BytesIO(opened.program)).namelist()
+                    if n.endswith("wrapper_metadata.json"))
+    cuda = _rezip(opened.program, {metadata: b'{"AOTI_DEVICE_KEY": "cuda"}'})
+    with pytest.raises(KernelFormatError, match="targets 'cuda'"):
+        compiled._load_aoti(cuda, opened.manifest, "program.pt2")

@@ -51,7 +51,7 @@ def platform(data_dir: Path) -> LocalPlatform:
 @pytest.mark.slow
 def test_blueprints_become_validated_kernels_that_a_seed_loads_and_trains(tmp_path: Path) -> None:
     with platform(tmp_path / "platform") as p:
-        assert p.submit([bottleneck(), overflowing()]) == 2
+        assert len(p.submit([bottleneck(), overflowing()])) == 2
         seen: list[int] = []
         state = p.wait_ready(timeout_s=600, on_progress=lambda s: seen.append(s.ready + len(s.failed)))
         assert state.ready == 1 and state.done and seen == sorted(seen)
@@ -77,6 +77,8 @@ def test_blueprints_become_validated_kernels_that_a_seed_loads_and_trains(tmp_pa
 
     # A second run on the same folder finds everything final at once: nothing is compiled again.
     with platform(tmp_path / "platform") as again:
-        again.submit([bottleneck(), overflowing()])
+        keys = again.submit([bottleneck(), overflowing()])
+        state = again.progress(keys[:1])
+        assert state.done and state.ready == 1 and state.total == 1
         state = again.progress()
         assert state.done and state.ready == 1 and len(state.failed) == 1

@@ -18,15 +18,17 @@ A compiled artifact is a zip (members stored, fixed timestamps) with these membe
 Loading never unpickles stored bytes. The whole blob is sha256-checked before it is opened; weights are
 read with ``torch.frombuffer``; an exported program is screened first (no pickled weights or constants,
 no custom objects, empty sample inputs — torch would otherwise fall back to a full unpickle) and its graph
-may call only ``aten`` operators; an AOTInductor package is opened with the C++ package loader directly.
+may call only ``aten`` operators; an AOTInductor program is run by torch's C++ model runner (CPU) or
+package loader (CUDA), never through ``torch._inductor``.
 
-That last choice is measured (docs/decisions/0006): ``torch._inductor.aoti_load_package`` imports Dynamo
-and Inductor and then probes the CPU's vector ISA by compiling and dlopen-ing test programs, only to print
-a warning on a mismatch. In a fresh process on torch 2.15 that is seconds per cold load; the C++ loader
-takes milliseconds. We make the ISA check ourselves, without a compiler, and refuse instead of warning.
+That last choice is measured (docs/decisions/0006, 0007): ``torch._inductor.aoti_load_package`` imports
+Dynamo and Inductor and then probes the CPU's vector ISA by compiling and dlopen-ing test programs, only
+to print a warning on a mismatch. In a fresh process on torch 2.15 that is seconds per cold load; the C++
+runner takes about a millisecond. We make the ISA check ourselves, without a compiler, and refuse
+instead of warning.
 
-Weights are program *inputs*, not constants baked into the binary: a loaded kernel owns them as ordinary
-``nn.Parameter`` s, so a compiled seed trains through TRAINING and FINE_TUNING like an eager one, is
+Weights are program *inputs*, not constants baked into the binary: a loaded kernel owns them (one flat
+``nn.Parameter``), so a compiled seed trains through TRAINING and FINE_TUNING like an eager one, is
 checkpointed and rolled back with the model, and the forward and backward it runs are both the compiled
 ones (docs/decisions/0007). Compiled programs have eval-mode semantics (dropout off, batch norm on its
 running statistics, which are inputs but never updated).

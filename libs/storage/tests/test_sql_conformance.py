@@ -21,6 +21,7 @@ from esper_storage import (
     open_database,
     upgrade,
 )
+from esper_storage.sql.engine import SQLITE_CACHE_KIB
 
 metadata = MetaData()
 parents = Table("parents", metadata, Column("id", String(32), primary_key=True), Column("status", String(16)),
@@ -137,6 +138,7 @@ def test_sqlite_connections_use_wal(tmp_path: Path) -> None:
         with db.read() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
     finally:
         db.dispose()
 

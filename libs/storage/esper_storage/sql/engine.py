@@ -25,6 +25,11 @@ from sqlalchemy.pool import StaticPool
 
 _BEGIN_OPTION = "esper_sqlite_begin"
 
+#: Page cache of each SQLite connection, KiB. SQLite's default, 2 MiB, is smaller than what a query over a few
+#: thousand rows reads (Urza's library-wide kernel query: 3,000 artifacts and their tags), and every page
+#: that does not fit is read from the file again on the next query: 16 MiB halved that query's time.
+SQLITE_CACHE_KIB = 16384
+
 
 class DatabaseURLError(ValueError):
     """A database URL that names no supported backend or cannot be parsed."""
@@ -70,6 +75,7 @@ def _sqlite_hooks(engine: Engine) -> None:
             _enable_wal(cursor)  # readers never block the writer, nor it them
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # negative: KiB, not pages
         finally:
             cursor.close()
 

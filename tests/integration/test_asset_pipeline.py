@@ -217,8 +217,13 @@ def test_blueprint_to_running_seed_through_real_services_surviving_kills(platfor
     driver = Driver(model, x)
     driver.to_stage("0", 0, aid, SeedStage.LOADING)
     assert driver.apply(advance("0", 0, SeedStage.TRAINING)) == []
-    assert kasmina_layers(model)["0"].stage(0) is SeedStage.GRAFTING  # fixed-function: TRAINING skipped
-    train_steps(model, x, 6)
+    layer = kasmina_layers(model)["0"]
+    assert layer.stage(0) is SeedStage.TRAINING  # weights are program inputs: the compiled seed trains
+    seed = layer.seeds["0"]
+    assert isinstance(seed, CompiledKernel)
+    before = seed.flat_parameters.detach().clone()
+    train_steps(model, x, 6)  # forward and backward both run the compiled programs
+    assert not torch.equal(before, seed.flat_parameters.detach())
     assert torch.isfinite(model(x)).all()
 
     # Urza dies without warning and comes back: records, tags and bytes are all still there.

@@ -153,6 +153,13 @@ def test_queries_go_to_urza(source: UrzaKernelSource) -> None:
     assert [a.artifact_id for a in result.artifacts] == [aid]
 
 
+def test_the_blueprint_of_an_artifact_is_fetched_once(source: UrzaKernelSource, wire: CountingTransport) -> None:
+    aid = store(source.client, bottleneck(16), [8, 16])
+    before = len(wire.requests)
+    assert source.blueprint(aid) == bottleneck(16) and source.blueprint(aid).name == "bottleneck-bd-16"
+    assert len(wire.requests) == before + 1  # IRs never change: the second answer comes from memory
+
+
 def test_kasmina_trains_a_compiled_kernel_from_urza_through_the_whole_lifecycle(source: UrzaKernelSource) -> None:
     aid = store(source.client, bottleneck(16), [8, 16])  # layer "0" of the MLP has 16 output features
     model = wrap(mlp(), fast_config(), source)

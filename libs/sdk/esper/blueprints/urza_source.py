@@ -222,6 +222,7 @@ class UrzaKernelSource:
         self._loaded_bytes = 0
         self._meta: dict[str, CompiledKernelArtifact] = {}
         self._digests: dict[str, str] = {}  # digests verified when the bytes entered the cache
+        self._irs: dict[str, BlueprintIR] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self.integrity_failures = 0
@@ -345,6 +346,20 @@ class UrzaKernelSource:
             if not keep_bytes:
                 self._meta.pop(artifact_id, None)
                 self._digests.pop(artifact_id, None)
+
+    def blueprint(self, artifact_id: str) -> BlueprintIR:
+        """The BlueprintIR an artifact was compiled from (its id starts with the IR hash); cached: IRs never change.
+
+        Tolaria names kernels in its logs and lineage with it.
+        """
+        blueprint_id = artifact_id.split("-", 1)[0]
+        with self._lock:
+            ir = self._irs.get(blueprint_id)
+        if ir is None:
+            ir = self.client.blueprint(blueprint_id).ir
+            with self._lock:
+                self._irs[blueprint_id] = ir
+        return ir
 
     # -- KernelSelector ---------------------------------------------------------------------------------
     def query(self, q: KernelQuery) -> KernelQueryResult:

@@ -1,6 +1,9 @@
 """The asset pipeline's numbers: compile times, kernel loading, loading during training, Urza vs MLflow, Urabrask.
 
-    .venv/bin/python bench/bench_assets.py [--blueprints 1000] [--artifacts-per-blueprint 5]
+    .venv/bin/python bench/bench_assets.py [--blueprints 1000] [--artifacts-per-blueprint 5] [--only urza]
+
+``--only urza`` runs the Urza query and MLflow comparison alone (no compiling, loading or Urabrask) and
+prints only ``urza_query_p99_ms`` and ``urza_vs_mlflow_query_speedup``.
 
 What is measured (one process unless said otherwise; Urza runs as ``esper serve urza`` in a subprocess on an
 embedded SQLite database and a blob folder on tmpfs, as in standalone mode, at nice 19 so that its CPU
@@ -18,9 +21,17 @@ stands in for another machine's rather than competing with the training steps me
 * Urza query: 1,000 blueprints with 5 artifacts each (validated, tagged) inserted through Urza's own
   catalog and ledger, then queries over HTTP (p50/p99 of 300). The headline query is the one Tamiyo
   sends for a seed: its chunk interface, a required tag, hardware and status; a library-wide tag query
-  without an interface is reported beside it. MLflow: the same library as registered models and tagged
-  model versions in its model registry (in process, SQLite on tmpfs — no HTTP, to its advantage), and
-  the same filters through ``search_model_versions``. The speedup is MLflow's median over Urza's median.
+  without an interface is reported beside it. The two sides of the comparison:
+
+  - Urza: the real service (``esper serve urza``: uvicorn, FastAPI, SQLite on tmpfs, niced as above)
+    in another process, asked over HTTP on a kept-alive connection by the SDK's ``UrzaClient``, which
+    parses the answer into ``KernelQueryResult``. Each timed query is that whole round trip.
+  - MLflow (from PyPI): the same library as registered models and tagged model versions in its model
+    registry, asked the same filters with ``MlflowClient.search_model_versions`` *in process* on SQLite
+    on tmpfs: no HTTP, no second process, to its advantage.
+
+  The speedup is MLflow's median over Urza's median. ``Catalog.query`` in process (no HTTP) is reported
+  beside it, the like-for-like comparison with MLflow's in-process search.
 * Urabrask: the gatekeeper and profiler on the standard and fast kernels in the sandbox process, with the
   service's default settings; the figure is the worst measurement CV.
 
@@ -281,6 +292,66 @@ def time_mlflow(library: Library, work: Path, n: int = 60) -> dict[str, tuple[li
     return out
 
 
+QueryTimes = dict[str, tuple[list[float], int]]
+
+
+def query_rows(table: Table, args: argparse.Namespace, urza_q: QueryTimes, mlflow_q: QueryTimes,
+               urza_local: dict[str, list[float]]) -> dict[str, float]:
+    """The Urza and MLflow rows of the table; returns the speedups (MLflow's median / Urza's over HTTP)."""
+    speedups = {k: statistics.median(mlflow_q[k][0]) / statistics.median(urza_q[k][0]) for k in urza_q}
+    n_art = args.blueprints * args.artifacts_per_blueprint
+    for label, what in (("seed", "Tamiyo's seed query (interface + tag)"), ("broad", "library-wide tag query")):
+        u_ms, u_total = urza_q[label]
+        m_ms, m_found = mlflow_q[label]
+        table.add_row(f"Urza: {what} p50 / p99", f"{pct(u_ms, 0.5):.2f} / {pct(u_ms, 0.99):.2f} ms",
+                      "p99 < 50 ms" if label == "seed" else "",
+                      f"{args.blueprints} blueprints, {n_art} artifacts; {u_total} match; esper serve urza over "
+                      f"HTTP, UrzaClient parsing the answer")
+        table.add_row("MLflow: the same filter p50 / p99", f"{pct(m_ms, 0.5):.1f} / {pct(m_ms, 0.99):.1f} ms",
+                      ">= 10x" if label == "seed" else "",
+                      f"search_model_versions in process (no HTTP); {m_found} returned; Urza over HTTP "
+                      f"{speedups[label]:.1f}x faster (medians)")
+        local = urza_local[label]
+        table.add_row("Urza in process (Catalog.query)", f"{pct(local, 0.5):.2f} / {pct(local, 0.99):.2f} ms", "",
+                      f"like for like with MLflow: {statistics.median(m_ms) / statistics.median(local):.0f}x faster")
+    return speedups
+
+
+def query_lines(urza_q: QueryTimes, speedups: dict[str, float]) -> list[str]:
+    """The two ``name: value`` lines of the query comparison."""
+    return [f"urza_query_p99_ms: {pct(urza_q['seed'][0], 0.99):.2f}",
+            f"urza_vs_mlflow_query_speedup: {speedups['seed']:.1f}"]
+
+
+def urza_only(args: argparse.Namespace) -> None:
+    """``--only urza``: the query comparison without compiling, loading or Urabrask."""
+    work = scratch_dir()
+    urza: UrzaProcess | None = None
+    try:
+        console.print(f"populating Urza with {args.blueprints} blueprints x {args.artifacts_per_blueprint} "
+                      f"artifacts ...")
+        library = population(args.blueprints, args.artifacts_per_blueprint)
+        urza_local = populate_urza(work / "urza", library)
+        urza = UrzaProcess(work / "urza")
+        client = UrzaClient(urza.url)
+        urza_q = {"seed": time_urza_queries(client, SEED_QUERY), "broad": time_urza_queries(client, BROAD_QUERY)}
+        client.close()
+        urza.stop()
+        urza = None
+        console.print(f"registering the same population in MLflow ({args.blueprints} models) ...")
+        mlflow_q = time_mlflow(library, work)
+    finally:
+        if urza is not None:
+            urza.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    table = Table(title="Urza vs MLflow", show_lines=False)
+    for col in ("measure", "value", "goal", "notes"):
+        table.add_column(col)
+    speedups = query_rows(table, args, urza_q, mlflow_q, urza_local)
+    console.print(table)
+    print("\n".join(query_lines(urza_q, speedups)))
+
+
 # ------------------------------------------------------------------------------------------- loading
 
 
@@ -415,7 +486,11 @@ def main() -> None:
     parser.add_argument("--blueprints", type=int, default=1000)
     parser.add_argument("--artifacts-per-blueprint", type=int, default=5)
     parser.add_argument("--cold-loads", type=int, default=50)
+    parser.add_argument("--only", choices=["urza"], help="only the Urza query and the MLflow comparison")
     args = parser.parse_args()
+    if args.only == "urza":
+        urza_only(args)
+        return
     work = scratch_dir()
     urza: UrzaProcess | None = None
     try:
@@ -462,8 +537,6 @@ def main() -> None:
     std_first, std_cold, std_hits = loads[P.STANDARD]
     fast_first, fast_cold, fast_hits = loads[P.FAST]
     hit_us = statistics.median(std_hits + fast_hits) * 1e3
-    speedups = {k: statistics.median(mlflow_q[k][0]) / statistics.median(urza_q[k][0]) for k in urza_q}
-    query_ms = urza_q["seed"][0]
     cv = max(e.cv for e in evals.values())
 
     table = Table(title="Esper asset pipeline", show_lines=False)
@@ -487,19 +560,7 @@ def main() -> None:
                                   f"Urza, niced); control windows: {steps['control_ratio']:.2f}")
     table.add_row("... bytes already cached", f"{steps_cached['median_ms']:.2f} / {steps_cached['worst_ms']:.2f} ms",
                   "", f"ratio {steps_cached['ratio']:.2f}; control windows: {steps_cached['control_ratio']:.2f}")
-    n_art = args.blueprints * args.artifacts_per_blueprint
-    for label, what in (("seed", "Tamiyo's seed query (interface + tag)"), ("broad", "library-wide tag query")):
-        u_ms, u_total = urza_q[label]
-        m_ms, m_found = mlflow_q[label]
-        table.add_row(f"Urza: {what} p50 / p99", f"{pct(u_ms, 0.5):.2f} / {pct(u_ms, 0.99):.2f} ms",
-                      "p99 < 50 ms" if label == "seed" else "",
-                      f"{args.blueprints} blueprints, {n_art} artifacts; {u_total} match; over HTTP")
-        table.add_row("MLflow: the same filter p50 / p99", f"{pct(m_ms, 0.5):.1f} / {pct(m_ms, 0.99):.1f} ms",
-                      ">= 10x" if label == "seed" else "",
-                      f"in process; {m_found} returned; Urza over HTTP {speedups[label]:.1f}x faster (medians)")
-        local = urza_local[label]
-        table.add_row("Urza in process (Catalog.query)", f"{pct(local, 0.5):.2f} / {pct(local, 0.99):.2f} ms", "",
-                      f"like for like with MLflow: {statistics.median(m_ms) / statistics.median(local):.0f}x faster")
+    speedups = query_rows(table, args, urza_q, mlflow_q, urza_local)
     for name, e in evals.items():
         table.add_row(f"Urabrask {name}", f"p50 {e.latency_ms_p50 * 1e3:.1f} us, cv {e.cv:.4f}", "cv < 0.05",
                       f"{e.calls} calls, drift {e.drift:.1e}, {e.memory_mb_peak:.1f} MB")
@@ -508,8 +569,7 @@ def main() -> None:
     print(f"kernel_cache_hit_us: {hit_us:.2f}")
     print(f"kernel_cold_load_p99_ms: {pct(std_cold, 0.99):.2f}")
     print(f"loading_worst_step_ratio: {steps['ratio']:.3f}")
-    print(f"urza_query_p99_ms: {pct(query_ms, 0.99):.2f}")
-    print(f"urza_vs_mlflow_query_speedup: {speedups['seed']:.1f}")
+    print("\n".join(query_lines(urza_q, speedups)))
     print(f"compile_fast_s: {kernels[P.FAST].compile_time_s:.2f}")
     print(f"compile_standard_s: {kernels[P.STANDARD].compile_time_s:.2f}")
     print(f"urabrask_cv: {cv:.4f}")

@@ -267,6 +267,7 @@ def time_mlflow(library: Library, work: Path, n: int = 60) -> dict[str, tuple[li
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    console.print(f"registering the same population in MLflow ({len(library)} models) ...")
     t0 = time.perf_counter()
     for i, (ir, arts) in enumerate(library):
         name = f"{ir.name}-{ir.ir_hash()[:8]}"
@@ -338,7 +339,6 @@ def urza_only(args: argparse.Namespace) -> None:
         client.close()
         urza.stop()
         urza = None
-        console.print(f"registering the same population in MLflow ({args.blueprints} models) ...")
         mlflow_q = time_mlflow(library, work)
     finally:
         if urza is not None:
@@ -527,7 +527,6 @@ def main() -> None:
         console.print("Urabrask on the compiled kernels (sandbox process) ...")
         evals = urabrask_cv(kernels)
 
-        console.print(f"registering the same population in MLflow ({args.blueprints} models) ...")
         mlflow_q = time_mlflow(library, work)
     finally:
         if urza is not None:

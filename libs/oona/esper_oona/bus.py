@@ -129,6 +129,15 @@ class Bus(abc.ABC):
         self._closed = False
         self._subscriptions: list[Subscription] = []
 
+    @property
+    def keeps_earlier_messages(self) -> bool:
+        """Whether messages published before this client connected can still be on the bus.
+
+        True for a broker (Pulsar keeps them); False for an in-process bus whose broker this connection
+        created: whatever an earlier process published died with that process.
+        """
+        return True
+
     # --- publishing -----------------------------------------------------------------------------------
 
     def publish(

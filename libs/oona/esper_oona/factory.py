@@ -9,11 +9,12 @@ from .bus import Bus, BusOptions
 
 
 def _connect_memory(url: str, options: BusOptions) -> Bus:
-    from .memory_bus import MemoryBus, memory_broker
+    from .memory_bus import MemoryBus, memory_broker_created
 
     parts = urlsplit(url)
     # memory://<name>: the name selects a process-wide broker, so buses with one URL talk to each other.
-    return MemoryBus(memory_broker(parts.netloc + parts.path), options)
+    broker, created = memory_broker_created(parts.netloc + parts.path)
+    return MemoryBus(broker, options, new_broker=created)
 
 
 def _connect_pulsar(url: str, options: BusOptions) -> Bus:

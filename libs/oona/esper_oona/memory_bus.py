@@ -209,11 +209,17 @@ _BROKERS_LOCK = threading.Lock()
 
 def memory_broker(name: str = "") -> MemoryBroker:
     """The process-wide broker called ``name`` (``memory://<name>``), created on first use."""
+    return memory_broker_created(name)[0]
+
+
+def memory_broker_created(name: str = "") -> tuple[MemoryBroker, bool]:
+    """The broker called ``name`` and whether this call created it."""
     with _BROKERS_LOCK:
         broker = _BROKERS.get(name)
         if broker is None:
             broker = _BROKERS[name] = MemoryBroker(name)
-        return broker
+            return broker, True
+        return broker, False
 
 
 def drop_memory_broker(name: str = "") -> None:
@@ -287,9 +293,15 @@ class MemorySubscription(Subscription):
 class MemoryBus(Bus):
     """A bus on an in-process broker (see the module docstring for its semantics)."""
 
-    def __init__(self, broker: MemoryBroker, options: BusOptions) -> None:
+    def __init__(self, broker: MemoryBroker, options: BusOptions, *, new_broker: bool = False) -> None:
         super().__init__(options)
         self.broker = broker
+        self._new_broker = new_broker
+
+    @property
+    def keeps_earlier_messages(self) -> bool:
+        """False when this connection created the broker: nothing published before can be on it."""
+        return not self._new_broker
 
     def _send(self, codec: TopicCodec, data: bytes, key: str | None, properties: dict[str, str] | None = None) -> None:
         self.broker.topic(self.physical_topic(codec.topic)).append(_Record(data, key, properties))

@@ -44,6 +44,14 @@ def test_one_url_is_one_broker_and_other_names_are_isolated(url: str) -> None:
         bus.close()
 
 
+def test_only_the_connection_that_created_a_broker_says_earlier_messages_are_gone(url: str) -> None:
+    first, second = connect(url, producer_name="a"), connect(url, producer_name="b")
+    assert not first.keeps_earlier_messages  # a new in-process broker: nothing from before can be on it
+    assert second.keeps_earlier_messages  # the broker was there already, with whatever it holds
+    first.close()
+    second.close()
+
+
 def test_redelivery_limit_counts_exactly_and_waits_the_nack_delay(url: str) -> None:
     bus = connect(url, producer_name="p", nack_delay_ms=150)
     times: list[float] = []

@@ -59,8 +59,8 @@ class UrzaService(Service):
         if s.seed_library:
             new = self.catalog.seed(library_blueprints())
             log.info("seed library registered", extra={"new_blueprints": new})
-        if s.bus_url.startswith("memory://"):
-            # An in-process bus starts empty: jobs an earlier run published were lost with its process.
+        if not self.bus.keeps_earlier_messages:
+            # A new in-process bus: jobs an earlier run published on its own were lost with its process.
             with self.db.write() as conn:
                 again = outbox.requeue_published(conn, [COMPILATION_TOPIC, VALIDATION_TOPIC])
             if again:

@@ -146,19 +146,32 @@ def test_on_an_in_process_bus_a_restart_sends_earlier_jobs_again(urza_factory: A
         kit.client = client
         kit.submit(kit.make_ir())
         assert first.dispatcher.sent == 2  # published on a memory bus, which ends with this "process"
-    fresh_bus = f"memory://urza-test-{uuid.uuid4().hex[:12]}"
-    listener = connect(fresh_bus, producer_name="test")
+    fresh_bus = f"memory://urza-test-{uuid.uuid4().hex[:12]}"  # a new process's bus: it starts empty
     try:
-        jobs: list[Any] = []
-        listener.subscribe("compilation.jobs", "test", lambda e: jobs.append(e.payload), initial_position="earliest")
         with TestClient(urza_factory(bus_url=fresh_bus).app):
+            listener = connect(fresh_bus, producer_name="test")  # after Urza: Urza's connection made the broker
+            jobs: list[Any] = []
+            listener.subscribe("compilation.jobs", "test", lambda e: jobs.append(e.payload),
+                               initial_position="earliest")
             deadline = time.monotonic() + 5
             while len(jobs) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
+            listener.close()
         assert sorted(j.pipeline.value for j in jobs) == ["fast", "standard"]  # same jobs, same ids: repeats
     finally:
-        listener.close()
         drop_memory_broker(fresh_bus.removeprefix("memory://"))
+
+
+def test_a_restart_on_the_same_in_process_bus_sends_nothing_twice(urza_factory: Any, make_kit: Any,
+                                                                  collect: Any) -> None:
+    kit = make_kit()
+    jobs = collect("compilation.jobs")  # the test's bus outlives both Urza instances, as in one process
+    with TestClient(urza_factory().app) as client:
+        kit.client = client
+        kit.submit(kit.make_ir())
+    with TestClient(urza_factory().app):
+        time.sleep(0.3)  # the outbox timer ticks every 0.1 s
+    assert len(jobs.wait_for(2)) == 2
 
 
 def _free_port() -> int:

@@ -664,8 +664,12 @@ def load_compiled(data: bytes, sha256: str, *, digest_checked: bool = False) -> 
     return load_artifact(open_kernel_artifact(data, sha256, digest_checked=digest_checked), data)
 
 
-def load_artifact(artifact: KernelArtifact, data: bytes) -> CompiledKernel:
-    """Load an artifact already opened (and verified) by :func:`open_kernel_artifact` from ``data``."""
+def load_artifact(artifact: KernelArtifact, data: bytes, pause: Callable[[], None] | None = None) -> CompiledKernel:
+    """Load an artifact already opened (and verified) by :func:`open_kernel_artifact` from ``data``.
+
+    ``pause`` is called between the native programs' loads: a background loader passes a short sleep, so
+    a training step running beside it competes with one program's load at most.
+    """
     m = artifact.manifest
     if m.pipeline is CompilationPipeline.FAST:
         graph = _load_exported(artifact.program, m.artifact_id)
@@ -674,6 +678,8 @@ def load_artifact(artifact: KernelArtifact, data: bytes) -> CompiledKernel:
         kernel = CompiledKernel(artifact, data, graph, None)
     elif m.pipeline in AOTI_PIPELINES:
         forward = _load_aoti(artifact.program, m, PROGRAM_MEMBER)
+        if pause is not None:
+            pause()
         backward = _load_aoti(artifact.backward, m, BACKWARD_MEMBER)
         kernel = CompiledKernel(artifact, data, forward, backward)
     else:

@@ -260,13 +260,15 @@ class UrzaKernelSource:
             self._pause()
             artifact = open_kernel_artifact(data, sha256, digest_checked=True)  # _blob verified these bytes
             self._pause()
-            kernel = load_artifact(artifact, data)
+            kernel = load_artifact(artifact, data, pause=self._pause)
             self._remember(artifact_id, kernel, len(data))
+            self._pause()
             return kernel.clone()
 
     def _pause(self) -> None:
-        # A background load pauses between its phases (fetch+verify, open, native load: a few ms of CPU
-        # each), so one training step competes with one phase at most instead of with the whole load.
+        # A background load pauses between its phases (fetch+verify, open, each native program, the copy
+        # handed out: about a millisecond of CPU each), so one training step competes with one phase at
+        # most instead of with the whole load.
         if self.pace_s > 0 and threading.current_thread() is not threading.main_thread():
             time.sleep(self.pace_s)
 

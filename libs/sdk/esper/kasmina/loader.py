@@ -4,8 +4,12 @@ LOADING hands the artifact id to this pool; a worker asks the KernelSource for a
 it to the host's device and dtype. The layer only looks at the future at epoch boundaries, so the
 training step never waits for a fetch, a parse or a build.
 
-Two measures keep a load from slowing the steps it runs beside (docs/decisions/0007):
+Three measures keep a load from slowing the steps it runs beside (docs/decisions/0007):
 
+* loader threads run kernels single-threaded: OpenMP's thread count is a per-thread setting, and a new
+  thread starts at the machine's core count, so the probe call of a freshly loaded AOTInductor kernel
+  used to start an OpenMP team of its own whose threads competed with the training step (measured: the
+  step during a load went from 6.8 ms to 13–26 ms; with one loader OpenMP thread, 7.4–10 ms);
 * loader threads run at the lowest CPU priority (``nice`` 19 for the thread, on Linux), so on a busy
   machine the training threads get the cores first;
 * while any load is in flight the interpreter's thread switch interval drops from 5 ms to
@@ -43,8 +47,31 @@ _saved_interval: float | None = None
 _flight_lock = threading.Lock()
 
 
-def _lower_priority() -> None:
-    """Pool initializer: this loader thread yields the CPU to the training threads (Linux: per-thread nice)."""
+#: OpenMP runtimes torch may have loaded, by soname (GNU's with the Linux wheels, Intel's, LLVM's).
+_OPENMP_LIBRARIES = ("libgomp.so.1", "libiomp5.so", "libomp.so")
+
+
+def single_threaded_openmp() -> bool:
+    """Give the calling thread an OpenMP team of one (``omp_set_num_threads(1)`` is per thread).
+
+    ``torch.set_num_threads`` is process-wide and would slow the trainer; this touches only the caller.
+    Returns False when no OpenMP runtime is loaded (nothing to limit).
+    """
+    import ctypes
+
+    for name in _OPENMP_LIBRARIES:
+        try:
+            runtime = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # only one already loaded
+        except OSError:
+            continue
+        runtime.omp_set_num_threads(1)
+        return True
+    return False
+
+
+def _prepare_loader_thread() -> None:
+    """Pool initializer: kernels run single-threaded here, and the thread yields the CPU to training."""
+    single_threaded_openmp()
     if LOADER_NICE <= 0 or not hasattr(os, "setpriority"):
         return
     try:
@@ -58,7 +85,7 @@ def _pool() -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=LOADER_THREADS, thread_name_prefix="kasmina-loader",
-                                       initializer=_lower_priority)
+                                       initializer=_prepare_loader_thread)
         return _POOL
 
 

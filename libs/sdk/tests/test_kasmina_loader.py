@@ -1,7 +1,8 @@
-"""Background kernel loads: off the training thread, at low CPU priority, with a short GIL switch interval."""
+"""Background kernel loads: off the training thread, single-threaded, at low CPU priority, short GIL switches."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -11,6 +12,16 @@ import torch
 from torch import nn
 
 from esper.kasmina import loader
+
+
+def _omp_max_threads() -> int | None:
+    """This thread's OpenMP team size, from the runtime torch loaded (None when there is none)."""
+    for name in loader._OPENMP_LIBRARIES:
+        try:
+            return int(ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY).omp_get_max_threads())
+        except OSError:
+            continue
+    return None
 
 
 class _Source:
@@ -25,6 +36,7 @@ class _Source:
         self.seen["interval"] = sys.getswitchinterval()
         if hasattr(os, "getpriority"):
             self.seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        self.seen["omp_threads"] = _omp_max_threads()
         self.release.wait(10)
         if artifact_id == "broken":
             raise RuntimeError("no such kernel")
@@ -41,6 +53,8 @@ def test_a_load_runs_on_a_low_priority_loader_thread_and_restores_the_switch_int
     assert source.seen["interval"] == pytest.approx(min(before, loader.LOADING_SWITCH_INTERVAL_S or before))
     if sys.platform == "linux":
         assert source.seen["nice"] == loader.LOADER_NICE
+    if _omp_max_threads() is not None:  # kernels probed here run without an OpenMP team of their own
+        assert source.seen["omp_threads"] == 1
     assert sys.getswitchinterval() == before  # back to normal once nothing is loading
 
 

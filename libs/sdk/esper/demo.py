@@ -40,7 +40,7 @@ from .config import EsperConfig, load_config
 from .data import Batches, TaskData, load_task
 from .kasmina import ChunkLayout, GraftedModule, chunk_bounds, kasmina_layers, wrap
 from .lineage import Lineage, save_model
-from .standalone import KernelProgress, LocalPlatform
+from .standalone import KernelProgress, LocalPlatform, PlatformError
 from .tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -191,6 +191,10 @@ def run_experiment(
     )
 
 
+class DemoError(RuntimeError):
+    """The demo cannot run as asked; the message says why and what to try instead."""
+
+
 def seed_interfaces(task: str, config: EsperConfig) -> list[TensorInterface]:
     """The chunk interface of every seed slot Kasmina puts into ``task``'s host under ``config``."""
     data = load_task(task, 0)
@@ -239,7 +243,9 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
     if platform is not None:
         ready = prepare_kernels(platform, seed_interfaces(task, config), console)
         if ready.ready == 0:
-            raise RuntimeError(f"{task}: no kernel passed compilation and validation: {ready.failed}")
+            hint = ("AOTInductor compiles C++: it needs g++ (make infra-deps installs it); "
+                    "`--pipeline fast` builds torch.export programs instead, `--kernels eager` needs no compiler")
+            raise DemoError(f"{task}: no kernel passed compilation and validation ({'; '.join(ready.failed)}). {hint}")
         config = config.model_copy(update={"tamiyo": config.tamiyo.model_copy(
             update={"kernel_status": KernelStatus.VALIDATED})})
         kernels = platform.kernel_source(config.kasmina.kernel_cache_mb)
@@ -279,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ["digits", "spirals"] if args.task == "all" else [args.task]
     if args.kernels == "compiled":
         console.print(f"starting the standalone platform (Urza, Tezzeret, Urabrask) in {args.out / 'platform'}")
-        with LocalPlatform(args.out / "platform", pipelines=[args.pipeline]) as platform:
-            rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, platform=platform)
-                    for task in tasks]
+        try:
+            with LocalPlatform(args.out / "platform", pipelines=[args.pipeline]) as platform:
+                rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, platform=platform)
+                        for task in tasks]
+        except (DemoError, PlatformError) as exc:
+            console.print(f"[red]demo stopped:[/red] {exc}")
+            return 2
     else:
         rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
 

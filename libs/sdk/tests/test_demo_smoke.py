@@ -36,6 +36,20 @@ def test_the_eager_demo_needs_no_platform(tmp_path: Path) -> None:
     assert not (tmp_path / "platform").exists() and (tmp_path / "demo-spirals" / "lineage.json").exists()
 
 
+def test_when_no_kernel_compiles_the_demo_stops_with_the_reasons_and_what_to_try(
+        tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from esper.standalone import KernelProgress, LocalPlatform
+
+    monkeypatch.setattr(LocalPlatform, "start", lambda self: self)  # no services: the compile outcome is given
+    monkeypatch.setattr(LocalPlatform, "stop", lambda self: None)
+    failed = KernelProgress(total=1, by_status={"FAILED": 1}, ready=0,
+                            failed=["bottleneck-bd-8 standard: standard compile failed: g++: not found"])
+    monkeypatch.setattr(demo, "prepare_kernels", lambda *_args: failed)
+    assert demo.main(["--task", "spirals", "--epochs", "1", "--out", str(tmp_path)]) == 2
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "demo stopped" in printed and "g++: not found" in printed and "--pipeline fast" in printed
+
+
 def test_static_twin_has_the_evolved_shape_and_trains_everything() -> None:
     data = two_spirals(seed=0, points_per_class=32)
     from esper.blueprints import LocalKernelLibrary

@@ -6,6 +6,7 @@ Tezzeret's real pipeline. Corruption is injected on the wire, between Urza and t
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,25 @@ def test_a_kernel_that_cannot_be_loaded_culls_its_seed(source: UrzaKernelSource)
     wait_for_loads(model)
     tel: list[Any] = collect_telemetry(model, d.epoch)
     assert tel[0].stage is S.CULLED and tel[0].error_count == 1
+
+
+def test_a_model_with_a_compiled_seed_restores_from_its_state_dict(source: UrzaKernelSource) -> None:
+    aid = store(source.client, bottleneck(16), [8, 16])
+    model = wrap(mlp(), fast_config(), source)
+    x = torch.randn(16, 8)
+    d = Driver(model, x)
+    d.to_stage("0", 0, aid, S.LOADING)
+    assert d.apply(advance("0", 0, S.TRAINING)) == []
+    train_steps(model, x, 3)
+    saved = copy.deepcopy(model.state_dict())
+    expected = model(x).detach()
+    train_steps(model, x, 3)  # the seed's weights move on
+    assert not torch.equal(model(x).detach(), expected)
+    model.load_state_dict(saved)  # what a rollback does
+    assert torch.allclose(model(x).detach(), expected)
+
+    fresh = wrap(mlp(seed=1), fast_config(), source)  # a new process loading a saved model
+    fresh.load_state_dict(saved)
+    seed = kasmina_layers(fresh)["0"].seeds["0"]
+    assert isinstance(seed, CompiledKernel) and seed.artifact_id == aid
+    assert torch.allclose(fresh(x).detach(), expected)

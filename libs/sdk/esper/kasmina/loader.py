@@ -9,7 +9,7 @@ Three measures keep a load from slowing the steps it runs beside (docs/decisions
 * loader threads run kernels single-threaded: OpenMP's thread count is a per-thread setting, and a new
   thread starts at the machine's core count, so the probe call of a freshly loaded AOTInductor kernel
   used to start an OpenMP team of its own whose threads competed with the training step (measured: the
-  step during a load went from 6.8 ms to 13–26 ms; with one loader OpenMP thread, 7.4–10 ms);
+  step during a load went from 6.8 ms to 13–26 ms; with one loader OpenMP thread, 6.9–8.4 ms);
 * loader threads run at a lower CPU priority (``nice`` 10 for the thread, on Linux), so on a busy
   machine the training threads get the cores first. Not the lowest: a loader thread holding the GIL
   must still get the CPU back promptly, or the training thread waiting for the GIL waits longer;

@@ -570,7 +570,6 @@ class CompiledKernel(nn.Module):
         self.manifest = m
         self.artifact_id = m.artifact_id
         self.sha256 = artifact.sha256
-        self._artifact = artifact
         self._blob = blob
         self._native = backward_program is not None
         # Programs are kept out of nn.Module's registry: an exported module's tensors must not show up as

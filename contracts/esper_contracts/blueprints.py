@@ -103,7 +103,7 @@ class BlueprintIR(StrictModel):
     It is data, never code. The reserved node ids ``input`` and ``output`` are the graph's boundary:
     edges leave ``input`` and exactly one edge enters ``output``. Structure is checked on construction
     (unique ids, known endpoints, port arity, no cycles, size limits); shapes and parameter counts are
-    checked by the IR interpreter, which knows the layer semantics.
+    inferred by :mod:`esper_contracts.ir_shapes`, which knows the layer semantics.
     """
 
     name: Identifier = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")

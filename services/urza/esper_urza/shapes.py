@@ -1,191 +1,25 @@
-"""Shape and parameter checking of a BlueprintIR by abstract interpretation, without torch.
+"""Urza's admission check of a BlueprintIR: this Urza's local limits, then the shared shape inference.
 
-The contract already guarantees a well-formed graph (known endpoints, port arity, no cycles, size
-limits). Here each node's attributes are checked against the layer its op names, and the feature
-size is propagated from ``input`` to ``output``: every op keeps the layout and the token/spatial axes
-(convolutions must pad to keep H and W), so the abstract value of a tensor is just its feature count.
-The rules match the SDK's IR interpreter, which builds the same graph as ``nn.Module``; a test keeps
-the two in agreement.
+Shapes, attributes and parameter counts are inferred by :mod:`esper_contracts.ir_shapes`, the same
+pure-Python rules the SDK's interpreter builds from, so Urza can refuse a blueprint with the exact
+reason the interpreter would give, without importing torch. What is Urza's own is policy: how many
+nodes and parameters, and which ops, this deployment accepts.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Collection
 
 from esper_contracts import MAX_IR_NODES, MAX_IR_PARAMETERS, BlueprintIR, OpType
-from esper_contracts.blueprints import INPUT_NODE, OUTPUT_NODE
+from esper_contracts.ir_shapes import IRShapeError, IRShapes, infer_ir_shapes
 
 
 class BlueprintRejected(ValueError):
     """The blueprint cannot be built as declared; the message names the node and the wrong value."""
 
 
-@dataclass(frozen=True)
-class ShapeReport:
-    """What the checker learned: parameters to allocate and the feature size each node produces."""
-
-    parameter_count: int
-    features: dict[str, int]
-
-
-# Attribute kinds: a checker returns the normalised value or raises ValueError with what it expected.
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("an integer")
-    return value
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError("a finite number")
-    return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-def _init(value: Any) -> str:
-    if value not in ("default", "zeros"):
-        raise ValueError("'default' or 'zeros'")
-    return str(value)
-
-
-def _one_int(value: Any) -> int:
-    # normalized_shape: the size of the last axis, written as 7 or [7]
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("an integer or a list of exactly one integer")
-    return value
-
-
-_Attr = tuple[Callable[[Any], Any], Any]  # (checker, default); default _REQUIRED means "must be given"
-_REQUIRED = object()
-_SEQ, _IMG, _ANY = frozenset({"BD", "BTD"}), frozenset({"BCHW"}), frozenset({"BD", "BTD", "BCHW"})
-
-#: op -> (attribute schema, layouts it applies to)
-_SCHEMA: dict[OpType, tuple[dict[str, _Attr], frozenset[str]]] = {
-    OpType.LINEAR: ({"in_features": (_int, _REQUIRED), "out_features": (_int, _REQUIRED),
-                     "bias": (_bool, True), "init": (_init, "default")}, _SEQ),
-    OpType.CONV2D: ({"in_channels": (_int, _REQUIRED), "out_channels": (_int, _REQUIRED),
-                     "kernel_size": (_int, _REQUIRED), "padding": (_int, None), "groups": (_int, 1),
-                     "bias": (_bool, True), "init": (_init, "default")}, _IMG),
-    OpType.LAYER_NORM: ({"normalized_shape": (_one_int, _REQUIRED)}, _SEQ),
-    OpType.BATCH_NORM2D: ({"num_features": (_int, _REQUIRED)}, _IMG),
-    OpType.GROUP_NORM: ({"num_groups": (_int, _REQUIRED), "num_channels": (_int, _REQUIRED)},
-                        frozenset({"BD", "BCHW"})),
-    OpType.DROPOUT: ({"p": (_float, 0.1)}, _ANY),
-    OpType.SCALE: ({"value": (_float, _REQUIRED)}, _ANY),
-    OpType.MULTIHEAD_ATTENTION: ({"embed_dim": (_int, _REQUIRED), "num_heads": (_int, _REQUIRED),
-                                  "dropout": (_float, 0.0), "bias": (_bool, True)}, frozenset({"BTD"})),
-}
-for _op in (OpType.RELU, OpType.GELU, OpType.SILU, OpType.TANH, OpType.SIGMOID, OpType.ADD, OpType.MUL,
-            OpType.IDENTITY):
-    _SCHEMA[_op] = ({}, _ANY)
-
-
-def _attrs(node_id: str, op: OpType, given: dict[str, Any]) -> dict[str, Any]:
-    schema, _layouts = _SCHEMA[op]
-    unknown = sorted(set(given) - set(schema))
-    if unknown:
-        raise BlueprintRejected(f"node {node_id!r} ({op.value}): unknown attribute(s) {unknown}; "
-                                f"{op.value} takes {sorted(schema) or 'no attributes'}")
-    out: dict[str, Any] = {}
-    for name, (check, default) in schema.items():
-        if name not in given:
-            if default is _REQUIRED:
-                raise BlueprintRejected(f"node {node_id!r} ({op.value}): attribute {name!r} is required")
-            out[name] = default
-            continue
-        try:
-            out[name] = check(given[name])
-        except ValueError as exc:
-            raise BlueprintRejected(f"node {node_id!r} ({op.value}): attribute {name}={given[name]!r} "
-                                    f"must be {exc}") from None
-    return out
-
-
-def _at_least_one(node_id: str, op: OpType, **values: int) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise BlueprintRejected(f"node {node_id!r} ({op.value}): {name}={value} must be at least 1")
-
-
-def _rate(node_id: str, op: OpType, name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise BlueprintRejected(f"node {node_id!r} ({op.value}): {name}={value} must be in [0, 1)")
-
-
-def _infer(node_id: str, op: OpType, a: dict[str, Any], inputs: list[int]) -> tuple[int, int]:
-    """(output features, parameters) of one node given the feature sizes of its inputs."""
-    x = inputs[0]
-    if op in (OpType.ADD, OpType.MUL):
-        if inputs[0] != inputs[1]:
-            raise BlueprintRejected(f"node {node_id!r} ({op.value}): inputs have different feature sizes "
-                                    f"{inputs[0]} and {inputs[1]}")
-        return x, 0
-    if op is OpType.LINEAR:
-        fin, fout = a["in_features"], a["out_features"]
-        _at_least_one(node_id, op, in_features=fin, out_features=fout)
-        if fin != x:
-            raise BlueprintRejected(f"node {node_id!r} (linear): in_features={fin} but its input has {x} features")
-        return fout, fin * fout + (fout if a["bias"] else 0)
-    if op is OpType.CONV2D:
-        cin, cout, k, groups = a["in_channels"], a["out_channels"], a["kernel_size"], a["groups"]
-        _at_least_one(node_id, op, in_channels=cin, out_channels=cout, kernel_size=k, groups=groups)
-        if cin != x:
-            raise BlueprintRejected(f"node {node_id!r} (conv2d): in_channels={cin} but its input has {x} channels")
-        if k % 2 == 0:
-            raise BlueprintRejected(f"node {node_id!r} (conv2d): kernel_size={k} must be odd so padding can "
-                                    f"keep the spatial size")
-        if a["padding"] is not None and a["padding"] != k // 2:
-            raise BlueprintRejected(f"node {node_id!r} (conv2d): padding={a['padding']} changes H and W; "
-                                    f"kernel_size={k} needs padding={k // 2}")
-        if cin % groups or cout % groups:
-            raise BlueprintRejected(f"node {node_id!r} (conv2d): groups={groups} must divide in_channels={cin} "
-                                    f"and out_channels={cout}")
-        return cout, cout * (cin // groups) * k * k + (cout if a["bias"] else 0)
-    if op is OpType.LAYER_NORM:
-        if a["normalized_shape"] != x:
-            raise BlueprintRejected(f"node {node_id!r} (layer_norm): normalized_shape={a['normalized_shape']} "
-                                    f"but its input has {x} features")
-        return x, 2 * x
-    if op is OpType.BATCH_NORM2D:
-        if a["num_features"] != x:
-            raise BlueprintRejected(f"node {node_id!r} (batch_norm2d): num_features={a['num_features']} "
-                                    f"but its input has {x} channels")
-        return x, 2 * x
-    if op is OpType.GROUP_NORM:
-        groups, channels = a["num_groups"], a["num_channels"]
-        _at_least_one(node_id, op, num_groups=groups)
-        if channels != x:
-            raise BlueprintRejected(f"node {node_id!r} (group_norm): num_channels={channels} but its input "
-                                    f"has {x} channels")
-        if channels % groups:
-            raise BlueprintRejected(f"node {node_id!r} (group_norm): num_groups={groups} does not divide "
-                                    f"num_channels={channels}")
-        return x, 2 * channels
-    if op is OpType.MULTIHEAD_ATTENTION:
-        dim, heads = a["embed_dim"], a["num_heads"]
-        _at_least_one(node_id, op, embed_dim=dim, num_heads=heads)
-        if dim != x:
-            raise BlueprintRejected(f"node {node_id!r} (multihead_attention): embed_dim={dim} but its input "
-                                    f"has {x} features")
-        if dim % heads:
-            raise BlueprintRejected(f"node {node_id!r} (multihead_attention): num_heads={heads} does not "
-                                    f"divide embed_dim={dim}")
-        _rate(node_id, op, "dropout", a["dropout"])
-        # q, k, v and output projections: 4 square matrices, plus 4 bias vectors
-        return x, 4 * dim * dim + (4 * dim if a["bias"] else 0)
-    if op is OpType.DROPOUT:
-        _rate(node_id, op, "p", a["p"])
-    return x, 0  # activations, scale, identity, dropout keep the shape and own no parameters
+#: What the check learned: parameters to allocate and the feature size each node produces.
+ShapeReport = IRShapes
 
 
 def check_blueprint(
@@ -195,7 +29,7 @@ def check_blueprint(
     max_nodes: int = MAX_IR_NODES,
     allowed_ops: Collection[OpType] | None = None,
 ) -> ShapeReport:
-    """Check attributes, shapes and size of ``ir``; return its parameter count or raise BlueprintRejected."""
+    """Check size, ops, attributes and shapes of ``ir`` under these limits; raise BlueprintRejected if refused."""
     if len(ir.nodes) > max_nodes:
         raise BlueprintRejected(f"blueprint {ir.name!r} has {len(ir.nodes)} nodes; "
                                 f"this Urza accepts at most {max_nodes}")
@@ -203,52 +37,7 @@ def check_blueprint(
         banned = sorted({n.op.value for n in ir.nodes} - {op.value for op in allowed_ops})
         if banned:
             raise BlueprintRejected(f"blueprint {ir.name!r} uses op(s) {banned} that this Urza does not accept")
-    if ir.input.layout != ir.output.layout:
-        raise BlueprintRejected(f"blueprint {ir.name!r}: input layout {ir.input.layout} differs from output "
-                                f"layout {ir.output.layout}, and no op changes the layout")
-    ops = {n.id: n.op for n in ir.nodes}
-    sources: dict[str, list[str]] = {n.id: [""] * (2 if n.op in (OpType.ADD, OpType.MUL) else 1) for n in ir.nodes}
-    final = ""
-    for e in ir.edges:
-        if e.dst == OUTPUT_NODE:
-            final = e.src
-        else:
-            sources[e.dst][e.port] = e.src
-    _reject_dead_nodes(ir.name, final, sources)
-
-    given = {n.id: n.attrs for n in ir.nodes}
-    features: dict[str, int] = {INPUT_NODE: ir.input.features}
-    total = 0
-    for node_id in ir.topological_order():
-        op = ops[node_id]
-        if ir.input.layout not in _SCHEMA[op][1]:
-            hint = "; use a 1x1 conv2d on BCHW" if op is OpType.LINEAR else ""
-            raise BlueprintRejected(f"node {node_id!r} ({op.value}) does not apply to layout {ir.input.layout}; "
-                                    f"it needs one of {sorted(_SCHEMA[op][1])}{hint}")
-        attrs = _attrs(node_id, op, dict(given[node_id]))
-        out, params = _infer(node_id, op, attrs, [features[s] for s in sources[node_id]])
-        features[node_id] = out
-        total += params
-        if total > max_parameters:
-            raise BlueprintRejected(f"blueprint {ir.name!r} has more than {max_parameters} parameters "
-                                    f"(reached {total} at node {node_id!r})")
-    produced = features[final]
-    if produced != ir.output.features:
-        raise BlueprintRejected(f"blueprint {ir.name!r}: the graph produces {produced} features at the output "
-                                f"but the output interface declares {ir.output.features}")
-    return ShapeReport(parameter_count=total, features=features)
-
-
-def _reject_dead_nodes(name: str, final: str, sources: dict[str, list[str]]) -> None:
-    """Every node must feed the output: a dangling branch costs compile time and memory for nothing."""
-    live: set[str] = set()
-    todo = [final]
-    while todo:
-        node = todo.pop()
-        if node == INPUT_NODE or node in live:
-            continue
-        live.add(node)
-        todo.extend(sources[node])
-    dead = sorted(set(sources) - live)
-    if dead:
-        raise BlueprintRejected(f"blueprint {name!r}: node(s) {dead} do not reach the output")
+    try:
+        return infer_ir_shapes(ir, max_parameters=max_parameters)
+    except IRShapeError as exc:
+        raise BlueprintRejected(str(exc)) from exc

@@ -19,6 +19,8 @@ from .blueprints import INPUT_NODE, MAX_IR_PARAMETERS, OUTPUT_NODE, BlueprintIR,
 
 #: Which axis of a concrete tensor holds the features, per layout.
 FEATURE_AXIS: dict[str, int] = {"BD": 1, "BTD": 2, "BCHW": 1}
+#: The axes whose size may vary at run time (all but the feature axis): compiled kernels keep them dynamic.
+DYNAMIC_AXES: dict[str, list[int]] = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
 
 
 class IRShapeError(ValueError):

@@ -42,6 +42,7 @@ from esper.blueprints.compiled import AOTI_PIPELINES, KernelManifest, pack_kerne
 from esper.blueprints.interpreter import IRModule
 from esper.blueprints.programs import VectorJacobianProduct, WeightsAsInputs
 from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
+from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
 
 from .toolchain import inductor_options, strip_version, toolchain_hash
 
@@ -54,9 +55,6 @@ class StaticValidationError(CompileError):
     """The IR or the shape is wrong: no pipeline can ever compile this job, so it is not retried."""
 
 
-# Axes of each layout whose size may vary at run time (everything but the feature axis).
-DYNAMIC_AXES = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
-_FEATURE_AXIS = {"BD": 1, "BTD": 2, "BCHW": 1}
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def static_check(ir: BlueprintIR, input_shape: list[int]) -> IRModule:
         raise StaticValidationError(f"blueprint does not build: {exc}") from None
     layout, features = ir.input.layout, ir.input.features
     rank = len(DYNAMIC_AXES[layout]) + 1
-    if len(input_shape) != rank or input_shape[_FEATURE_AXIS[layout]] != features:
+    if len(input_shape) != rank or input_shape[FEATURE_AXIS[layout]] != features:
         raise StaticValidationError(f"input shape {input_shape} does not fit the blueprint's {layout} interface "
                                     f"with {features} features")
     with torch.no_grad():
@@ -100,7 +98,7 @@ def static_check(ir: BlueprintIR, input_shape: list[int]) -> IRModule:
         except Exception as exc:
             raise StaticValidationError(f"eager forward on {input_shape} failed: {type(exc).__name__}: {exc}") from None
     expected = list(input_shape)
-    expected[_FEATURE_AXIS[layout]] = ir.output.features
+    expected[FEATURE_AXIS[layout]] = ir.output.features
     if list(out.shape) != expected:
         raise StaticValidationError(f"eager forward produced shape {list(out.shape)}, the interface says {expected}")
     if not torch.isfinite(out).all():

@@ -29,9 +29,8 @@ from esper.blueprints import build_module
 from esper.blueprints.compiled import CompiledKernel, open_kernel_artifact, reference_module
 from esper.blueprints.compiled import load_compiled as load_compiled_kernel
 from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact
+from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
 
-_FEATURE_AXIS = {"BD": 1, "BTD": 2, "BCHW": 1}
-_DYNAMIC_AXES = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
 STABILITY_SCALES = (1e-3, 1e3)
 
 
@@ -69,7 +68,7 @@ def load_for_validation(record: CompiledKernelArtifact, data: bytes, device: str
             ir = BlueprintIR.model_validate_json(data)
             module = build_module(ir).eval()
             return LoadedKernel(module, copy.deepcopy(module), ir, list(record.input_shape),
-                                _DYNAMIC_AXES[ir.input.layout])
+                                DYNAMIC_AXES[ir.input.layout])
         kernel = load_compiled_kernel(data, record.sha256)
         artifact = open_kernel_artifact(data, record.sha256)
     except Exception as exc:
@@ -151,7 +150,7 @@ def check_gradients(module: nn.Module, ref64: nn.Module, shape: list[int], toler
 def check(loaded: LoadedKernel, tolerance: float, device: str = "cpu", seed: int = 0) -> GateResult:
     """Run gates 2-6 and the stability probe; raises GateRejection naming the first failure."""
     ir = loaded.ir
-    feat_axis = _FEATURE_AXIS[ir.input.layout]
+    feat_axis = FEATURE_AXIS[ir.input.layout]
     gen = torch.Generator().manual_seed(seed)
     ref64 = copy.deepcopy(loaded.reference).double()
     worst, worst32 = 0.0, 0.0

@@ -88,15 +88,17 @@ def build_host(task: str, data: TaskData) -> nn.Module:
     return HOSTS[task][0](data)
 
 
-def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]], chunks: int) -> nn.Module:
+def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]], chunks: int,
+                kernels: Any = None) -> nn.Module:
     """The evolved architecture as a plain model, freshly initialised: the host with the same kernels built in.
 
     ``fossilized`` lists (layer id, seed index, kernel artifact id). Each named layer becomes a
     GraftedModule (host layer + seed modules on its chunks), exactly the shape ``unwrap`` leaves, but
-    with every parameter trainable from the start.
+    with every parameter trainable from the start. ``kernels``: the KernelSource the ids come from
+    (default: a LocalKernelLibrary; kernel ids are content addresses, so any library rebuilds the same kernel).
     """
     model = build_host(task, data)
-    library = LocalKernelLibrary()  # kernel ids are content addresses: any library rebuilds the same kernel
+    library = kernels if kernels is not None else LocalKernelLibrary()
     by_layer: dict[str, dict[int, str]] = {}
     for layer_id, index, kernel in fossilized:
         by_layer.setdefault(layer_id, {})[index] = kernel
@@ -109,8 +111,10 @@ def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]
         else:
             raise TypeError(f"{layer_id}: static twins support Linear and Conv2d hosts, not {type(host).__name__}")
         layout_spec = ChunkLayout(layout, features, tuple(chunk_bounds(features, chunks)))
+        register = getattr(library, "register_interface", None)  # a local library builds kernels on demand
         for i in seeds:
-            library.register_interface(layout_spec.interface(i))
+            if register is not None:
+                register(layout_spec.interface(i))
         grafted = GraftedModule(host, {i: library.load(k) for i, k in seeds.items()}, layout_spec)
         parent, _, name = layer_id.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, grafted)
@@ -163,7 +167,7 @@ def run_experiment(
     torch.manual_seed(seed)
     library = kernels if kernels is not None else LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
     if fossilized is not None:  # a static model: nothing left to grow, so no seed slots at all
-        model = static_twin(task, data, fossilized, config.kasmina.chunks_per_layer)
+        model = static_twin(task, data, fossilized, config.kasmina.chunks_per_layer, kernels)
         policy = "none"
     else:
         model = wrap(build_host(task, data), config.kasmina, library)

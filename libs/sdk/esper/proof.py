@@ -13,6 +13,10 @@ same split, and tested on the held-out test split (never seen by any controller)
 It prints mean ± 95% CI per arm and two-sided p-values of Esper against each other arm — Welch's
 t-test, and a paired t-test (the arms of one seed share its split and host initialisation) — and
 writes ``results.json`` and ``proof.png`` into ``runs/proof/``. Runs go through a process pool.
+
+``--kernels compiled`` runs every arm on compiled artifacts from the standalone platform (as ``make demo``
+does; the kernels are shared with it under ``runs/platform/``): the pool's workers fetch them from the
+platform's Urza, and the static arm builds its model from the same compiled, trainable kernels.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from esper_contracts import KernelStatus
 
 from .config import EsperConfig
 from .demo import demo_config, run_experiment
@@ -158,11 +164,23 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train and test one (task, arm, seed); runs in a worker process."""
     torch.set_num_threads(1)  # two workers on two cores; more threads only fight
     task, arm, seed = job["task"], job["arm"], job["seed"]
-    result = run_experiment(
-        task, proof_config(task, job["quick"]), policy=POLICY[arm], seed=seed,
-        fossilized=[tuple(f) for f in job["fossilized"]] if arm == "static" else None,  # type: ignore[misc]
-        run_dir=Path(job["out"]) / "runs", run_id=f"{task}-{arm}-{seed}", quiet=True,
-    )
+    config = proof_config(task, job["quick"])
+    kernels = None
+    if job.get("urza_url"):  # compiled kernels from the platform's Urza, validated ones only
+        from .blueprints.urza_source import UrzaKernelSource
+
+        kernels = UrzaKernelSource(job["urza_url"], cache_mb=config.kasmina.kernel_cache_mb)
+        config = config.model_copy(update={"tamiyo": config.tamiyo.model_copy(
+            update={"kernel_status": KernelStatus.VALIDATED})})
+    try:
+        result = run_experiment(
+            task, config, policy=POLICY[arm], seed=seed,
+            fossilized=[tuple(f) for f in job["fossilized"]] if arm == "static" else None,  # type: ignore[misc]
+            run_dir=Path(job["out"]) / "runs", run_id=f"{task}-{arm}-{seed}", quiet=True, kernels=kernels,
+        )
+    finally:
+        if kernels is not None:
+            kernels.close()
     lineage = result.lineage.germinations if result.lineage is not None else []
     return {
         "task": task, "arm": arm, "seed": seed, "test_accuracy": result.test_accuracy,
@@ -186,9 +204,12 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def run_all(tasks: Sequence[str], seeds: int, quick: bool, out: Path, workers: int,
-            console: Console) -> list[dict[str, Any]]:
-    """Every arm of every task and seed; the static arm waits for the Esper run whose shape it copies."""
-    common = {"quick": quick, "out": str(out), "fossilized": []}
+            console: Console, urza_url: str | None = None) -> list[dict[str, Any]]:
+    """Every arm of every task and seed; the static arm waits for the Esper run whose shape it copies.
+
+    ``urza_url``: run on the compiled kernels of that Urza (the standalone platform's) instead of eager ones.
+    """
+    common = {"quick": quick, "out": str(out), "fossilized": [], "urza_url": urza_url}
     growing = [{"task": t, "arm": a, "seed": s, **common} for t in tasks for s in range(seeds)
                for a in ("esper", "host", "random")]
     results: list[dict[str, Any]] = []
@@ -295,17 +316,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/proof"))
+    parser.add_argument("--kernels", choices=["eager", "compiled"], default="eager",
+                        help="eager: interpreted blueprints (default); compiled: the standalone platform's artifacts")
+    parser.add_argument("--pipeline", choices=["standard", "fast"], default="standard",
+                        help="with --kernels compiled: AOTInductor (standard) or torch.export (fast)")
+    parser.add_argument("--platform-dir", type=Path, default=Path("runs/platform"),
+                        help="where the standalone platform keeps its kernels (shared with make demo)")
     args = parser.parse_args(argv)
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     console.print(f"proof: {len(args.tasks)} task(s) × {len(ARMS)} arms × {args.seeds} seeds"
-                  f"{' (quick)' if args.quick else ''}, {args.workers} workers")
-    results = run_all(args.tasks, args.seeds, args.quick, args.out, args.workers, console)
+                  f"{' (quick)' if args.quick else ''}, {args.workers} workers, {args.kernels} kernels")
+    with contextlib.ExitStack() as stack:
+        urza_url = None
+        if args.kernels == "compiled":
+            from .demo import prepare_kernels, seed_interfaces
+            from .standalone import LocalPlatform
+
+            platform = stack.enter_context(LocalPlatform(args.platform_dir, pipelines=[args.pipeline]))
+            interfaces = [i for task in args.tasks for i in seed_interfaces(task, proof_config(task, args.quick))]
+            ready = prepare_kernels(platform, interfaces, console)
+            if ready.ready == 0:
+                console.print(f"[red]proof stopped:[/red] no kernel passed compilation and validation: {ready.failed}")
+                return 2
+            urza_url = platform.urza_url
+        results = run_all(args.tasks, args.seeds, args.quick, args.out, args.workers, console, urza_url)
     summary = summarise(results, args.tasks)
     print_table(summary, console, args.seeds)
     plot(summary, args.out / "proof.png")
-    document = {"seeds": args.seeds, "quick": args.quick, "seconds": round(time.perf_counter() - start, 1),
+    document = {"seeds": args.seeds, "quick": args.quick, "kernels": args.kernels,
+                "pipeline": args.pipeline if args.kernels == "compiled" else None,
+                "seconds": round(time.perf_counter() - start, 1),
                 "summary": summary, "runs": results}
     text = json.dumps(document, indent=2, default=lambda v: None)
     (args.out / "results.json").write_text(text.replace("NaN", "null") + "\n")

@@ -38,3 +38,16 @@ def test_quick_proof_runs_every_arm_and_writes_results(tmp_path: Path) -> None:
         host_params = next(r["parameters"] for r in doc["runs"] if r["task"] == task and r["arm"] == "host")
         assert all(s["parameters"] >= host_params for s in static_runs) and esper_runs
     assert (tmp_path / "proof.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_proof_on_compiled_kernels_uses_them_in_every_growing_and_static_arm(tmp_path: Path) -> None:
+    assert proof.main(["--seeds", "1", "--quick", "--tasks", "spirals", "--out", str(tmp_path / "proof"),
+                       "--workers", "1", "--kernels", "compiled", "--pipeline", "fast",
+                       "--platform-dir", str(tmp_path / "platform")]) == 0
+    doc = json.loads((tmp_path / "proof" / "results.json").read_text())
+    assert doc["kernels"] == "compiled" and doc["pipeline"] == "fast"
+    grown = [aid for r in doc["runs"] for _layer, _index, aid in r["fossilized"]]
+    assert grown and all("-fast-" in aid for aid in grown)  # compiled artifacts from the platform's Urza
+    static = next(r for r in doc["runs"] if r["arm"] == "static")
+    host = next(r for r in doc["runs"] if r["arm"] == "host")
+    assert static["parameters"] > host["parameters"]  # the static twin carries the compiled kernels' weights

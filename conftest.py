@@ -13,6 +13,11 @@ data) when the session ends, unless another pytest session still uses it (the la
 it). A service that cannot start fails the test with the script output and the service's log tail:
 nothing is skipped.
 
+Per-test fixture without any service:
+
+* ``memory_bus_url``: a ``memory://`` bus of the test's own, dropped afterwards
+  (``esper_oona.testing`` holds the other bus test helpers: ``Collector``, ``Recorder``, ``wait_for``)
+
 Before the first test runs, missing tools (Java, the Pulsar classpath, PostgreSQL, SeaweedFS,
 Prometheus) are installed once for the selected tests, outside any per-test timeout.
 """
@@ -197,3 +202,12 @@ def s3_config(_esper_s3: None) -> dict[str, str]:
 def prometheus_url(_esper_prometheus: None) -> str:
     """Base URL of a running Prometheus that scrapes itself."""
     return str(_infra().endpoints()["prometheus_url"])
+
+
+@pytest.fixture
+def memory_bus_url() -> Iterator[str]:
+    """A ``memory://`` URL whose broker belongs to this test only; dropped (with its messages) afterwards."""
+    from esper_oona.testing import memory_bus  # imported here: this file must load without workspace packages
+
+    with memory_bus() as url:
+        yield url

@@ -7,7 +7,6 @@ Tezzeret's real pipeline. Corruption is injected on the wire, between Urza and t
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,22 +30,19 @@ from esper_contracts import (
     SeedStage,
     TensorInterface,
 )
-from esper_oona.memory_bus import drop_memory_broker
 from esper_tezzeret.pipelines import compile_artifact
 
 S = SeedStage
 
 
 @pytest.fixture
-def urza_http(tmp_path: Path) -> Iterator[TestClient]:
+def urza_http(tmp_path: Path, memory_bus_url: str) -> Iterator[TestClient]:
     from esper_urza.service import create_service
 
-    name = f"sdk-urza-{uuid.uuid4().hex[:8]}"
-    service = create_service(data_dir=tmp_path / "urza", bus_url=f"memory://{name}", seed_library=False,
+    service = create_service(data_dir=tmp_path / "urza", bus_url=memory_bus_url, seed_library=False,
                              pipelines=["fast"], hardware=["cpu"], validate_compiled=False)
     with TestClient(service.app, raise_server_exceptions=False) as client:
         yield client
-    drop_memory_broker(name)
 
 
 def bottleneck(features: int) -> BlueprintIR:

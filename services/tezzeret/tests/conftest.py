@@ -6,71 +6,34 @@ Urza consumes, so a test sees exactly what Urza records.
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from esper.blueprints import KernelNotFoundError, builtin_blueprints
 from esper.blueprints.urza_source import UrzaClient
-from esper_contracts import BlueprintIR, Envelope, KernelStatus, TensorInterface
+from esper_contracts import BlueprintIR, KernelStatus, TensorInterface
 from esper_oona import Bus, connect
-from esper_oona.memory_bus import drop_memory_broker
-
-
-class Collector:
-    """Everything published on one topic from the first message on."""
-
-    def __init__(self, bus: Bus, topic: str) -> None:
-        self.messages: list[Envelope[Any]] = []
-        self._lock = threading.Lock()
-        bus.subscribe(topic, f"test-{uuid.uuid4().hex[:8]}", self._take, initial_position="earliest")
-
-    def _take(self, envelope: Envelope[Any]) -> None:
-        with self._lock:
-            self.messages.append(envelope)
-
-    @property
-    def payloads(self) -> list[Any]:
-        with self._lock:
-            return [m.payload for m in self.messages]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
+from esper_oona.testing import Collector, wait_for
 
 
 @pytest.fixture
-def bus_url() -> Iterator[str]:
-    name = f"tezzeret-test-{uuid.uuid4().hex[:12]}"
-    yield f"memory://{name}"
-    drop_memory_broker(name)
-
-
-@pytest.fixture
-def bus(bus_url: str) -> Iterator[Bus]:
+def bus(memory_bus_url: str) -> Iterator[Bus]:
     """The workers' bus client (short redelivery delay, so retried jobs come back quickly)."""
-    b = connect(bus_url, producer_name="tezzeret", nack_delay_ms=20, max_redeliveries=3)
+    b = connect(memory_bus_url, producer_name="tezzeret", nack_delay_ms=20, max_redeliveries=3)
     yield b
     b.close()
 
 
 @pytest.fixture
-def urza_http(tmp_path: Path, bus_url: str) -> Iterator[TestClient]:
+def urza_http(tmp_path: Path, memory_bus_url: str) -> Iterator[TestClient]:
     """A started Urza that compiles new blueprints with the fast pipeline for hardware 'cpu'."""
     from esper_urza.service import create_service
 
-    service = create_service(data_dir=tmp_path / "urza", bus_url=bus_url, seed_library=False,
+    service = create_service(data_dir=tmp_path / "urza", bus_url=memory_bus_url, seed_library=False,
                              pipelines=["fast"], hardware=["cpu"], outbox_interval_s=0.1, nack_delay_ms=20,
                              max_redeliveries=2, validate_compiled=False)
     with TestClient(service.app, raise_server_exceptions=False) as client:
@@ -90,7 +53,8 @@ def collect(bus: Bus) -> Callable[[str], Collector]:
 class Kit:
     """Helpers for the tests (a fixture: test modules are imported in importlib mode, so not importable)."""
 
-    wait_until = staticmethod(wait_until)
+    #: Compiles run on the worker's thread and take seconds: wait long, poll gently.
+    wait_until = staticmethod(partial(wait_for, timeout_s=120.0, poll_s=0.05))
 
     @staticmethod
     def blueprint(features: int = 16, family: str = "bottleneck") -> BlueprintIR:

@@ -6,9 +6,8 @@ one COMPILED makes Urza queue the ValidationJob on the bus, exactly as in produc
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from esper_contracts import (
     TensorInterface,
 )
 from esper_oona import Bus, connect
-from esper_oona.memory_bus import drop_memory_broker
+from esper_oona.testing import wait_for
 from esper_tezzeret.pipelines import compile_artifact
 from esper_urabrask.profiler import ProfileSettings
 
@@ -34,35 +33,19 @@ from esper_urabrask.profiler import ProfileSettings
 QUICK = ProfileSettings(warmup_calls=5, warmup_s=0.01, round_s=0.005, min_rounds=3, max_rounds=10, budget_s=0.5)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def bus_url() -> Iterator[str]:
-    name = f"urabrask-test-{uuid.uuid4().hex[:12]}"
-    yield f"memory://{name}"
-    drop_memory_broker(name)
-
-
-@pytest.fixture
-def bus(bus_url: str) -> Iterator[Bus]:
-    b = connect(bus_url, producer_name="urabrask", nack_delay_ms=20, max_redeliveries=3)
+def bus(memory_bus_url: str) -> Iterator[Bus]:
+    b = connect(memory_bus_url, producer_name="urabrask", nack_delay_ms=20, max_redeliveries=3)
     yield b
     b.close()
 
 
 @pytest.fixture
-def urza_http(tmp_path: Path, bus_url: str) -> Iterator[TestClient]:
+def urza_http(tmp_path: Path, memory_bus_url: str) -> Iterator[TestClient]:
     """A started Urza that compiles with the fast pipeline for 'cpu' and queues validation jobs."""
     from esper_urza.service import create_service
 
-    service = create_service(data_dir=tmp_path / "urza", bus_url=bus_url, seed_library=False, pipelines=["fast"],
+    service = create_service(data_dir=tmp_path / "urza", bus_url=memory_bus_url, seed_library=False, pipelines=["fast"],
                              hardware=["cpu"], outbox_interval_s=0.1, nack_delay_ms=20, max_redeliveries=2)
     with TestClient(service.app, raise_server_exceptions=False) as client:
         yield client
@@ -76,7 +59,8 @@ def urza(urza_http: TestClient) -> UrzaClient:
 class Kit:
     """Helpers for the tests (a fixture: test modules are imported in importlib mode, so not importable)."""
 
-    wait_until = staticmethod(wait_until)
+    #: Validation runs on the worker's thread and takes seconds: wait long, poll gently.
+    wait_until = staticmethod(partial(wait_for, timeout_s=120.0, poll_s=0.05))
     quick = QUICK
 
     @staticmethod

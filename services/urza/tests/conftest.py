@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,62 +10,29 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from esper_contracts import BlueprintIR, Envelope, TensorInterface
+from esper_contracts import BlueprintIR, TensorInterface
 from esper_oona import Bus, connect
-from esper_oona.memory_bus import drop_memory_broker
+from esper_oona.testing import Collector
 from esper_urza.library import residual_mlp
 from esper_urza.service import UrzaService, create_service
 
 TOOLCHAIN = "ab12cd34ef56"
 
 
-class Collector:
-    """Everything published on one topic, from the first message on (an ``earliest`` subscription)."""
-
-    def __init__(self, bus: Bus, topic: str) -> None:
-        self.messages: list[Envelope[Any]] = []
-        self._lock = threading.Lock()
-        bus.subscribe(topic, f"test-{uuid.uuid4().hex[:8]}", self._take, initial_position="earliest")
-
-    def _take(self, envelope: Envelope[Any]) -> None:
-        with self._lock:
-            self.messages.append(envelope)
-
-    @property
-    def payloads(self) -> list[Any]:
-        with self._lock:
-            return [m.payload for m in self.messages]
-
-    def wait_for(self, count: int, timeout_s: float = 5.0) -> list[Any]:
-        """Wait until at least ``count`` messages arrived; return the payloads."""
-        deadline = time.monotonic() + timeout_s
-        while len(self.payloads) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.payloads
-
-
 @pytest.fixture
-def bus_url() -> Iterator[str]:
-    """A memory bus of this test only."""
-    name = f"urza-test-{uuid.uuid4().hex[:12]}"
-    yield f"memory://{name}"
-    drop_memory_broker(name)
-
-
-@pytest.fixture
-def test_bus(bus_url: str) -> Iterator[Bus]:
+def test_bus(memory_bus_url: str) -> Iterator[Bus]:
     """A second client on the test's bus, playing Tezzeret, Urabrask and Tamiyo."""
-    bus = connect(bus_url, producer_name="test", nack_delay_ms=20, max_redeliveries=2)
+    bus = connect(memory_bus_url, producer_name="test", nack_delay_ms=20, max_redeliveries=2)
     yield bus
     bus.close()
 
 
 @pytest.fixture
-def urza_factory(tmp_path: Path, bus_url: str) -> Callable[..., UrzaService]:
+def urza_factory(tmp_path: Path, memory_bus_url: str) -> Callable[..., UrzaService]:
     """Build Urza services on the test's data folder and bus (several may share them: restarts)."""
 
     def make(**overrides: Any) -> UrzaService:
-        values: dict[str, Any] = {"data_dir": tmp_path / "urza", "bus_url": bus_url, "seed_library": False,
+        values: dict[str, Any] = {"data_dir": tmp_path / "urza", "bus_url": memory_bus_url, "seed_library": False,
                                   "outbox_interval_s": 0.1, "nack_delay_ms": 20, "max_redeliveries": 2}
         values.update(overrides)
         return create_service(**values)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from esper_contracts import TensorInterface
 from esper_oona import connect
-from esper_oona.memory_bus import drop_memory_broker
+from esper_oona.testing import Collector, memory_bus
 from esper_runtime.registry import load_factory
 from esper_storage import current_revision, head_revision, open_database, upgrade
 from esper_urza.service import MIGRATIONS, create_service
@@ -146,20 +145,12 @@ def test_on_an_in_process_bus_a_restart_sends_earlier_jobs_again(urza_factory: A
         kit.client = client
         kit.submit(kit.make_ir())
         assert first.dispatcher.sent == 2  # published on a memory bus, which ends with this "process"
-    fresh_bus = f"memory://urza-test-{uuid.uuid4().hex[:12]}"  # a new process's bus: it starts empty
-    try:
+    with memory_bus() as fresh_bus:  # a new process's bus: it starts empty
         with TestClient(urza_factory(bus_url=fresh_bus).app):
             listener = connect(fresh_bus, producer_name="test")  # after Urza: Urza's connection made the broker
-            jobs: list[Any] = []
-            listener.subscribe("compilation.jobs", "test", lambda e: jobs.append(e.payload),
-                               initial_position="earliest")
-            deadline = time.monotonic() + 5
-            while len(jobs) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            jobs = Collector(listener, "compilation.jobs").wait_for(2)
             listener.close()
         assert sorted(j.pipeline.value for j in jobs) == ["fast", "standard"]  # same jobs, same ids: repeats
-    finally:
-        drop_memory_broker(fresh_bus.removeprefix("memory://"))
 
 
 def test_a_restart_on_the_same_in_process_bus_sends_nothing_twice(urza_factory: Any, make_kit: Any,

@@ -37,7 +37,7 @@ from esper.blueprints.compiled import (
     reference_module,
     unpack_weights,
 )
-from esper.blueprints.programs import VectorJacobianProduct, WeightsAsInputs
+from esper.blueprints.programs import WeightsAsInputs, export_backward, export_forward
 from esper_contracts import BlueprintIR, CompilationPipeline, TensorInterface, artifact_id
 
 BD = TensorInterface(layout="BD", features=16)
@@ -68,17 +68,10 @@ def exported(ir: BlueprintIR, shape: list[int], seed: int = 0, *, backward: bool
     """The IR (weights seeded with ``seed``) exported as a function of its weights, or its backward."""
     torch.manual_seed(seed)
     module = build_module(ir).eval()
-    fn = WeightsAsInputs(module)
-    params, buffers = fn.weights()
-    dyn = {a: torch.export.Dim.DYNAMIC for a in DYNAMIC[ir.input.layout]}
+    dyn = DYNAMIC[ir.input.layout]
     x = torch.randn(*[max(2, s) if a in dyn else s for a, s in enumerate(shape)])
-    weights_spec = ((None,) * len(params), (None,) * len(buffers))
-    if backward:
-        ep = torch.export.export(VectorJacobianProduct(fn, x), (x, torch.randn_like(x), params, buffers),
-                                 dynamic_shapes=(dyn, dyn, *weights_spec))
-    else:
-        ep = torch.export.export(fn, (x, params, buffers), dynamic_shapes=(dyn, *weights_spec))
-    return ep, module.state_dict()
+    export = export_backward if backward else export_forward
+    return export(WeightsAsInputs(module), x, dyn), module.state_dict()
 
 
 def _export(ir: BlueprintIR, shape: list[int], seed: int, strip: bool) -> tuple[bytes, dict]:

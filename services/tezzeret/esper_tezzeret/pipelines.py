@@ -40,7 +40,7 @@ from esper.blueprints import IRValidationError, build_module, canonical_ir_bytes
 from esper.blueprints import toolchain_hash as eager_toolchain_hash
 from esper.blueprints.compiled import AOTI_PIPELINES, KernelManifest, pack_kernel_artifact
 from esper.blueprints.interpreter import IRModule
-from esper.blueprints.programs import VectorJacobianProduct, WeightsAsInputs
+from esper.blueprints.programs import WeightsAsInputs, export_backward, export_forward
 from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
 from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
 
@@ -109,20 +109,6 @@ def static_check(ir: BlueprintIR, input_shape: list[int]) -> IRModule:
 def _trace_input(input_shape: list[int], dynamic: list[int], device: str) -> torch.Tensor:
     # Trace with at least 2 on each dynamic axis: a size of 1 would be specialised into the graph.
     return torch.randn(*[max(2, s) if axis in dynamic else s for axis, s in enumerate(input_shape)], device=device)
-
-
-def _export(fn: WeightsAsInputs, x: torch.Tensor, dynamic: list[int]) -> torch.export.ExportedProgram:
-    params, buffers = fn.weights()
-    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic}
-    return torch.export.export(fn, (x, params, buffers),
-                               dynamic_shapes=(spec, (None,) * len(params), (None,) * len(buffers)))
-
-
-def _export_backward(fn: WeightsAsInputs, x: torch.Tensor, dynamic: list[int]) -> torch.export.ExportedProgram:
-    params, buffers = fn.weights()
-    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic}
-    return torch.export.export(VectorJacobianProduct(fn, x), (x, torch.randn_like(x), params, buffers),
-                               dynamic_shapes=(spec, spec, (None,) * len(params), (None,) * len(buffers)))
 
 
 def _save_exported(ep: torch.export.ExportedProgram, _pipeline: CompilationPipeline, _device: str) -> tuple[bytes, str]:
@@ -214,9 +200,9 @@ def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: s
     t0 = time.perf_counter()
     try:
         with torch.no_grad() if pipeline is not CompilationPipeline.FAST else contextlib.nullcontext():
-            program, cpu_isa = PIPELINES[pipeline](_export(fn, x, dynamic), pipeline, device)
+            program, cpu_isa = PIPELINES[pipeline](export_forward(fn, x, dynamic), pipeline, device)
         if pipeline in AOTI_PIPELINES:
-            backward_ep = _export_backward(fn, x, dynamic)
+            backward_ep = export_backward(fn, x, dynamic)
             with torch.no_grad():
                 backward, _ = PIPELINES[pipeline](backward_ep, pipeline, device)
     except Exception as exc:

@@ -8,6 +8,8 @@ stays trainable (docs/decisions/0007):
   :class:`VectorJacobianProduct` traces the vector-Jacobian product of that function down to aten
   operators with ``make_fx``, so it can be exported and compiled like any forward program.
 
+:func:`export_forward` and :func:`export_backward` export both with the dynamic axes a kernel keeps.
+
 ``parameters`` and ``buffers`` are tuples in the order of the module's ``named_parameters()`` and
 ``named_buffers()``; the artifact's manifest records those names.
 """
@@ -67,3 +69,22 @@ class VectorJacobianProduct(nn.Module):
     def forward(self, x: torch.Tensor, dy: torch.Tensor, params: tuple[torch.Tensor, ...],
                 buffers: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(self.graph_module(x, dy, *params, *buffers))
+
+
+def export_forward(fn: WeightsAsInputs, x: torch.Tensor, dynamic_axes: list[int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of the forward program, traced at ``x``, with ``dynamic_axes`` of the input dynamic.
+
+    Trace with at least 2 on each dynamic axis: a size of 1 would be specialised into the graph.
+    """
+    params, buffers = fn.weights()
+    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes}
+    return torch.export.export(fn, (x, params, buffers),
+                               dynamic_shapes=(spec, (None,) * len(params), (None,) * len(buffers)))
+
+
+def export_backward(fn: WeightsAsInputs, x: torch.Tensor, dynamic_axes: list[int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of the backward program (the vector-Jacobian product), with the same dynamic axes."""
+    params, buffers = fn.weights()
+    spec = {axis: torch.export.Dim.DYNAMIC for axis in dynamic_axes}
+    return torch.export.export(VectorJacobianProduct(fn, x), (x, torch.randn_like(x), params, buffers),
+                               dynamic_shapes=(spec, spec, (None,) * len(params), (None,) * len(buffers)))

@@ -205,6 +205,26 @@ def prometheus_url(_esper_prometheus: None) -> str:
 
 
 @pytest.fixture
+def postgres_database_url(postgres_url: str) -> Iterator[str]:
+    """A throwaway, empty database on the real PostgreSQL server; dropped (connections and all) afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text  # imported here: see memory_bus_url
+
+    server = make_url(postgres_url).set(drivername="postgresql+psycopg")
+    name = f"esper_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield server.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
 def memory_bus_url() -> Iterator[str]:
     """A ``memory://`` URL whose broker belongs to this test only; dropped (with its messages) afterwards."""
     from esper_oona.testing import memory_bus  # imported here: this file must load without workspace packages

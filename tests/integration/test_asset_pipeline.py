@@ -27,8 +27,6 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import torch
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from esper.blueprints import builtin_blueprints
 from esper.blueprints.compiled import CompiledKernel
@@ -101,18 +99,9 @@ class Proc:
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    server = make_url(postgres_url)
-    name = f"assets_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def database_url(postgres_database_url: str) -> str:
+    """A throwaway database on the real PostgreSQL server (the root conftest's)."""
+    return postgres_database_url
 
 
 @pytest.fixture

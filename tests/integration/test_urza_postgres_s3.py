@@ -18,8 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, inspect
 
 from esper_contracts import TensorInterface, UrabraskValidationReport
 from esper_oona import connect
@@ -33,19 +32,9 @@ TOOLCHAIN = "0123456789ab"
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A throwaway database on the real PostgreSQL server."""
-    server = make_url(postgres_url)
-    name = f"urza_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def database_url(postgres_database_url: str) -> str:
+    """A throwaway database on the real PostgreSQL server (the root conftest's)."""
+    return postgres_database_url
 
 
 @pytest.fixture

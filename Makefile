@@ -46,7 +46,7 @@ lint: dev
 	$(PY) -m ruff check .
 
 types: dev
-	$(PY) -m mypy contracts libs services
+	$(PY) -m mypy contracts libs services recipes
 
 imports: dev
 	.venv/bin/lint-imports
@@ -73,10 +73,10 @@ check: lint types imports deploy-check
 	$(PY) -m pytest
 
 demo: dev
-	$(PY) -m esper.demo
+	$(PY) -m esper_recipes.demo
 
 proof: dev
-	$(PY) -m esper.proof
+	$(PY) -m esper_recipes.proof
 
 bench: bench-oona bench-kasmina bench-control bench-assets
 

@@ -63,8 +63,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from esper.blueprints import builtin_blueprints
-from esper.blueprints.urza_source import UrzaClient, UrzaKernelSource
 from esper.kasmina import KasminaConfig, apply_commands, kasmina_layers, wrap
 from esper_contracts import (
     CommandType,
@@ -77,7 +75,9 @@ from esper_contracts import (
     TensorInterface,
     UrabraskValidationReport,
 )
+from esper_kernels import UrzaKernelSource, builtin_blueprints
 from esper_tezzeret.pipelines import CompiledOutput, compile_artifact
+from esper_urza_client import UrzaClient
 
 REPO = Path(__file__).resolve().parents[1]
 ESPER = str(Path(sys.executable).with_name("esper"))
@@ -381,7 +381,7 @@ path = sys.argv[2]
 if sys.argv[1] == "aoti":
     t0 = time.perf_counter(); torch._inductor.aoti_load_package(path)
 else:
-    from esper.blueprints.compiled import load_compiled
+    from esper_kernels import load_compiled
     import hashlib
     data = open(path, "rb").read(); sha = hashlib.sha256(data).hexdigest()
     t0 = time.perf_counter(); load_compiled(data, sha)
@@ -512,7 +512,7 @@ def main() -> None:
     try:
         kernels = compile_kernels()
         std_pkg = work / "standard-program.pt2"
-        from esper.blueprints.compiled import open_kernel_artifact
+        from esper_kernels import open_kernel_artifact
 
         std_pkg.write_bytes(open_kernel_artifact(kernels[P.STANDARD].blob, kernels[P.STANDARD].sha256).program)
         std_blob = work / "standard.kernel"

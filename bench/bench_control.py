@@ -55,7 +55,7 @@ from esper_tamiyo.domains import load_domains
 from esper_tamiyo.kernels import RiskFilter
 
 ROOT = Path(__file__).resolve().parents[1]
-LLM = load_domains(ROOT / "configs" / "domains-llm.yaml")
+LLM = load_domains(ROOT / "recipes" / "configs" / "domains-llm.yaml")
 ART = "a" * 64 + "-cpu-eager-" + "b" * 12
 WINDOWS = 30
 TAMIYO_TOPICS = ("telemetry.system.state", "telemetry.health.summaries", "control.proposals",

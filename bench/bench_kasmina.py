@@ -26,7 +26,6 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import (
     KasminaConfig,
     apply_commands,
@@ -39,6 +38,7 @@ from esper.kasmina import (
 )
 from esper.kasmina.testing import Driver, kernel_for
 from esper_contracts import SeedStage, SeedTelemetry, SystemStatePacket, TensorInterface
+from esper_kernels import LocalKernelLibrary
 from esper_policy import HeuristicPolicy
 from esper_policy.config import TamiyoConfig
 

@@ -39,17 +39,43 @@ def test_service_folder_has_code_tests_dockerfile_readme(service: Path) -> None:
     dockerfile = (service / "Dockerfile").read_text()
     assert f"--package esper-{service.name}" in dockerfile
     if service.name == "narset-worker":  # lives in the trainer process: its image is the trainer's base
-        assert '"esper.demo"' in dockerfile
+        assert '"esper"' in dockerfile and "esper_recipes" not in dockerfile
     else:
         assert f'"serve", "{service.name}"' in dockerfile
 
 
-def test_urza_and_contracts_do_not_pull_torch() -> None:
-    assert "torch" not in _closure("esper-urza")
-    assert "torch" not in _closure("esper-tamiyo")
+#: The demo, proof and report stack: only the recipes may pull it.
+RECIPE_ONLY = {"scikit-learn", "scipy", "matplotlib"}
+#: What each image installs (``uv sync --package``): the trainer image is narset-worker's (SDK included).
+TRAINER_IMAGE = "esper-narset-worker"
+
+
+@pytest.mark.parametrize("package", ["esper-tezzeret", "esper-urabrask", TRAINER_IMAGE, "esper-sdk", "esper-kernels"])
+def test_kernel_images_carry_no_demo_stack(package: str) -> None:
+    assert not _closure(package) & RECIPE_ONLY, f"{package} pulls {sorted(_closure(package) & RECIPE_ONLY)}"
+
+
+def test_recipes_are_where_the_demo_stack_lives() -> None:
+    assert _closure("esper-recipes") >= RECIPE_ONLY
+
+
+@pytest.mark.parametrize("package", ["esper-urza", "esper-tamiyo", "esper-karn", "esper-emrakul",
+                                     "esper-urza-client", "esper-policy"])
+def test_torch_free_services_do_not_pull_torch(package: str) -> None:
+    assert "torch" not in _closure(package)
+
+
+def test_contracts_depend_on_pydantic_alone() -> None:
     assert _closure("esper-contracts") <= {"esper-contracts", "pydantic", "pydantic-core", "annotated-types",
                                            "typing-extensions", "typing-inspection"}
-    assert "torch" in _closure("esper-sdk")  # the researcher SDK is where torch belongs
+    assert "torch" in _closure("esper-sdk")  # the researcher SDK and the kernel library are where torch belongs
+    assert "torch" in _closure("esper-kernels")
+
+
+def test_import_esper_pulls_no_demo_stack() -> None:
+    probe = "import sys, esper; print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_import_boundaries_hold() -> None:

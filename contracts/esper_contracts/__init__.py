@@ -17,6 +17,7 @@ from .blueprints import (
     IRNode,
     KernelQuery,
     KernelQueryResult,
+    KernelSelector,
     OpType,
     ScaffoldSunset,
     TensorInterface,
@@ -53,6 +54,7 @@ from .enums import (
     SeedStage,
 )
 from .envelope import SCHEMA_VERSION, Envelope
+from .errors import KernelNotFoundError
 from .lifecycle import (
     ACTIVE_STAGES,
     LEGAL_TRANSITIONS,
@@ -109,8 +111,10 @@ __all__ = [
     "ImportanceReport",
     "ImportanceScore",
     "KasminaControlCommand",
+    "KernelNotFoundError",
     "KernelQuery",
     "KernelQueryResult",
+    "KernelSelector",
     "KernelStatus",
     "NarsetAllocationDecision",
     "OpType",

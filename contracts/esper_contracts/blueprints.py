@@ -7,7 +7,7 @@ import json
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Literal, Protocol, Self, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -279,6 +279,19 @@ class KernelQueryResult(StrictModel):
 
     artifacts: list[CompiledKernelArtifact] = Field(default_factory=list)
     total: NonNegativeInt = 0
+
+
+@runtime_checkable
+class KernelSelector(Protocol):
+    """Anything that answers a kernel query: Urza's client, an in-process kernel library, a fixed catalogue.
+
+    What a policy asks for kernels. Declared once here so the policy, Tamiyo and the kernel libraries agree
+    without importing each other.
+    """
+
+    def query(self, q: KernelQuery) -> KernelQueryResult:
+        """Artifacts matching ``q``, best first, at most ``q.limit``."""
+        ...
 
 
 class CompilationJob(StrictModel):

@@ -28,12 +28,10 @@ import httpx
 import pytest
 import torch
 
-from esper.blueprints import builtin_blueprints
-from esper.blueprints.compiled import CompiledKernel
-from esper.blueprints.urza_source import UrzaKernelSource
 from esper.kasmina import kasmina_layers, wrap
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
 from esper_contracts import BlueprintIR, CompilationPipeline, KernelQuery, KernelStatus, SeedStage, TensorInterface
+from esper_kernels import CompiledKernel, UrzaKernelSource, builtin_blueprints
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 

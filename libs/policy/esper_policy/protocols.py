@@ -2,8 +2,9 @@
 
 ``ControlPolicy`` is what Tolaria calls at every epoch boundary; the Tamiyo service will later serve
 exactly this interface over the bus, so every argument and result is a contract model or plain JSON.
-``KernelSelector`` is what a policy asks for kernels; the SDK's in-process library and Urza's client
-both satisfy it structurally, so this package needs neither torch nor the SDK.
+``KernelSelector`` (declared in the contracts, re-exported here) is what a policy asks for kernels; the
+in-process kernel library and Urza's client both satisfy it structurally, so this package needs neither
+torch nor the SDK.
 """
 
 from __future__ import annotations
@@ -11,16 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from esper_contracts import AdaptationSignal, FieldReport, KernelQuery, KernelQueryResult, SystemStatePacket
-
-
-@runtime_checkable
-class KernelSelector(Protocol):
-    """Anything that answers a kernel query: a local blueprint library, or Urza's REST client."""
-
-    def query(self, query: KernelQuery) -> KernelQueryResult:
-        """Artifacts matching ``query``, best first."""
-        ...
+from esper_contracts import AdaptationSignal, FieldReport, KernelSelector, SystemStatePacket
 
 
 @runtime_checkable
@@ -50,3 +42,6 @@ class ControlPolicy(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state produced by :meth:`state_dict`."""
         ...
+
+
+__all__ = ["ControlPolicy", "KernelSelector"]

@@ -3,7 +3,7 @@
 A whole run in six lines::
 
     import esper
-    config = esper.load_config("configs/demo-digits.yaml")
+    config = esper.load_config("recipes/configs/demo-digits.yaml")
     model = esper.wrap(MyModel(), config.kasmina)
     controller = esper.build_controller(config.tamiyo)
     final_model, history = esper.TolariaTrainer(model, controller, config.tolaria,
@@ -11,10 +11,11 @@ A whole run in six lines::
     esper.save_model(final_model, "runs/my-run/model")
 """
 
+from esper_contracts import KernelSelector
+from esper_kernels import LocalKernelLibrary
 from esper_policy import ControlPolicy, HeuristicPolicy, NullPolicy, RandomGerminationPolicy, TamiyoConfig
 from esper_policy import build_policy as _build_policy
 
-from .blueprints import KernelSelector, LocalKernelLibrary
 from .config import ConfigError, EsperConfig, TolariaConfig, load_config, parse_config
 from .kasmina import KasminaConfig, unwrap, wrap
 from .lineage import Lineage, lineage_of, save_model

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface
-
-from .blueprints import builtin_blueprints
-from .blueprints.urza_source import UrzaKernelSource
+from esper_kernels import UrzaKernelSource, builtin_blueprints
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +95,7 @@ def _import_compiler_stack() -> None:
     import torch.export
     import torch.fx.experimental.proxy_tensor  # noqa: F401
 
-    from .blueprints.compiled import prewarm
+    from esper_kernels import prewarm
 
     prewarm()
 

@@ -15,9 +15,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from esper.blueprints import KernelIntegrityError, KernelNotFoundError, builtin_blueprints
-from esper.blueprints.compiled import CompiledKernel, open_kernel_artifact, reference_module
-from esper.blueprints.urza_source import UrzaClient, UrzaKernelSource
 from esper.kasmina import collect_telemetry, drain_events, kasmina_layers, wait_for_loads, wrap
 from esper.kasmina.telemetry import EventKind
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
@@ -30,7 +27,17 @@ from esper_contracts import (
     SeedStage,
     TensorInterface,
 )
+from esper_kernels import (
+    CompiledKernel,
+    KernelIntegrityError,
+    KernelNotFoundError,
+    UrzaKernelSource,
+    builtin_blueprints,
+    open_kernel_artifact,
+    reference_module,
+)
 from esper_tezzeret.pipelines import compile_artifact
+from esper_urza_client import UrzaClient
 
 S = SeedStage
 

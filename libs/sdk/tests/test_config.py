@@ -8,7 +8,7 @@ import pytest
 
 from esper import ConfigError, EsperConfig, load_config
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "recipes" / "configs"
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import (
     EventKind,
     alpha_at,
@@ -26,6 +25,7 @@ from esper.kasmina import (
 )
 from esper.kasmina.testing import Driver, advance, fast_config, kernel_for, mlp, train_steps
 from esper_contracts import GraftingStrategy, SeedStage
+from esper_kernels import LocalKernelLibrary
 
 S = SeedStage
 

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary, fixed_function_blueprint
 from esper.kasmina import (
     EventKind,
     SeedFacts,
@@ -28,6 +27,7 @@ from esper.kasmina import (
 from esper.kasmina.lifecycle import MODULE_STAGES
 from esper.kasmina.testing import SUCCESS_PATH, Driver, advance, cmd, fast_config, kernel_for, mlp, train_steps
 from esper_contracts import LEGAL_TRANSITIONS, CommandType, CompiledKernelArtifact, SeedStage
+from esper_kernels import LocalKernelLibrary, fixed_function_blueprint
 
 S = SeedStage
 BROKEN = "broken-kernel"

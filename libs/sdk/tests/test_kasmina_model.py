@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import (
     KasminaConfig,
     KasminaLayer,
@@ -19,6 +18,7 @@ from esper.kasmina import (
 )
 from esper.kasmina.testing import Driver, fast_config, kernel_for, mlp
 from esper_contracts import SeedStage, TensorInterface
+from esper_kernels import LocalKernelLibrary
 
 S = SeedStage
 

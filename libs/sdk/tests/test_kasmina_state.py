@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import collect_telemetry, kasmina_layers, wait_for_loads, wrap
 from esper.kasmina.testing import Driver, advance, cmd, fast_config, kernel_for, mlp, train_steps
 from esper_contracts import CommandType, SeedStage
+from esper_kernels import LocalKernelLibrary
 
 S = SeedStage
 

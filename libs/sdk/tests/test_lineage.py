@@ -10,9 +10,9 @@ import torch
 
 from esper import KasminaConfig, LocalKernelLibrary, TamiyoConfig, TolariaConfig, save_model, wrap
 from esper.config import EsperConfig
-from esper.data import two_spirals
-from esper.demo import build_host, run_experiment
 from esper.lineage import Lineage, lineage_of
+from esper_recipes.demo import build_host, run_experiment
+from esper_recipes.tasks import two_spirals
 
 
 def test_record_follows_one_adaptation_from_germination_to_outcome() -> None:

@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper.blueprints import builtin_blueprints
-from esper.blueprints.compiled import CompiledKernel
 from esper.kasmina import kasmina_layers, wrap
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
 from esper.standalone import LocalPlatform
@@ -28,6 +26,7 @@ from esper_contracts import (
     SeedStage,
     TensorInterface,
 )
+from esper_kernels import CompiledKernel, builtin_blueprints
 
 BD16 = TensorInterface(layout="BD", features=16)  # layer "0" of the test MLP has 16 output features
 

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper import KasminaConfig, LocalKernelLibrary, TolariaConfig, wrap
-from esper.data import Batches, two_spirals
+from esper.data import Batches
 from esper.kasmina import kasmina_layers
 from esper.tolaria import TolariaTrainer, TrainerHooks
 from esper_contracts import Outcome, SeedStage
 from esper_policy import HeuristicPolicy, TamiyoConfig
+from esper_recipes.tasks import two_spirals
 
 S = SeedStage
 
@@ -207,7 +208,7 @@ def test_the_sdk_user_journey_through_the_public_api(tmp_path: Path) -> None:
     two different library instances (the controller's and wrap's default)."""
     import esper
 
-    text = (Path(__file__).resolve().parents[3] / "configs" / "demo-spirals.yaml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "recipes" / "configs" / "demo-spirals.yaml").read_text()
     config_path = tmp_path / "run.yaml"
     config_path.write_text(text)
     config = esper.load_config(config_path)

@@ -8,29 +8,29 @@ adaptations with (``tests/integration/test_control_schema.py`` checks the two ag
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-
-import httpx
 
 from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult
 from esper_policy import KernelSelector, kernel_risk
+from esper_urza_client import UrzaClient, UrzaError
+
+log = logging.getLogger(__name__)
 
 
 class UrzaKernels:
-    """Urza's kernel query endpoint (``POST /api/v1/kernels/query``)."""
+    """Urza's kernel query (``POST /api/v1/kernels/query``) through the one Urza client."""
 
     def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        self._client = UrzaClient(base_url.rstrip("/"), timeout_s=timeout_s)
 
     def query(self, query: KernelQuery) -> KernelQueryResult:
-        """Ask Urza; an unreachable Urza means no kernels this time, never a crashed decision."""
+        """Ask Urza; an unreachable or failing Urza means no kernels this time, never a crashed decision."""
         try:
-            response = self._client.post("/api/v1/kernels/query", content=query.model_dump_json(),
-                                         headers={"content-type": "application/json"})
-            response.raise_for_status()
-        except httpx.HTTPError:
+            return self._client.query(query)
+        except UrzaError as exc:
+            log.warning("Urza kernel query failed, deciding without new kernels: %s", exc)
             return KernelQueryResult()
-        return KernelQueryResult.model_validate_json(response.content)
 
 
 class FileKernels:

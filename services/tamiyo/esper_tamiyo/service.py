@@ -39,7 +39,7 @@ class TamiyoSettings(ServiceSettings):
     service_name: str = "tamiyo"
     port: int = Field(default=8100, ge=0, le=65535)
     topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates test runs)")
-    domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (configs/domains-*.yaml)")
+    domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (domains-*.yaml)")
     policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
     urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
     kernels_file: Path | None = Field(default=None, description="A JSON list of kernel artifacts (instead of Urza)")

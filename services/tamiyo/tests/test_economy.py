@@ -16,7 +16,7 @@ from esper_tamiyo.prime import MICRO, TamiyoPrime, score_report, split_by_weight
 from esper_tamiyo.zones import ProtectedZones
 
 ROOT = Path(__file__).resolve().parents[3]
-LLM = load_domains(ROOT / "configs" / "domains-llm.yaml")
+LLM = load_domains(ROOT / "recipes" / "configs" / "domains-llm.yaml")
 
 
 def _sop(region: str, ask: float, roi: float, pid: str) -> StrategicOpportunityProposal:

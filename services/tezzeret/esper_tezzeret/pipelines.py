@@ -36,13 +36,21 @@ from dataclasses import dataclass
 
 import torch
 
-from esper.blueprints import IRValidationError, build_module, canonical_ir_bytes
-from esper.blueprints import toolchain_hash as eager_toolchain_hash
-from esper.blueprints.compiled import AOTI_PIPELINES, KernelManifest, pack_kernel_artifact
-from esper.blueprints.interpreter import IRModule
-from esper.blueprints.programs import WeightsAsInputs, export_backward, export_forward
 from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
 from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
+from esper_kernels import (
+    AOTI_PIPELINES,
+    IRModule,
+    IRValidationError,
+    KernelManifest,
+    WeightsAsInputs,
+    build_module,
+    canonical_ir_bytes,
+    export_backward,
+    export_forward,
+    pack_kernel_artifact,
+)
+from esper_kernels import toolchain_hash as eager_toolchain_hash
 
 from .toolchain import inductor_options, strip_version, toolchain_hash
 

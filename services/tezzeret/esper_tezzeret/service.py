@@ -15,9 +15,9 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper.blueprints.urza_source import UrzaClient
 from esper_oona import Bus, Subscription, connect
 from esper_runtime import Service, ServiceSettings, load_settings
+from esper_urza_client import UrzaClient
 
 from .worker import CompileWorker, JobOutcome
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from esper.blueprints import INTERPRETER_VERSION
-from esper.blueprints.compiled import KERNEL_FORMAT_VERSION, host_cpu_isa
 from esper_contracts import CompilationPipeline
+from esper_kernels import INTERPRETER_VERSION, KERNEL_FORMAT_VERSION, host_cpu_isa
 
 #: Bumped when the way weights are initialised from the IR hash changes.
 WEIGHT_INIT_SCHEME = "torch-default-seeded-by-ir-hash-v1"

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from esper.blueprints import KernelNotFoundError
-from esper.blueprints.urza_source import BinaryConflictError, UrzaClient
 from esper_contracts import CompilationJob, CompiledKernelArtifact, Envelope, KernelStatus
+from esper_kernels import KernelNotFoundError
+from esper_urza_client import BinaryConflictError, UrzaClient
 
 from .pipelines import CompiledOutput, CompileError, StaticValidationError, compile_artifact, plan_artifact_id
 

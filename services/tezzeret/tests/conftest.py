@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from esper.blueprints import KernelNotFoundError, builtin_blueprints
-from esper.blueprints.urza_source import UrzaClient
 from esper_contracts import BlueprintIR, KernelStatus, TensorInterface
+from esper_kernels import KernelNotFoundError, builtin_blueprints
 from esper_oona import Bus, connect
 from esper_oona.testing import Collector, wait_for
+from esper_urza_client import UrzaClient
 
 
 @pytest.fixture

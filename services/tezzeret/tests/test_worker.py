@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from esper.blueprints.compiled import load_compiled, open_kernel_artifact, reference_module
-from esper.blueprints.urza_source import UrzaClient, UrzaError
 from esper_contracts import CompilationJob, CompilationPipeline, KernelStatus
+from esper_kernels import load_compiled, open_kernel_artifact, reference_module
 from esper_oona import Bus
 from esper_oona.testing import wait_for
 from esper_tezzeret.pipelines import CompiledOutput, CompileError, compile_artifact, plan_artifact_id
 from esper_tezzeret.worker import FINISHED, CompileWorker
+from esper_urza_client import UrzaClient, UrzaError
 
 S = KernelStatus
 FAST = CompilationPipeline.FAST

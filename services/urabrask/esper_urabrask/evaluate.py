@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from esper.blueprints.compiled import prewarm
 from esper_contracts import CompiledKernelArtifact
+from esper_kernels import prewarm
 
 from .gatekeeper import GateRejection, check, load_for_validation
 from .profiler import PeakMemory, ProfileSettings, measure_latency

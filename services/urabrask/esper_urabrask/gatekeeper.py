@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from esper.blueprints import build_module
-from esper.blueprints.compiled import CompiledKernel, open_kernel_artifact, reference_module
-from esper.blueprints.compiled import load_compiled as load_compiled_kernel
 from esper_contracts import BlueprintIR, CompilationPipeline, CompiledKernelArtifact
 from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
+from esper_kernels import CompiledKernel, build_module, open_kernel_artifact, reference_module
+from esper_kernels import load_compiled as load_compiled_kernel
 
 STABILITY_SCALES = (1e-3, 1e3)
 

@@ -17,8 +17,8 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from esper.blueprints.compiled import prewarm
 from esper_contracts import CompiledKernelArtifact
+from esper_kernels import prewarm
 
 from .evaluate import Evaluation, evaluate
 from .profiler import ProfileSettings

@@ -13,9 +13,9 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper.blueprints.urza_source import UrzaClient, UrzaError
 from esper_oona import Bus, Subscription, connect
 from esper_runtime import Service, ServiceSettings, load_settings
+from esper_urza_client import UrzaClient, UrzaError
 
 from .characterizer import Characterizer
 from .profiler import ProfileSettings

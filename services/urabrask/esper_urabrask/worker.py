@@ -15,9 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from esper.blueprints import KernelNotFoundError
-from esper.blueprints.cache import sha256_hex
-from esper.blueprints.urza_source import UrzaClient
 from esper_contracts import (
     CompiledKernelArtifact,
     Envelope,
@@ -26,6 +23,8 @@ from esper_contracts import (
     UrabraskValidationReport,
     ValidationJob,
 )
+from esper_kernels import KernelNotFoundError, sha256_hex
+from esper_urza_client import UrzaClient
 
 from .characterizer import Characterizer
 from .profiler import ProfileSettings

@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from esper.blueprints import KernelNotFoundError, builtin_blueprints
-from esper.blueprints.compiled import open_kernel_artifact, pack_kernel_artifact, sha256_hex
-from esper.blueprints.urza_source import UrzaClient
 from esper_contracts import (
     BlueprintIR,
     CompilationPipeline,
@@ -24,10 +21,18 @@ from esper_contracts import (
     OpType,
     TensorInterface,
 )
+from esper_kernels import (
+    KernelNotFoundError,
+    builtin_blueprints,
+    open_kernel_artifact,
+    pack_kernel_artifact,
+    sha256_hex,
+)
 from esper_oona import Bus, connect
 from esper_oona.testing import wait_for
 from esper_tezzeret.pipelines import compile_artifact
 from esper_urabrask.profiler import ProfileSettings
+from esper_urza_client import UrzaClient
 
 #: Quick, still meaningful timing settings for tests.
 QUICK = ProfileSettings(warmup_calls=5, warmup_s=0.01, round_s=0.005, min_rounds=3, max_rounds=10, budget_s=0.5)

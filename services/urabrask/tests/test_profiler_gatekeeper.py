@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import torch
 
-from esper.blueprints.compiled import sha256_hex
 from esper_contracts import (
     BlueprintClass,
     BlueprintIR,
@@ -20,6 +19,7 @@ from esper_contracts import (
     OpType,
     TensorInterface,
 )
+from esper_kernels import sha256_hex
 from esper_urabrask.evaluate import evaluate
 from esper_urabrask.profiler import PeakMemory, ProfileSettings, measure_latency, robust_cv
 

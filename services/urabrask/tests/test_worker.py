@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from esper.blueprints.urza_source import UrzaClient
 from esper_contracts import KernelQuery, KernelStatus, OpType, ValidationJob
 from esper_oona import Bus
 from esper_urabrask.characterizer import Characterizer
 from esper_urabrask.sandbox import KernelSandbox, SandboxCrash
 from esper_urabrask.worker import ValidateWorker
+from esper_urza_client import UrzaClient
 
 S = KernelStatus
 

@@ -30,8 +30,8 @@ import torch.nn.functional as F_nn
 from torch import nn
 
 from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedStage, SeedTelemetry
+from esper_kernels import KernelSource
 
-from ..blueprints import KernelSource
 from .blending import STRATEGIES, ChunkLayout, alpha_at, blend, chunk_bounds
 from .config import KasminaConfig
 from .grafted import GraftedModule, HostAttributeFallback

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from esper_contracts import TensorInterface
-
-from ..blueprints import KernelSource
+from esper_kernels import KernelSource
 
 log = logging.getLogger(__name__)
 

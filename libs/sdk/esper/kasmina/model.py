@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from esper_contracts import KasminaControlCommand, SeedTelemetry
+from esper_kernels import KernelSource, LocalKernelLibrary
 
-from ..blueprints import KernelSource, LocalKernelLibrary
 from .config import KasminaConfig
 from .layer import KasminaLayer
 from .telemetry import SeedEvent

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper.blueprints import LocalKernelLibrary
 from esper.kasmina import KasminaConfig, apply_commands, kasmina_layers, reconstruction_loss, wait_for_loads
 from esper_contracts import CommandType, KasminaControlCommand, KernelQuery, SeedStage
+from esper_kernels import LocalKernelLibrary
 
 S = SeedStage
 

@@ -1,4 +1,4 @@
-"""``python -m esper.proof``: does growing a network with Esper beat not growing it?
+"""``python -m esper_recipes.proof``: does growing a network with Esper beat not growing it?
 
 For each task (digits, spirals) and each of N seeds, four arms are trained for the same epochs on the
 same split, and tested on the held-out test split (never seen by any controller):
@@ -43,11 +43,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from esper.config import EsperConfig
+from esper.tolaria import progress_bar_wanted
 from esper_contracts import KernelStatus
 
-from .config import EsperConfig
 from .demo import demo_config, run_experiment
-from .tolaria import progress_bar_wanted
 
 TASKS = ("digits", "spirals")
 ARMS = ("host", "esper", "random", "static")
@@ -167,7 +167,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     config = proof_config(task, job["quick"])
     kernels = None
     if job.get("urza_url"):  # compiled kernels from the platform's Urza, validated ones only
-        from .blueprints.urza_source import UrzaKernelSource
+        from esper_kernels import UrzaKernelSource
 
         kernels = UrzaKernelSource(job["urza_url"], cache_mb=config.kasmina.kernel_cache_mb)
         config = config.model_copy(update={"tamiyo": config.tamiyo.model_copy(
@@ -199,7 +199,7 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     optimizer pulls in) from scratch. A preloaded fork server gets both safety and speed.
     """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torch._dynamo", "esper.demo"])
+    context.set_forkserver_preload(["torch", "torch._dynamo", "esper_recipes.demo"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
@@ -310,7 +310,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m esper.proof", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m esper_recipes.proof", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per task and arm (default 10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few epochs, early growth")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
@@ -331,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         urza_url = None
         if args.kernels == "compiled":
+            from esper.standalone import LocalPlatform
+
             from .demo import prepare_kernels, seed_interfaces
-            from .standalone import LocalPlatform
 
             platform = stack.enter_context(LocalPlatform(args.platform_dir, pipelines=[args.pipeline]))
             interfaces = [i for task in args.tasks for i in seed_interfaces(task, proof_config(task, args.quick))]

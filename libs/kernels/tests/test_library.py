@@ -9,26 +9,26 @@ import re
 import pytest
 import torch
 
-from esper.blueprints import (
+from esper_contracts import (
+    ARTIFACT_ID_PATTERN,
+    BlueprintClass,
+    CompilationPipeline,
+    KernelQuery,
+    KernelSelector,
+    KernelStatus,
+    TensorInterface,
+)
+from esper_kernels import (
     KernelCache,
     KernelIntegrityError,
     KernelNotFoundError,
-    KernelSelector,
     KernelSource,
     LocalKernelLibrary,
     fixed_function_blueprint,
     sha256_hex,
     toolchain_hash,
 )
-from esper.blueprints import library as library_module
-from esper_contracts import (
-    ARTIFACT_ID_PATTERN,
-    BlueprintClass,
-    CompilationPipeline,
-    KernelQuery,
-    KernelStatus,
-    TensorInterface,
-)
+from esper_kernels import library as library_module
 
 BD16 = TensorInterface(layout="BD", features=16)
 BTD16 = TensorInterface(layout="BTD", features=16)

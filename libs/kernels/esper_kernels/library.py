@@ -50,15 +50,6 @@ class KernelSource(Protocol):
         ...
 
 
-@runtime_checkable
-class KernelSelector(Protocol):
-    """What Tamiyo needs: find kernels by interface, tags, class and status."""
-
-    def query(self, q: KernelQuery) -> KernelQueryResult:
-        """Artifacts matching ``q``, best first, at most ``q.limit``."""
-        ...
-
-
 def toolchain_hash() -> str:
     """16 hex chars identifying what executes eager artifacts: the torch version and the IR interpreter."""
     return hashlib.sha256(f"torch=={torch.__version__};esper-ir=={INTERPRETER_VERSION}".encode()).hexdigest()[:16]

@@ -17,28 +17,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper.blueprints import (
-    KernelIntegrityError,
-    build_module,
-    builtin_blueprints,
-    fixed_function_blueprint,
-    sha256_hex,
-)
-from esper.blueprints.compiled import (
+from esper_contracts import BlueprintIR, CompilationPipeline, TensorInterface, artifact_id
+from esper_kernels import (
     CompiledKernel,
     KernelFormatError,
     KernelHardwareError,
+    KernelIntegrityError,
     KernelManifest,
+    WeightsAsInputs,
+    build_module,
+    builtin_blueprints,
     check_cpu_isa,
+    export_backward,
+    export_forward,
+    fixed_function_blueprint,
     load_compiled,
     open_kernel_artifact,
     pack_kernel_artifact,
     read_manifest,
     reference_module,
+    sha256_hex,
     unpack_weights,
 )
-from esper.blueprints.programs import WeightsAsInputs, export_backward, export_forward
-from esper_contracts import BlueprintIR, CompilationPipeline, TensorInterface, artifact_id
 
 BD = TensorInterface(layout="BD", features=16)
 DYNAMIC = {"BD": [0], "BTD": [0, 1], "BCHW": [0, 2, 3]}
@@ -365,14 +365,14 @@ def test_aoti_kernel_for_a_wider_isa_is_refused_before_it_is_opened(
 @pytest.mark.slow
 def test_aoti_cpu_kernels_run_on_the_model_runner_and_a_package_for_another_device_is_refused(
         aoti_artifact: tuple[bytes, str, BlueprintIR]) -> None:
-    import esper.blueprints.compiled as compiled
+    from esper_kernels.native import load_aoti
 
     blob, sha, _ir = aoti_artifact
     opened = open_kernel_artifact(blob, sha)
-    run = compiled._load_aoti(opened.program, opened.manifest, "program.pt2")
+    run = load_aoti(opened.program, opened.manifest, "program.pt2")
     assert "AOTIModelContainerRunnerCpu" in repr(getattr(run, "__self__", run))  # not the package loader
     metadata = next(n for n in zipfile.ZipFile(io.BytesIO(opened.program)).namelist()
                     if n.endswith("wrapper_metadata.json"))
     cuda = _rezip(opened.program, {metadata: b'{"AOTI_DEVICE_KEY": "cuda"}'})
     with pytest.raises(KernelFormatError, match="targets 'cuda'"):
-        compiled._load_aoti(cuda, opened.manifest, "program.pt2")
+        load_aoti(cuda, opened.manifest, "program.pt2")

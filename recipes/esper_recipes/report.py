@@ -20,8 +20,8 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
-from .lineage import Lineage
-from .tolaria import TrainingHistory
+from esper.lineage import Lineage
+from esper.tolaria import TrainingHistory
 
 STAGE_COLOURS = {
     "GERMINATED": "#c7e9c0",

@@ -1,4 +1,4 @@
-"""``python -m esper.demo``: watch Esper grow a deliberately weak network, on digits and on two spirals.
+"""``python -m esper_recipes.demo``: watch Esper grow a deliberately weak network, on digits and on two spirals.
 
 For each task a weak host is wrapped by Kasmina and trained by Tolaria under the heuristic Tamiyo;
 when validation loss plateaus, seeds germinate in the sickest slots, graft, and are kept or culled.
@@ -13,7 +13,7 @@ AOTInductor, gatekept and profiled, and Tamiyo picks among the VALIDATED ones by
 kernels are kept under ``runs/platform/``, so only the first run pays for compiling them.
 ``--kernels eager`` skips the platform and interprets the blueprints instead.
 
-The run's settings come from ``configs/demo-<task>.yaml``; the host's shape is part of the demo.
+The run's settings come from ``recipes/configs/demo-<task>.yaml``; the host's shape is part of the demo.
 """
 
 from __future__ import annotations
@@ -32,18 +32,20 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from esper.config import EsperConfig, load_config
+from esper.data import Batches
+from esper.kasmina import ChunkLayout, GraftedModule, chunk_bounds, kasmina_layers, wrap
+from esper.lineage import Lineage, save_model
+from esper.standalone import KernelProgress, LocalPlatform, PlatformError
+from esper.tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 from esper_contracts import KernelStatus, TensorInterface
+from esper_kernels import LocalKernelLibrary
 from esper_policy import build_policy
 
-from .blueprints import LocalKernelLibrary
-from .config import EsperConfig, load_config
-from .data import Batches, TaskData, load_task
-from .kasmina import ChunkLayout, GraftedModule, chunk_bounds, kasmina_layers, wrap
-from .lineage import Lineage, save_model
-from .standalone import KernelProgress, LocalPlatform, PlatformError
-from .tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
+from .tasks import TaskData, load_task
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+#: The recipes' run configurations (``recipes/configs``).
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class NarrowMLP(nn.Module):
@@ -122,8 +124,8 @@ def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]
 
 
 def demo_config(task: str, path: Path | None = None) -> EsperConfig:
-    """The demo's run configuration for ``task`` (``configs/demo-<task>.yaml`` unless ``path`` is given)."""
-    return load_config(path or REPO_ROOT / "configs" / f"demo-{task}.yaml")
+    """The demo's run configuration for ``task`` (``recipes/configs/demo-<task>.yaml`` unless ``path`` is given)."""
+    return load_config(path or CONFIGS / f"demo-{task}.yaml")
 
 
 @dataclass
@@ -275,7 +277,7 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m esper.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m esper_recipes.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=["digits", "spirals", "all"], default="all")
     parser.add_argument("--epochs", type=int, default=None, help="override tolaria.epochs of the demo configs")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent directory of runs/demo-<task>/")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from esper import proof
+from esper_recipes import proof
 
 
 def test_student_t_and_welch_match_reference_values() -> None:

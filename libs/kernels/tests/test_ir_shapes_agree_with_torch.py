@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from esper.blueprints import IRValidationError, build_module
 from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
 from esper_contracts.ir_shapes import FEATURE_AXIS, IRShapeError, infer_ir_shapes
+from esper_kernels import IRValidationError, build_module
 
 #: A concrete input per layout; the feature axis is filled in per graph.
 _SHAPES = {"BD": [3, 0], "BTD": [2, 5, 0], "BCHW": [2, 0, 5, 6]}

@@ -6,9 +6,9 @@ import base64
 import json
 from pathlib import Path
 
-from esper import demo
-from esper.data import two_spirals
-from esper.demo import build_host, static_twin
+from esper_recipes import demo
+from esper_recipes.demo import build_host, static_twin
+from esper_recipes.tasks import two_spirals
 
 
 def test_demo_writes_model_lineage_and_report(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -52,8 +52,8 @@ def test_when_no_kernel_compiles_the_demo_stops_with_the_reasons_and_what_to_try
 
 def test_static_twin_has_the_evolved_shape_and_trains_everything() -> None:
     data = two_spirals(seed=0, points_per_class=32)
-    from esper.blueprints import LocalKernelLibrary
     from esper_contracts import KernelQuery, TensorInterface
+    from esper_kernels import LocalKernelLibrary
 
     library = LocalKernelLibrary()
     kernel = library.query(KernelQuery(interface=TensorInterface(layout="BD", features=8),

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper.blueprints import FAMILIES, IRValidationError, build_module, builtin_blueprints, fixed_function_blueprint
-from esper.blueprints.interpreter import ir_parameter_count
 from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
+from esper_kernels import (
+    FAMILIES,
+    IRValidationError,
+    build_module,
+    builtin_blueprints,
+    fixed_function_blueprint,
+    ir_parameter_count,
+)
 
 SHAPES = {"BD": (5, 12), "BTD": (3, 7, 12), "BCHW": (2, 12, 5, 6)}
 

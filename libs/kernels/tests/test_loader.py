@@ -376,3 +376,41 @@ def test_aoti_cpu_kernels_run_on_the_model_runner_and_a_package_for_another_devi
     cuda = _rezip(opened.program, {metadata: b'{"AOTI_DEVICE_KEY": "cuda"}'})
     with pytest.raises(KernelFormatError, match="targets 'cuda'"):
         load_aoti(cuda, opened.manifest, "program.pt2")
+
+
+@pytest.mark.slow
+def test_many_fast_and_standard_kernels_load_at_once_from_several_threads(
+        artifact: tuple[bytes, str, BlueprintIR], aoti_artifact: tuple[bytes, str, BlueprintIR]) -> None:
+    # torch.export.load keeps process-wide deserializer state: unserialized, two loads at once failed with
+    # "_CURRENT_DESERIALIZER is already set" (seen in a fresh-clone `make test`, issue 9).
+    import threading
+
+    fast_blobs = [artifact[:2]]
+    for ir in builtin_blueprints(BD)[:4]:
+        program, weights = export_program(ir, [8, 16], seed=1)
+        fast_blobs.append(pack(ir, [8, 16], program, weights))
+    jobs = [*fast_blobs * 4, *[aoti_artifact[:2]] * 4]
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+    loaded: list[CompiledKernel] = []
+
+    def worker(mine: list[tuple[bytes, str]]) -> None:
+        start.wait()
+        for blob, sha in mine:
+            try:
+                loaded.append(load_compiled(blob, sha))
+            except BaseException as exc:  # collected: a thread's exception would otherwise vanish
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(jobs[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, [repr(e) for e in errors[:3]]
+    assert len(loaded) == len(jobs)
+    x16, x8 = torch.randn(3, 16), torch.randn(3, 8)
+    for kernel in loaded:
+        x = x16 if kernel.manifest.input_shape[-1] == 16 else x8
+        reference = reference_module(open_kernel_artifact(kernel._blob, kernel.sha256))
+        assert torch.allclose(kernel(x), reference(x), atol=1e-5)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import Field
 
-from esper_contracts import Envelope
+from esper_contracts import Envelope, payload_model
 from esper_oona import RejectMessage
 
 from .service import Service
@@ -105,6 +105,9 @@ class JobWorker(Generic[J, R]):
                  observe: Callable[[J, R], None] | None = None, is_done: Callable[[J], bool] | None = None,
                  remember: int = 1024, max_redeliveries: int | None = None, nack_delay_ms: int | None = None,
                  initial_position: InitialPosition = "earliest") -> None:
+        model = payload_model(topic)
+        if "job_id" not in model.model_fields:  # checked here: a pydantic model satisfies JobPayload for mypy
+            raise ValueError(f"topic {topic!r} carries {model.__name__}, which has no job_id: not a jobs topic")
         self.bus = bus
         self.topic = topic
         self.subscription_name = subscription
@@ -235,7 +238,14 @@ class JobService(Service, Generic[J, R]):
     """A service whose work is the jobs of one topic.
 
     A subclass sets ``jobs_topic`` and implements :meth:`job_handler` (and :meth:`observe` for metrics);
-    it extends ``on_start``/``on_stop`` with its own set-up and clean-up around ``super()``.
+    it extends ``on_start``/``on_stop`` with its own set-up and clean-up around ``super()``::
+
+        class UrabraskService(JobService[ValidationJob, ValidationOutcome]):
+            jobs_topic = "validation.jobs"
+            settings: UrabraskSettings  # a JobSettings
+
+            def job_handler(self) -> JobHandler[ValidationJob, ValidationOutcome]:
+                return ValidateWorker(self.bus, ...).process  # (job, envelope) -> outcome; publishes its report
     """
 
     #: The catalogue topic the jobs arrive on.

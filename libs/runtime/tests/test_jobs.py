@@ -148,6 +148,8 @@ def test_jobs_run_one_at_a_time_in_arrival_order(bus: Bus) -> None:
     assert overlap[0] == 1 and order == sent
     with pytest.raises(RuntimeError, match="already started"):
         worker.start()
+    with pytest.raises(ValueError, match="SeedTelemetry, which has no job_id"):
+        JobWorker(bus, "telemetry.seed.health", SUBSCRIPTION, slow)
 
 
 def test_a_permanent_error_dead_letters_the_job_at_once_with_its_reason(bus: Bus) -> None:

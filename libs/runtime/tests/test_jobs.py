@@ -38,11 +38,12 @@ def report_for(j: ValidationJob) -> UrabraskValidationReport:
 
 
 class Publishing:
-    """A handler that publishes one report per job, after ``gate`` opens (when given)."""
+    """A handler that publishes one report per job, after ``gate`` opens (when given), or ``dies`` there."""
 
-    def __init__(self, bus: Bus, gate: threading.Event | None = None) -> None:
+    def __init__(self, bus: Bus, gate: threading.Event | None = None, *, dies: bool = False) -> None:
         self.bus = bus
         self.gate = gate
+        self.dies = dies
         self.started = threading.Event()
         self.jobs: list[str] = []
 
@@ -51,6 +52,8 @@ class Publishing:
         self.started.set()
         if self.gate is not None and not self.gate.wait(10):
             raise RuntimeError("gate never opened")
+        if self.dies:
+            raise RuntimeError("killed before publishing")  # what a killed process never gets to do
         self.bus.publish(RESULTS, report_for(j), key=j.artifact_id, parent=envelope)
         return "reported"
 
@@ -86,7 +89,7 @@ def test_results_are_flushed_before_the_job_is_acknowledged(bus: Bus, monkeypatc
 def test_a_worker_killed_before_publishing_leaves_the_job_to_the_next_one(bus: Bus) -> None:
     results = Collector(bus, RESULTS)
     gate = threading.Event()
-    dying = Publishing(bus, gate)
+    dying = Publishing(bus, gate, dies=True)
     first = JobWorker(bus, JOBS, SUBSCRIPTION, dying).start()
     sent = bus.publish(JOBS, job(2)).payload
     assert dying.started.wait(5)
@@ -98,10 +101,11 @@ def test_a_worker_killed_before_publishing_leaves_the_job_to_the_next_one(bus: B
     wait_for(lambda: second.health().done == 1, what="the redelivered job to be done")
     assert survivor.jobs == [sent.job_id]
     assert [r.artifact_id for r in results.wait_for(1)] == [sent.artifact_id]
-    gate.set()  # the abandoned handler finishes late: its job was taken from it, its ack counts for nothing
+    gate.set()  # the abandoned handler ends late; its job was taken from it, so its verdict counts for nothing
     wait_for(lambda: first.health().current_job is None, what="the late handler to end")
     time.sleep(0.1)
     assert survivor.jobs == [sent.job_id]  # not delivered a third time
+    assert len(results.payloads) == 1
 
 
 def test_a_worker_killed_after_publishing_is_followed_by_an_idempotent_ack(bus: Bus) -> None:

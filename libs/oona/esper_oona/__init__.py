@@ -10,7 +10,9 @@ from .delivery import (
     DEAD_LETTER_SUBSCRIPTION,
     REASON_MALFORMED,
     REASON_REDELIVERY_LIMIT,
+    REASON_REJECTED,
     Handler,
+    RejectMessage,
     SubscriptionStats,
 )
 from .errors import (
@@ -29,6 +31,7 @@ __all__ = [
     "DEAD_LETTER_SUBSCRIPTION",
     "REASON_MALFORMED",
     "REASON_REDELIVERY_LIMIT",
+    "REASON_REJECTED",
     "BrokerError",
     "Bus",
     "BusClosedError",
@@ -39,6 +42,7 @@ __all__ = [
     "OonaError",
     "PayloadValidationError",
     "PublishError",
+    "RejectMessage",
     "Subscription",
     "SubscriptionStats",
     "UnknownTopicError",

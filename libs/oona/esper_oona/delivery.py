@@ -20,12 +20,14 @@ from .errors import MalformedMessageError
 
 logger = logging.getLogger("esper_oona")
 
-#: A subscriber's callback. Returning acknowledges the message; raising negatively acknowledges it.
+#: A subscriber's callback. Returning acknowledges the message; raising negatively acknowledges it
+#: (raising :class:`RejectMessage` dead-letters it at once).
 Handler = Callable[[Envelope[Any]], None]
 
 #: Dead-letter reasons, written into each dead letter's properties.
 REASON_MALFORMED = "malformed"
 REASON_REDELIVERY_LIMIT = "redelivery_limit"
+REASON_REJECTED = "rejected"
 
 #: Message properties Oona writes on a dead letter (the payload is the original bytes, unchanged).
 PROP_SOURCE_TOPIC = "oona-source-topic"
@@ -39,6 +41,15 @@ DEAD_LETTER_SUBSCRIPTION = "oona-dead-letters"
 
 # Dead-letter error texts are for people; a pydantic report on a huge payload should not bloat the topic.
 _MAX_ERROR_CHARS = 2000
+
+
+class RejectMessage(Exception):
+    """Raised by a handler for a message that can never be handled: it goes to the dead-letter topic at once.
+
+    Redelivering such a message (a request that names something that does not exist, say) cannot help,
+    so no redelivery is spent on it; the exception's text is recorded as the dead letter's error, with
+    the reason ``rejected``.
+    """
 
 
 class Verdict(enum.Enum):
@@ -72,9 +83,10 @@ def process(
 ) -> Outcome:
     """Decode ``data`` and run ``handler`` on it; decide ack, nack or dead letter.
 
-    Malformed bytes go straight to the dead-letter topic: redelivering them cannot help. A handler that
-    raises on a message already redelivered ``max_redeliveries`` times sends it to the dead-letter topic
-    instead of asking for another try, so the handler runs at most ``max_redeliveries + 1`` times.
+    Malformed bytes, and messages the handler rejects with :class:`RejectMessage`, go straight to the
+    dead-letter topic: redelivering them cannot help. A handler that raises anything else on a message
+    already redelivered ``max_redeliveries`` times sends it to the dead-letter topic instead of asking
+    for another try, so the handler runs at most ``max_redeliveries + 1`` times.
     """
     try:
         envelope = codec.decode(data)
@@ -84,6 +96,11 @@ def process(
         return Outcome(Verdict.DEAD_LETTER, REASON_MALFORMED, _truncate(str(exc)))
     try:
         handler(envelope)
+    except RejectMessage as exc:
+        error = _truncate(f"{type(exc).__name__}: {exc}")
+        logger.error("oona: handler of %s/%s rejected message %s; dead-lettered: %s",
+                     codec.topic, subscription, envelope.message_id, error)
+        return Outcome(Verdict.DEAD_LETTER, REASON_REJECTED, error)
     except Exception as exc:
         error = _truncate(f"{type(exc).__name__}: {exc}")
         if redelivery_count >= max_redeliveries:

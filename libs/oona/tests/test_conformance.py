@@ -26,9 +26,11 @@ from esper_contracts import (
 from esper_oona import (
     REASON_MALFORMED,
     REASON_REDELIVERY_LIMIT,
+    REASON_REJECTED,
     BusClosedError,
     OonaError,
     PayloadValidationError,
+    RejectMessage,
 )
 from esper_oona.testing import Recorder, wait_for
 
@@ -143,6 +145,29 @@ def test_redelivery_limit_moves_the_message_to_the_dead_letter_topic(make_bus: A
     # Tried once and redelivered twice (at least: delivery is at-least-once), never acknowledged.
     assert sum(a.message_id == doomed.message_id for a in recorder.attempts) >= 3
     assert epochs(recorder.wait_received(1)) == [14]
+    wait_for(lambda: sub.stats.dead_lettered == 1, what="the dead letter to be counted")
+
+
+def test_a_rejected_message_is_dead_lettered_at_once_with_its_reason(make_bus: Any) -> None:
+    bus = make_bus()
+
+    def reject_21(envelope: Envelope[Any]) -> None:
+        if envelope.payload.epoch == 21:
+            raise RejectMessage("epoch 21 can never be handled")
+
+    recorder = Recorder(work=reject_21)
+    sub = bus.subscribe(TELEMETRY, "reject", recorder, max_redeliveries=3)
+    doomed = bus.publish(TELEMETRY, telemetry(21))
+    bus.flush()
+    bus.publish(TELEMETRY, telemetry(22))
+    bus.flush()
+
+    [letter] = bus.read_dead_letters(TELEMETRY, max_messages=1, timeout_s=10)
+    assert (letter.reason, letter.subscription, letter.redelivery_count) == (REASON_REJECTED, "reject", 0)
+    assert "RejectMessage: epoch 21 can never be handled" in letter.error
+    assert letter.envelope().message_id == doomed.message_id
+    assert epochs(recorder.wait_received(1)) == [22]
+    assert epochs(recorder.attempts).count(21) == 1  # no redelivery spent on it
     wait_for(lambda: sub.stats.dead_lettered == 1, what="the dead letter to be counted")
 
 

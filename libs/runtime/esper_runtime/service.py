@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
+HealthView = Callable[[], Mapping[str, Any]]
+#: Keys of the /healthz answer that a health view cannot take.
+_HEALTH_KEYS = frozenset({"status", "service", "checks", "uptime_s"})
 
 
 class Service:
@@ -39,6 +42,7 @@ class Service:
         self.registry = CollectorRegistry()
         self._bus: Bus | None = None
         self._checks: dict[str, HealthCheck] = {}
+        self._views: dict[str, HealthView] = {}
         self._started_at = time.time()
         self.up = Gauge("esper_service_up", "1 while the service is running", ["service"], registry=self.registry)
         self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
@@ -58,6 +62,12 @@ class Service:
         """Register a readiness check; /healthz answers 503 while any check returns False or raises."""
         self._checks[name] = check
 
+    def add_health_view(self, name: str, view: HealthView) -> None:
+        """Add a section ``name`` to the /healthz answer (a worker's counters, say); it never changes the status."""
+        if name in _HEALTH_KEYS:
+            raise ValueError(f"health view name {name!r} is taken by /healthz itself")
+        self._views[name] = view
+
     def on_start(self) -> None:
         """Start consumers and background work. Override in subclasses."""
 
@@ -74,8 +84,15 @@ class Service:
                 results[name] = False
         healthy = all(results.values())
         response.status_code = 200 if healthy else 503
-        return {"status": "ok" if healthy else "degraded", "service": self.name, "checks": results,
-                "uptime_s": round(time.time() - self._started_at, 3)}
+        body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "service": self.name, "checks": results,
+                                "uptime_s": round(time.time() - self._started_at, 3)}
+        for name, view in self._views.items():
+            try:
+                body[name] = dict(view())
+            except Exception:  # a broken view loses its section, never the health answer
+                log.exception("health view %s raised", name)
+                body[name] = {"error": "unavailable"}
+        return body
 
     def _metrics(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

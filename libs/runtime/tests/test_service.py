@@ -42,9 +42,13 @@ def test_health_and_metrics() -> None:
     svc = Service(ServiceSettings(service_name="probe"))
     state = {"ready": True}
     svc.add_health_check("dependency", lambda: state["ready"])
+    svc.add_health_view("queue", lambda: {"depth": 3})
+    with pytest.raises(ValueError, match="taken"):
+        svc.add_health_view("status", dict)
     with TestClient(svc.app) as client:
         ok = client.get("/healthz")
         assert ok.status_code == 200 and ok.json()["checks"] == {"dependency": True}
+        assert ok.json()["queue"] == {"depth": 3}
         state["ready"] = False
         assert client.get("/healthz").status_code == 503
         metrics = client.get("/metrics").text

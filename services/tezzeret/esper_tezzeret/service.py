@@ -15,8 +15,8 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper_oona import Bus, Subscription, connect
-from esper_runtime import Service, ServiceSettings, load_settings
+from esper_contracts import CompilationJob
+from esper_runtime import JobHandler, JobService, JobSettings, load_settings
 from esper_urza_client import UrzaClient
 
 from .worker import CompileWorker, JobOutcome
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 JOBS_TOPIC = "compilation.jobs"
 
 
-class TezzeretSettings(ServiceSettings):
+class TezzeretSettings(JobSettings):
     """Tezzeret's settings (``ESPER_*`` environment variables override the YAML file)."""
 
     service_name: str = "tezzeret"
@@ -35,24 +35,25 @@ class TezzeretSettings(ServiceSettings):
     hardware: str = Field(default="cpu", pattern=r"^[a-z0-9_]+$",
                           description="the hardware target this pool compiles for (jobs for others are skipped)")
     device: Literal["cpu", "cuda"] = "cpu"
-    subscription: str | None = Field(default=None, description="default: tezzeret-<hardware>")
-    max_redeliveries: int = Field(default=5, ge=0, description="redeliveries of a job whose handler raised")
-    nack_delay_ms: int = Field(default=2000, ge=0)
     compile_threads: int = Field(default=1, ge=1, description="Inductor's parallel compile workers")
     urza_timeout_s: float = Field(default=60.0, gt=0)
 
+    def subscription_name(self) -> str:
+        """``subscription`` when set, else ``tezzeret-<hardware>``: each hardware target is its own pool."""
+        return self.subscription or f"tezzeret-{self.hardware}"
 
-class TezzeretService(Service):
+
+class TezzeretService(JobService[CompilationJob, JobOutcome]):
     """Compilation forge: BlueprintIR -> compiled kernel artifacts stored in Urza."""
 
-    _bus: Bus | None
     description = "Compiles BlueprintIRs into kernel artifacts (torch.export, AOTInductor) and stores them in Urza."
+    jobs_topic = JOBS_TOPIC
+    settings: TezzeretSettings
 
     def __init__(self, settings: TezzeretSettings) -> None:
         # Inductor reads this when it is first imported; one compile worker per process keeps replicas predictable.
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(settings.compile_threads))
         super().__init__(settings)
-        self.tz = settings
         self.urza = UrzaClient(settings.urza_url, token=settings.urza_token, timeout_s=settings.urza_timeout_s)
         self.jobs = Counter("esper_tezzeret_jobs", "Compilation jobs handled, by outcome", ["outcome", "pipeline"],
                             registry=self.registry)
@@ -60,35 +61,28 @@ class TezzeretService(Service):
                                          ["pipeline"], registry=self.registry,
                                          buckets=(0.5, 1, 2, 5, 10, 20, 40, 60, 120, 300, 600, 1800))
         self.worker: CompileWorker | None = None
-        self._subscription: Subscription | None = None
-        self.add_health_check("consuming", lambda: self._subscription is not None and not self._subscription.closed)
 
-    @property
-    def bus(self) -> Bus:
-        """The bus, with a receive queue of one: a busy worker must not sit on jobs others could compile."""
-        if self._bus is None:
-            self._bus = connect(self.settings.bus_url, producer_name=self.name, receiver_queue_size=1,
-                                max_redeliveries=self.tz.max_redeliveries, nack_delay_ms=self.tz.nack_delay_ms)
-        return self._bus
+    def job_handler(self) -> JobHandler[CompilationJob, JobOutcome]:
+        """One compile worker for the settings' hardware target."""
+        self.worker = CompileWorker(self.bus, self.urza, hardware=self.settings.hardware, device=self.settings.device)
+        return self.worker.process
 
-    def _observe(self, outcome: JobOutcome, pipeline: str) -> None:
+    def observe(self, job: CompilationJob, outcome: JobOutcome) -> None:
+        """Count the job by outcome and pipeline; record the compile time."""
+        pipeline = job.pipeline.value
         self.jobs.labels(outcome.outcome, pipeline).inc()
         if outcome.compile_time_s is not None:
             self.compile_seconds.labels(pipeline).observe(outcome.compile_time_s)
 
     def on_start(self) -> None:
-        """Subscribe the worker to its hardware target's subscription."""
-        self.worker = CompileWorker(self.bus, self.urza, hardware=self.tz.hardware, device=self.tz.device,
-                                    observe=self._observe)
-        name = self.tz.subscription or f"tezzeret-{self.tz.hardware}"
-        self._subscription = self.bus.subscribe(JOBS_TOPIC, name, self.worker.handle, initial_position="earliest")
-        log.info("tezzeret ready", extra={"subscription": name, "hardware": self.tz.hardware,
-                                          "urza_url": self.tz.urza_url})
+        """Take jobs on the hardware target's subscription."""
+        super().on_start()
+        log.info("tezzeret ready", extra={"subscription": self.settings.subscription_name(),
+                                          "hardware": self.settings.hardware, "urza_url": self.settings.urza_url})
 
     def on_stop(self) -> None:
         """Stop taking jobs (one in flight gets the shutdown timeout, else it is redelivered) and close Urza."""
-        if self._subscription is not None:
-            self._subscription.close(self.tz.shutdown_timeout_s)
+        super().on_stop()
         self.urza.close()
 
 

@@ -15,10 +15,11 @@ per id:
 4. A compile that keeps failing is reported FAILED with the compiler's message, and the job is
    acknowledged: it is not retried forever.
 
-The job is acknowledged only when the handler returns, i.e. after the bytes are stored and the result
-is flushed to the bus. A worker killed at any point before that leaves the job unacknowledged, and the
-broker hands it to the next worker, which resumes at step 1 or 2. Infrastructure errors (Urza down)
-raise, so the bus redelivers the job later and dead-letters it after its redelivery limit.
+:meth:`CompileWorker.process` is the handler of the service's job worker (``esper_runtime.JobWorker``),
+which acknowledges the job only after it returns and the results are flushed to the bus, i.e. after the
+bytes are stored and the result is on the broker. A worker killed at any point before that leaves the job
+unacknowledged, and the broker hands it to the next worker, which resumes at step 1 or 2. Infrastructure
+errors (Urza down) raise, so the bus redelivers the job later and dead-letters it after its redelivery limit.
 """
 
 from __future__ import annotations
@@ -64,26 +65,19 @@ class CompileWorker:
     """Handles ``compilation.jobs`` for one hardware target; publish results on ``compilation.results``."""
 
     def __init__(self, bus: Bus, urza: UrzaClient, *, hardware: str, device: str = "cpu",
-                 compiler: Compiler = compile_artifact,
-                 observe: Callable[[JobOutcome, str], None] | None = None) -> None:
+                 compiler: Compiler = compile_artifact) -> None:
         self.bus = bus
         self.urza = urza
         self.hardware = hardware
         self.device = device
         self.compiler = compiler
-        self.observe = observe
-        self.outcomes: list[JobOutcome] = []
-
-    def handle(self, envelope: Envelope[Any]) -> None:
-        """Bus handler: returning acknowledges the job, raising asks for redelivery."""
-        job: CompilationJob = envelope.payload
-        outcome = self.process(job, envelope)
-        self.outcomes.append(outcome)
-        if self.observe is not None:
-            self.observe(outcome, job.pipeline.value)
 
     def process(self, job: CompilationJob, parent: Envelope[Any] | None = None) -> JobOutcome:
-        """Run steps 1-4 of the module docstring for ``job``."""
+        """Run steps 1-4 of the module docstring for ``job`` (``parent``: the job's envelope, for tracing).
+
+        Returning means the job is done (the job worker then flushes the results and acknowledges it);
+        raising hands it back for redelivery.
+        """
         if job.hardware != self.hardware:
             # Another pool's job: each hardware target has its own subscription, so acknowledging it here
             # takes nothing away from the pool that compiles for that target.
@@ -109,7 +103,7 @@ class CompileWorker:
             self._publish(self._result(job, aid, S.COMPILED, sha256=stored), parent)
             return JobOutcome(aid, "adopted", S.COMPILED)
 
-        self._publish(self._result(job, aid, S.COMPILING), parent, flush=False)
+        self._publish(self._result(job, aid, S.COMPILING), parent)
         output, error, attempts = self._compile(job, ctx)
         if output is None:
             log.error("compile failed; reporting FAILED", extra={**ctx, "attempts": attempts, "error": error[:500]})
@@ -160,7 +154,5 @@ class CompileWorker:
             error=error[-_MAX_ERROR:] if error else None,
         )
 
-    def _publish(self, result: CompiledKernelArtifact, parent: Envelope[Any] | None, flush: bool = True) -> None:
+    def _publish(self, result: CompiledKernelArtifact, parent: Envelope[Any] | None) -> None:
         self.bus.publish(RESULTS_TOPIC, result, key=result.artifact_id, parent=parent)
-        if flush:
-            self.bus.flush()  # the job is acknowledged after this returns: the result must be on the broker

@@ -14,8 +14,10 @@ from esper_contracts import CompilationJob, CompilationPipeline, KernelStatus
 from esper_kernels import load_compiled, open_kernel_artifact, reference_module
 from esper_oona import Bus
 from esper_oona.testing import wait_for
+from esper_runtime import JobWorker
 from esper_tezzeret.pipelines import CompiledOutput, CompileError, compile_artifact, plan_artifact_id
-from esper_tezzeret.worker import FINISHED, CompileWorker
+from esper_tezzeret.service import JOBS_TOPIC
+from esper_tezzeret.worker import FINISHED, CompileWorker, JobOutcome
 from esper_urza_client import UrzaClient, UrzaError
 
 S = KernelStatus
@@ -34,11 +36,18 @@ def never(*_args: Any) -> CompiledOutput:
     raise AssertionError("the compiler must not run for this job")
 
 
+def serve(bus: Bus, worker: CompileWorker) -> list[JobOutcome]:
+    """Put ``worker`` behind a job worker on the 'cpu' pool's subscription, as the service does; its outcomes."""
+    outcomes: list[JobOutcome] = []
+    JobWorker(bus, JOBS_TOPIC, "tezzeret-cpu", worker.process,
+              observe=lambda _job, outcome: outcomes.append(outcome)).start()
+    return outcomes
+
+
 def test_a_submitted_blueprint_is_compiled_stored_and_reported(bus: Bus, urza: UrzaClient, kit: Any,
                                                                collect: Callable[..., Any]) -> None:
     results = collect("compilation.results")
-    worker = CompileWorker(bus, urza, hardware="cpu")
-    bus.subscribe("compilation.jobs", "tezzeret-cpu", worker.handle, initial_position="earliest")
+    outcomes = serve(bus, CompileWorker(bus, urza, hardware="cpu"))
     ir = kit.blueprint(16)
     record = urza.submit_blueprint(ir)  # Urza queues one fast job for 'cpu'; the worker takes it from the bus
     kit.wait_until(lambda: [a.status for a in urza.blueprint(record.blueprint_id).artifacts] == [S.COMPILED],
@@ -52,7 +61,7 @@ def test_a_submitted_blueprint_is_compiled_stored_and_reported(bus: Bus, urza: U
     x = torch.randn(5, 16)
     assert torch.allclose(kernel(x), reference(x), atol=1e-6)
     assert [r.status for r in results.payloads] == [S.COMPILING, S.COMPILED]
-    assert [o.outcome for o in worker.outcomes] == ["compiled"]
+    assert [o.outcome for o in outcomes] == ["compiled"]
 
 
 def test_the_artifact_id_is_known_before_compiling_and_the_same_everywhere(kit: Any) -> None:
@@ -147,12 +156,11 @@ def test_a_handler_that_dies_mid_job_gets_the_job_again(bus: Bus, urza: UrzaClie
             raise RuntimeError("worker lost mid-compile")  # not a CompileError: the handler raises, no ack
         return compile_artifact(*args)
 
-    worker = CompileWorker(bus, urza, hardware="cpu", compiler=dies_once)
-    bus.subscribe("compilation.jobs", "tezzeret-cpu", worker.handle, initial_position="earliest")
+    outcomes = serve(bus, CompileWorker(bus, urza, hardware="cpu", compiler=dies_once))
     record = urza.submit_blueprint(kit.blueprint(16))
     kit.wait_until(lambda: [a.status for a in urza.blueprint(record.blueprint_id).artifacts] == [S.COMPILED],
                    what="the redelivered job to complete")
-    assert died and [o.outcome for o in worker.outcomes] == ["compiled"]
+    assert died and [o.outcome for o in outcomes] == ["compiled"]
 
 
 def test_jobs_for_other_hardware_are_left_to_their_pool(bus: Bus, urza: UrzaClient, kit: Any) -> None:

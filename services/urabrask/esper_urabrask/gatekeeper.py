@@ -2,7 +2,7 @@
 
 Checks, in order (the first failure is the rejection reason):
 
-1. the blob matches the sha256 Urza recorded, and loads with ``esper.blueprints.compiled.load_compiled``
+1. the blob matches the sha256 Urza recorded, and loads with ``esper_kernels.load_compiled``
    (eager artifacts: the interpreter) — the same code path as a LOADING seed;
 2. it runs on the traced shape and on other sizes of every dynamic axis, without raising;
 3. the outputs have the interface's shape and are finite;

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper_oona import Bus, Subscription, connect
-from esper_runtime import Service, ServiceSettings, load_settings
+from esper_contracts import ValidationJob
+from esper_runtime import JobHandler, JobService, JobSettings, load_settings
 from esper_urza_client import UrzaClient, UrzaError
 
 from .characterizer import Characterizer
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 JOBS_TOPIC = "validation.jobs"
 
 
-class UrabraskSettings(ServiceSettings):
+class UrabraskSettings(JobSettings):
     """Urabrask's settings (``ESPER_*`` environment variables override the YAML file)."""
 
     service_name: str = "urabrask"
@@ -35,25 +35,26 @@ class UrabraskSettings(ServiceSettings):
     urza_token: str | None = Field(default=None, description="bearer token with read access to Urza")
     hardware: str = Field(default="cpu", pattern=r"^[a-z0-9_]+$", description="the hardware target measured here")
     device: Literal["cpu", "cuda"] = "cpu"
-    subscription: str | None = Field(default=None, description="default: urabrask-<hardware>")
-    max_redeliveries: int = Field(default=5, ge=0)
-    nack_delay_ms: int = Field(default=2000, ge=0)
     sandbox: bool = Field(default=True, description="measure in a child process (a crashing kernel is rejected)")
     sandbox_timeout_s: float = Field(default=600.0, gt=0)
     min_population: int = Field(default=20, ge=1, description="kernels per hardware before percentile tags")
     target_cv: float = Field(default=0.02, gt=0, description="the profiler stops once rounds agree this well")
     budget_s: float = Field(default=8.0, gt=0, description="time limit of one kernel's timing loop")
 
+    def subscription_name(self) -> str:
+        """``subscription`` when set, else ``urabrask-<hardware>``: each hardware target is its own pool."""
+        return self.subscription or f"urabrask-{self.hardware}"
 
-class UrabraskService(Service):
+
+class UrabraskService(JobService[ValidationJob, ValidationOutcome]):
     """Characterization engine: gatekeeper, profiler and tags for every compiled artifact."""
 
-    _bus: Bus | None
     description = "Validates, benchmarks and tags compiled kernel artifacts on the hardware they will run on."
+    jobs_topic = JOBS_TOPIC
+    settings: UrabraskSettings
 
     def __init__(self, settings: UrabraskSettings) -> None:
         super().__init__(settings)
-        self.ub = settings
         self.urza = UrzaClient(settings.urza_url, token=settings.urza_token)
         self.sandbox = KernelSandbox(isolated=settings.sandbox, timeout_s=settings.sandbox_timeout_s)
         self.characterizer = Characterizer(min_population=settings.min_population)
@@ -62,42 +63,36 @@ class UrabraskService(Service):
         self.latency = Histogram("esper_urabrask_latency_ms", "Measured p50 latency of validated kernels",
                                  registry=self.registry, buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100))
         self.worker: ValidateWorker | None = None
-        self._subscription: Subscription | None = None
-        self.add_health_check("consuming", lambda: self._subscription is not None and not self._subscription.closed)
+        self.seeded = 0  # validated kernels read back from Urza at start
 
-    @property
-    def bus(self) -> Bus:
-        """The bus, with a receive queue of one: a busy worker must not sit on jobs others could take."""
-        if self._bus is None:
-            self._bus = connect(self.settings.bus_url, producer_name=self.name, receiver_queue_size=1,
-                                max_redeliveries=self.ub.max_redeliveries, nack_delay_ms=self.ub.nack_delay_ms)
-        return self._bus
+    def job_handler(self) -> JobHandler[ValidationJob, ValidationOutcome]:
+        """A validation worker whose distributions are seeded from Urza's earlier reports (when reachable)."""
+        s = self.settings
+        profile = ProfileSettings(target_cv=s.target_cv, budget_s=s.budget_s)
+        self.worker = ValidateWorker(self.bus, self.urza, hardware=s.hardware, device=s.device,
+                                     sandbox=self.sandbox, characterizer=self.characterizer, profile=profile)
+        try:
+            self.seeded = self.worker.seed_population()
+        except UrzaError as exc:  # Urza may start after us: tags fall back to rules until the population regrows
+            log.warning("could not read earlier reports from Urza: %s", exc)
+            self.seeded = 0
+        return self.worker.process
 
-    def _observe(self, outcome: ValidationOutcome) -> None:
+    def observe(self, job: ValidationJob, outcome: ValidationOutcome) -> None:
+        """Count the verdict; record the latency of a validated kernel."""
         self.verdicts.labels(outcome.outcome).inc()
         if outcome.report is not None and outcome.report.passed:
             self.latency.observe(outcome.report.latency_ms_p50)
 
     def on_start(self) -> None:
-        """Seed the distributions from Urza (when reachable) and subscribe."""
-        s = self.ub
-        profile = ProfileSettings(target_cv=s.target_cv, budget_s=s.budget_s)
-        self.worker = ValidateWorker(self.bus, self.urza, hardware=s.hardware, device=s.device,
-                                     sandbox=self.sandbox, characterizer=self.characterizer, profile=profile,
-                                     observe=self._observe)
-        try:
-            seeded = self.worker.seed_population()
-        except UrzaError as exc:  # Urza may start after us: tags fall back to rules until the population regrows
-            log.warning("could not read earlier reports from Urza: %s", exc)
-            seeded = 0
-        name = s.subscription or f"urabrask-{s.hardware}"
-        self._subscription = self.bus.subscribe(JOBS_TOPIC, name, self.worker.handle, initial_position="earliest")
-        log.info("urabrask ready", extra={"subscription": name, "hardware": s.hardware, "population": seeded})
+        """Seed the distributions from Urza (when reachable) and take jobs."""
+        super().on_start()
+        log.info("urabrask ready", extra={"subscription": self.settings.subscription_name(),
+                                          "hardware": self.settings.hardware, "population": self.seeded})
 
     def on_stop(self) -> None:
         """Stop taking jobs, stop the sandbox, close the Urza client."""
-        if self._subscription is not None:
-            self._subscription.close(self.ub.shutdown_timeout_s)
+        super().on_stop()
         self.sandbox.close()
         self.urza.close()
 

@@ -3,15 +3,15 @@
 For each job: fetch the artifact's record and bytes from Urza (sha256-checked against the record), run
 the gauntlet in the sandbox (gatekeeper, then profiler), tag the result against this hardware's
 population, and publish the report on ``validation.reports`` — Urza marks the artifact VALIDATED or
-REJECTED. The job is acknowledged after the report is flushed to the broker; a worker killed earlier
-leaves it to be redelivered. A repeat of a job whose artifact is already VALIDATED or REJECTED is
-acknowledged without measuring again.
+REJECTED. :meth:`ValidateWorker.process` is the handler of the service's job worker
+(``esper_runtime.JobWorker``), which acknowledges the job after the report is flushed to the broker; a
+worker killed earlier leaves it to be redelivered. A repeat of a job whose artifact is already VALIDATED
+or REJECTED is acknowledged without measuring again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +53,7 @@ class ValidateWorker:
 
     def __init__(self, bus: Bus, urza: UrzaClient, *, hardware: str, device: str = "cpu",
                  sandbox: KernelSandbox | None = None, characterizer: Characterizer | None = None,
-                 profile: ProfileSettings | None = None,
-                 observe: Callable[[ValidationOutcome], None] | None = None) -> None:
+                 profile: ProfileSettings | None = None) -> None:
         self.bus = bus
         self.urza = urza
         self.hardware = hardware
@@ -62,8 +61,6 @@ class ValidateWorker:
         self.sandbox = sandbox or KernelSandbox()
         self.characterizer = characterizer or Characterizer()
         self.profile = profile or ProfileSettings()
-        self.observe = observe
-        self.outcomes: list[ValidationOutcome] = []
 
     def seed_population(self, limit: int = 1000) -> int:
         """Rebuild this hardware's distributions from the reports Urza holds; returns how many were read."""
@@ -78,15 +75,12 @@ class ValidateWorker:
                 n += 1
         return n
 
-    def handle(self, envelope: Envelope[Any]) -> None:
-        """Bus handler: returning acknowledges the job, raising asks for redelivery."""
-        outcome = self.process(envelope.payload, envelope)
-        self.outcomes.append(outcome)
-        if self.observe is not None:
-            self.observe(outcome)
-
     def process(self, job: ValidationJob, parent: Envelope[Any] | None = None) -> ValidationOutcome:
-        """Validate one artifact and publish its report."""
+        """Validate one artifact and publish its report (``parent``: the job's envelope, for tracing).
+
+        Returning means the job is done (the job worker then flushes the report and acknowledges it);
+        raising hands it back for redelivery.
+        """
         ctx = {"job_id": job.job_id, "artifact_id": job.artifact_id}
         if job.hardware != self.hardware:
             log.info("job for other hardware skipped", extra={**ctx, "hardware": job.hardware})
@@ -102,7 +96,6 @@ class ValidateWorker:
             return ValidationOutcome(job.artifact_id, "repeat")
         report = self._judge(art, job)
         self.bus.publish(REPORTS_TOPIC, report, key=report.artifact_id, parent=parent)
-        self.bus.flush()  # acknowledged only once the report is on the broker
         log.info("artifact validated" if report.passed else "artifact rejected",
                  extra={**ctx, "tags": report.tags, "reason": report.rejection_reason,
                         "latency_ms_p50": round(report.latency_ms_p50, 4), "cv": round(report.measurement_cv, 4)})

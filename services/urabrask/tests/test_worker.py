@@ -10,8 +10,10 @@ import pytest
 
 from esper_contracts import KernelQuery, KernelStatus, OpType, ValidationJob
 from esper_oona import Bus
+from esper_runtime import JobWorker
 from esper_urabrask.characterizer import Characterizer
 from esper_urabrask.sandbox import KernelSandbox, SandboxCrash
+from esper_urabrask.service import JOBS_TOPIC
 from esper_urabrask.worker import ValidateWorker
 from esper_urza_client import UrzaClient
 
@@ -23,9 +25,13 @@ def worker(bus: Bus, urza: UrzaClient, kit: Any, **kw: Any) -> ValidateWorker:
     return ValidateWorker(bus, urza, hardware="cpu", profile=kit.quick, **kw)
 
 
+def serve(bus: Bus, w: ValidateWorker) -> None:
+    """Put ``w`` behind a job worker on the 'cpu' pool's subscription, as the service does."""
+    JobWorker(bus, JOBS_TOPIC, "urabrask-cpu", w.process).start()
+
+
 def test_a_compiled_artifact_is_validated_tagged_and_found_by_its_tags(bus: Bus, urza: UrzaClient, kit: Any) -> None:
-    w = worker(bus, urza, kit)
-    bus.subscribe("validation.jobs", "urabrask-cpu", w.handle, initial_position="earliest")
+    serve(bus, worker(bus, urza, kit))
     ir = kit.blueprint(16)
     aid, blob, sha = kit.compiled(ir)
     kit.store(urza, ir, aid, blob, sha)  # Urza queues the ValidationJob
@@ -43,8 +49,7 @@ def test_a_compiled_artifact_is_validated_tagged_and_found_by_its_tags(bus: Bus,
 
 def test_a_kernel_that_strays_from_its_reference_is_rejected_with_the_reason(
         bus: Bus, urza: UrzaClient, kit: Any) -> None:
-    w = worker(bus, urza, kit)
-    bus.subscribe("validation.jobs", "urabrask-cpu", w.handle, initial_position="earliest")
+    serve(bus, worker(bus, urza, kit))
     ir = kit.blueprint(16)
     aid, blob, _sha = kit.compiled(ir)
     _aid, other, _ = kit.compiled(kit.variant(ir, "act1", OpType.GELU))

@@ -238,7 +238,7 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
 
     With ``platform``, seeds run compiled kernels from its Urza (prepared first); otherwise eager ones.
     """
-    from .report import write_report
+    from esper.report import write_report
 
     config = demo_config(task)
     if epochs is not None:

@@ -1,4 +1,5 @@
-"""One YAML file configures a whole run: ``tolaria`` (the loop), ``kasmina`` (the seeds), ``tamiyo`` (the policy).
+"""One YAML file configures a whole run: ``tolaria`` (the loop and the task), ``kasmina`` (the seeds), ``tamiyo``
+(the policy), ``model`` (the host, by import path) and ``platform`` (where the distributed platform runs, if it does).
 
 Every section is a pydantic model that forbids unknown keys, so a typo is an error that names the
 key's full path (``tolaria.lerning_rate``) rather than a silently ignored option. Omitted sections
@@ -49,8 +50,30 @@ class TolariaConfig(BaseModel):
     run_id: str | None = Field(default=None, description="Default: a fresh timestamped id")
     seed: int = Field(default=0, description="torch's global seed at the start of training")
     device: str = "cpu"
+    task: str | None = Field(
+        default=None, description="What to train on when the trainer is given no data: a built-in task "
+        "(spirals) or 'package.module:factory' returning an esper.tasks.TaskData")
     progress_bar: bool | None = Field(default=None, description="None: only on an interactive terminal, not in CI")
     log_lines: bool = Field(default=True, description="Print one line per epoch and per lifecycle transition")
+
+
+class PlatformConfig(BaseModel):
+    """Where the distributed platform runs. Present in a run config, the trainer joins it instead of starting one.
+
+    Credentials never sit in the file: ``urza_token_env`` names the environment variable that holds Urza's
+    bearer token (a Kubernetes Secret or a compose env_file sets it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    bus_url: str = Field(pattern=r"^(pulsar|pulsar\+ssl|memory)://", description="The Oona bus (Pulsar in production)")
+    urza_url: str = Field(pattern=r"^https?://", description="Urza's REST API, where Kasmina fetches kernels")
+    coordinator_url: str = Field(pattern=r"^https?://", description="The Narset coordinator's REST API")
+    topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates one platform's runs)")
+    urza_token_env: str | None = Field(default="ESPER_URZA_TOKEN",
+                                       description="Environment variable holding Urza's token (unset: no token)")
+    connect_timeout_s: float = Field(default=30.0, gt=0.0, description="Give up joining the platform after this")
+    decision_timeout_s: float = Field(default=30.0, gt=0.0, description="Wait this long for Tamiyo's answer")
 
 
 class EsperConfig(BaseModel):
@@ -58,9 +81,15 @@ class EsperConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(
+        default=None, description="'package.module:factory' building the host from the task (factory(task) -> "
+        "nn.Module); default: a small MLP sized to the task")
     tolaria: TolariaConfig = Field(default_factory=TolariaConfig)
     kasmina: KasminaConfig = Field(default_factory=KasminaConfig)
     tamiyo: TamiyoConfig = Field(default_factory=TamiyoConfig)
+    platform: PlatformConfig | None = Field(
+        default=None, description="Join a running platform (bus, Urza, Narset coordinator, Tamiyo service); "
+        "absent: the embedded standalone platform runs in process")
 
 
 def _describe(err: ValidationError, source: str) -> str:

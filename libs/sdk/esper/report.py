@@ -3,6 +3,11 @@
 Three panels share the epoch axis: validation accuracy (with the host trained alone for comparison,
 germinations and outcomes marked), the lifecycle of every adaptation as coloured stage bars, and the
 parameter count over time.
+
+The charts need matplotlib, the SDK's optional ``report`` extra (``pip install 'esper-sdk[report]'``; the
+recipes and the development environment have it). It is imported only when a report is written, so
+``import esper`` never loads it; without it the page holds the tables alone and says how to get the charts
+(the trainer image ships without it).
 """
 
 from __future__ import annotations
@@ -11,17 +16,13 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from .lineage import Lineage
+from .tolaria import TrainingHistory
 
-matplotlib.use("Agg")  # files only, never a window
-
-import matplotlib.pyplot as plt
-from matplotlib.patches import Patch
-
-from esper.lineage import Lineage
-from esper.tolaria import TrainingHistory
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 STAGE_COLOURS = {
     "GERMINATED": "#c7e9c0",
@@ -40,6 +41,13 @@ OUTCOME_MARKERS = {"FOSSILIZED": ("*", "#252525"), "CULLED": ("X", "#d7301f"), "
                    "CANCELLED": ("o", "#969696")}
 
 
+def charts_available() -> bool:
+    """Whether matplotlib (the ``report`` extra) is installed, so reports get their charts."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _series(history: TrainingHistory, key: str) -> tuple[list[int], list[float]]:
     epochs = [int(e["epoch"]) for e in history.epochs]
     return epochs, [float(e[key]) for e in history.epochs]
@@ -47,7 +55,13 @@ def _series(history: TrainingHistory, key: str) -> tuple[list[int], list[float]]
 
 def plot_run(history: TrainingHistory, lineage: Lineage, *, title: str,
              baseline: TrainingHistory | None = None) -> plt.Figure:
-    """The three-panel figure of one run."""
+    """The three-panel figure of one run (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     adaptations = lineage.germinations
     fig, (ax_acc, ax_life, ax_par) = plt.subplots(
         3, 1, figsize=(11, 9.5), sharex=True,
@@ -118,6 +132,8 @@ def plot_run(history: TrainingHistory, lineage: Lineage, *, title: str,
 
 
 def _png(fig: plt.Figure) -> bytes:
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
@@ -136,14 +152,20 @@ def _fmt(value: Any) -> str:
 
 def write_report(out: Path, *, task: str, history: TrainingHistory, lineage: Lineage | None,
                  summary: dict[str, Any], baseline: TrainingHistory | None = None) -> tuple[Path, Path]:
-    """Write ``report.png`` and ``report.html`` into ``out``; returns both paths."""
+    """Write ``report.png`` (when matplotlib is installed) and ``report.html`` into ``out``; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     lineage = lineage or Lineage(run_id="unknown")
     title = (f"{task}: host alone {summary.get('host_test_accuracy', float('nan')):.3f} → "
              f"Esper {summary.get('esper_test_accuracy', float('nan')):.3f} test accuracy")
-    png = _png(plot_run(history, lineage, title=title, baseline=baseline))
     png_path = out / "report.png"
-    png_path.write_bytes(png)
+    if charts_available():
+        png = _png(plot_run(history, lineage, title=title, baseline=baseline))
+        png_path.write_bytes(png)
+        figure = (f'<img alt="accuracy, lifecycle and parameters over epochs" '
+                  f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    else:
+        figure = ("<p><em>Charts need matplotlib: <code>pip install 'esper-sdk[report]'</code>. "
+                  "The numbers are below and in metrics.jsonl.</em></p>")
 
     adaptations = [[g.seed_id, g.blueprint_name or g.blueprint_id, g.germinated_epoch, g.reason,
                     " → ".join(f"{s['stage'].lower()}@{s['epoch']}" for s in g.stages), g.outcome or "live",
@@ -164,7 +186,7 @@ img {{ max-width: 100%; }}
     ["test accuracy", _fmt(summary.get("host_test_accuracy")), _fmt(summary.get("esper_test_accuracy"))],
     ["parameters", summary.get("host_parameters", ""), summary.get("esper_parameters", "")],
 ])}
-<img alt="accuracy, lifecycle and parameters over epochs" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+{figure}
 <h2>Adaptations</h2>
 {_table(["seed", "blueprint", "germinated", "why", "stages", "outcome", "val acc before", "val acc after"],
         adaptations) if adaptations else "<p>No germination.</p>"}

@@ -55,8 +55,8 @@ def topics() -> None:
     for column in ("payload", "producers", "consumers", "ordered"):
         table.add_column(column)
     for spec in TOPICS.values():
-        table.add_row(spec.name, spec.payload.__name__, ", ".join(spec.producers), ", ".join(spec.consumers),
-                      "by key" if spec.ordered_by_key else "")
+        table.add_row(spec.name, spec.payload.__name__, ", ".join(map(spec.label, spec.producers)),
+                      ", ".join(map(spec.label, spec.consumers)), "by key" if spec.ordered_by_key else "")
     console.print(table)
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from rich.console import Console
 from typer.testing import CliRunner
 
-from esper_runtime import Service, ServiceSettings, SettingsFileError, load_settings
+from esper_contracts import TOPICS, Topic
+from esper_runtime import Service, ServiceSettings, SettingsFileError, cli, load_settings
 from esper_runtime.cli import app
 from esper_runtime.logs import JsonFormatter
 
@@ -74,11 +76,22 @@ def test_json_log_line_carries_extras() -> None:
     assert line["ts"].endswith("+00:00")
 
 
-def test_cli_topics_and_unknown_service() -> None:
-    runner = CliRunner()
-    out = runner.invoke(app, ["topics"], terminal_width=200)
-    assert out.exit_code == 0 and "control.kasmina.commands" in out.output
-    bad = runner.invoke(app, ["serve", "nonexistent"])
+def test_cli_topics_prints_the_whole_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "console", Console(width=400))  # one line per topic
+    out = CliRunner().invoke(app, ["topics"])
+    assert out.exit_code == 0
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("│") for line in out.output.splitlines() if line.startswith("│"))}
+    assert set(rows) == set(TOPICS)
+    for name, spec in TOPICS.items():
+        assert rows[name] == [spec.payload.__name__, ", ".join(map(spec.label, spec.producers)),
+                              ", ".join(map(spec.label, spec.consumers)), "by key" if spec.ordered_by_key else ""]
+    assert rows[Topic.IMPORTANCE][1:3] == ["elesh (planned)", "emrakul (planned)"]
+    assert rows[Topic.COMPILATION_JOBS][1:3] == ["urza", "tezzeret"]
+
+
+def test_cli_unknown_service() -> None:
+    bad = CliRunner().invoke(app, ["serve", "nonexistent"])
     assert bad.exit_code == 2 and "unknown service" in bad.output
 
 

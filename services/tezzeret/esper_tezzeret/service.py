@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
+from esper_contracts import Topic
 from esper_oona import Bus, Subscription, connect
 from esper_runtime import Service, ServiceSettings, load_settings
 from esper_urza_client import UrzaClient
@@ -22,9 +23,6 @@ from esper_urza_client import UrzaClient
 from .worker import CompileWorker, JobOutcome
 
 log = logging.getLogger(__name__)
-
-JOBS_TOPIC = "compilation.jobs"
-
 
 class TezzeretSettings(ServiceSettings):
     """Tezzeret's settings (``ESPER_*`` environment variables override the YAML file)."""
@@ -81,7 +79,8 @@ class TezzeretService(Service):
         self.worker = CompileWorker(self.bus, self.urza, hardware=self.tz.hardware, device=self.tz.device,
                                     observe=self._observe)
         name = self.tz.subscription or f"tezzeret-{self.tz.hardware}"
-        self._subscription = self.bus.subscribe(JOBS_TOPIC, name, self.worker.handle, initial_position="earliest")
+        self._subscription = self.bus.subscribe(Topic.COMPILATION_JOBS, name, self.worker.handle,
+                                                initial_position="earliest")
         log.info("tezzeret ready", extra={"subscription": name, "hardware": self.tz.hardware,
                                           "urza_url": self.tz.urza_url})
 

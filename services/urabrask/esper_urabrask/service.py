@@ -13,6 +13,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
+from esper_contracts import Topic
 from esper_oona import Bus, Subscription, connect
 from esper_runtime import Service, ServiceSettings, load_settings
 from esper_urza_client import UrzaClient, UrzaError
@@ -23,9 +24,6 @@ from .sandbox import KernelSandbox
 from .worker import ValidateWorker, ValidationOutcome
 
 log = logging.getLogger(__name__)
-
-JOBS_TOPIC = "validation.jobs"
-
 
 class UrabraskSettings(ServiceSettings):
     """Urabrask's settings (``ESPER_*`` environment variables override the YAML file)."""
@@ -91,7 +89,8 @@ class UrabraskService(Service):
             log.warning("could not read earlier reports from Urza: %s", exc)
             seeded = 0
         name = s.subscription or f"urabrask-{s.hardware}"
-        self._subscription = self.bus.subscribe(JOBS_TOPIC, name, self.worker.handle, initial_position="earliest")
+        self._subscription = self.bus.subscribe(Topic.VALIDATION_JOBS, name, self.worker.handle,
+                                                initial_position="earliest")
         log.info("urabrask ready", extra={"subscription": name, "hardware": s.hardware, "population": seeded})
 
     def on_stop(self) -> None:

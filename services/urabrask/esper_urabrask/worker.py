@@ -20,6 +20,7 @@ from esper_contracts import (
     Envelope,
     KernelQuery,
     KernelStatus,
+    Topic,
     UrabraskValidationReport,
     ValidationJob,
 )
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORTS_TOPIC = "validation.reports"
 DONE = frozenset({KernelStatus.VALIDATED, KernelStatus.REJECTED})
 
 
@@ -101,7 +101,7 @@ class ValidateWorker:
             log.info("artifact already judged", extra={**ctx, "status": art.status.value})
             return ValidationOutcome(job.artifact_id, "repeat")
         report = self._judge(art, job)
-        self.bus.publish(REPORTS_TOPIC, report, key=report.artifact_id, parent=parent)
+        self.bus.publish(Topic.VALIDATION_REPORTS, report, key=report.artifact_id, parent=parent)
         self.bus.flush()  # acknowledged only once the report is on the broker
         log.info("artifact validated" if report.passed else "artifact rejected",
                  extra={**ctx, "tags": report.tags, "reason": report.rejection_reason,

@@ -1,10 +1,11 @@
 """The topic catalogue matches the code: every catalogued speaker speaks, nobody speaks uncatalogued.
 
 The source (contracts/, libs/, services/, recipes/; never tests) is read as syntax trees. A call in
-PUBLISHING or SUBSCRIBING names its topic by a ``Topic`` constant, a catalogue name written out, or a
-module constant bound to one of those. Where the call is decides who speaks: ``services/<name>/`` is
-``<name>``, ``libs/sdk/esper/<part>/`` is ``<part>`` (tolaria, kasmina), another ``libs/<lib>/`` is ``<lib>``.
-A call whose topic cannot be read this way must be one of the RELAYS, which pass on topics named elsewhere.
+PUBLISHING or SUBSCRIBING (or a class attribute in SUBSCRIBING_ATTRIBUTES) names its topic by a ``Topic``
+constant, a catalogue name written out, or a module constant bound to one of those. Where the call is
+decides who speaks: ``services/<name>/`` is ``<name>``, ``libs/sdk/esper/<part>/`` is ``<part>`` (tolaria,
+kasmina), another ``libs/<lib>/`` is ``<lib>``. A call whose topic cannot be read this way must be one of
+the RELAYS, which pass on topics named elsewhere.
 
 Who may be *planned* (catalogued before the code that speaks exists) is written here, one open issue each:
 close the issue and its entries go, so the catalogue cannot promise speakers nobody is building.
@@ -37,6 +38,8 @@ PUBLISHING = {
     "Outgoing": 0,  # Tamiyo's controller returns these; its service publishes them
 }
 SUBSCRIBING = {"subscribe": 0}
+#: Class attributes that name the topic a class consumes (the runtime's job services declare their jobs topic).
+SUBSCRIBING_ATTRIBUTES = {"jobs_topic"}
 
 #: Calls that pass on a topic named elsewhere (where it is named, it is counted), and why that is fine.
 RELAYS = {
@@ -126,6 +129,16 @@ class _Scanner(ast.NodeVisitor):
         if isinstance(node, ast.Name) and node.id in self.constants and node.id not in seen:
             return self.topic(self.constants[node.id], seen | {node.id})
         return None
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        declared = [t for t in node.targets if isinstance(t, ast.Name) and t.id in SUBSCRIBING_ATTRIBUTES]
+        if declared and self.scope:
+            topic = self.topic(node.value)
+            if topic is None:
+                self.relays.append(Relay(f"{self.path}::{'.'.join(self.scope)}", f"{self.path}:{node.lineno}"))
+            else:
+                self.uses.append(Use(topic, "consumes", self.speaker, f"{self.path}:{node.lineno}"))
+        self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -275,6 +288,8 @@ RESULTS: str = "compilation.results"
 
 
 class Worker:
+    jobs_topic = Topic.VALIDATION_JOBS
+
     def start(self, bus, outbox, conn, topic):
         bus.subscribe(JOBS, "w", self.handle)
         bus.publish(RESULTS, result)
@@ -290,6 +305,7 @@ class Worker:
 def test_the_scanner_reads_every_way_a_topic_is_named() -> None:
     uses, relays = scan(Path("services/tezzeret/esper_tezzeret/worker.py"), SAMPLE)
     assert [(u.topic, u.role) for u in uses] == [
+        ("validation.jobs", "consumes"),
         ("compilation.jobs", "consumes"),
         ("compilation.results", "produces"),
         ("innovation.field_reports", "produces"),

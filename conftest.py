@@ -50,11 +50,11 @@ _infra_module: ModuleType | None = None
 
 
 def _infra() -> ModuleType:
-    """Load ``esper_runtime/infra.py`` by path: stdlib only, so this works even when the
-    ``esper_runtime`` package (or one of its dependencies) is not importable."""
+    """Load ``esper_devtools/infra.py`` by path: stdlib only, so this works even when the
+    ``esper_devtools`` package (or one of its dependencies) is not importable."""
     global _infra_module
     if _infra_module is None:
-        path = _ROOT / "libs" / "runtime" / "esper_runtime" / "infra.py"
+        path = _ROOT / "libs" / "devtools" / "esper_devtools" / "infra.py"
         spec = importlib.util.spec_from_file_location("_esper_conftest_infra", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

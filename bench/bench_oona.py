@@ -17,8 +17,8 @@ rounds of oona / raw (the pooled ratio is printed too). Latency is measured sepa
 rate (queueing in a flat-out run measures the backlog, not the bus): publish time is the envelope
 timestamp, arrival is when the handler runs.
 
-The broker is reused when one answers (``ESPER_PULSAR_URL`` or the esper_runtime.infra endpoint);
-otherwise it is started through esper_runtime.infra (or infra/pulsar.sh) and stopped afterwards.
+The broker is reused when one answers (``ESPER_PULSAR_URL`` or the esper_devtools.infra endpoint);
+otherwise it is started through esper_devtools.infra (or infra/pulsar.sh) and stopped afterwards.
 The last two lines are ``oona_vs_raw_throughput: <ratio>`` and ``oona_e2e_p99_ms: <ms>``.
 """
 
@@ -250,14 +250,14 @@ def broker() -> tuple[str, Callable[[], None]]:
     if explicit:
         return explicit, lambda: None
     try:
-        from esper_runtime import infra
+        from esper_devtools import infra
     except ImportError:
         infra = None
     if infra is not None:
         url = infra.endpoints()["pulsar_url"]
         if infra.is_running("pulsar") or _answers(url):
             return url, lambda: None
-        console.print(f"[dim]starting Pulsar through esper_runtime.infra for {url} ...[/dim]")
+        console.print(f"[dim]starting Pulsar through esper_devtools.infra for {url} ...[/dim]")
         infra.up(["pulsar"])
         return url, lambda: infra.down(["pulsar"])
     url = f"pulsar://127.0.0.1:{os.environ.get('ESPER_PULSAR_PORT', '16650')}"

@@ -65,6 +65,18 @@ def test_torch_free_services_do_not_pull_torch(package: str) -> None:
     assert "torch" not in _closure(package)
 
 
+@pytest.mark.parametrize("service", SERVICES, ids=lambda p: p.name)
+def test_no_image_ships_the_development_tools(service: Path) -> None:
+    # Each image installs its service's closure (the trainer image is narset-worker's): none holds esper-devtools.
+    assert "esper-devtools" not in _closure(f"esper-{service.name}")
+
+
+def test_development_tools_are_a_workspace_member_that_make_dev_installs() -> None:
+    assert "esper-devtools" in {p["name"] for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    assert "esper-devtools" not in _closure("esper-runtime")
+    assert "--all-packages" in (ROOT / "Makefile").read_text()  # `make dev` syncs every member, devtools too
+
+
 def test_contracts_depend_on_pydantic_alone() -> None:
     assert _closure("esper-contracts") <= {"esper-contracts", "pydantic", "pydantic-core", "annotated-types",
                                            "typing-extensions", "typing-inspection"}

@@ -67,7 +67,7 @@ from .lifecycle import (
     is_legal_transition,
 )
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
-from .topics import TOPICS, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
+from .topics import TOPICS, Topic, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
 
 #: Every contract model, for schema export and conformance tests.
 ALL_MODELS = (
@@ -136,6 +136,7 @@ __all__ = [
     "StrictModel",
     "SystemStatePacket",
     "TensorInterface",
+    "Topic",
     "TopicSpec",
     "UnknownTopicError",
     "UrabraskValidationReport",

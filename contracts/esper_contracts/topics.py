@@ -23,12 +23,44 @@ from .control import (
     ScaffoldRequest,
     StrategicOpportunityProposal,
 )
-from .lifecycle import AdaptationSignal, FieldReport, KasminaControlCommand, SeedTelemetry, SystemStatePacket
+from .lifecycle import AdaptationSignal, FieldReport, SeedTelemetry, SystemStatePacket
+
+
+class Topic:
+    """Every topic's name, written once: code publishes and subscribes with these constants, not literals.
+
+    tests/test_topic_catalogue.py reads the source for them to check that the catalogue below names
+    exactly who publishes and who subscribes each topic.
+    """
+
+    ADAPTATION_SIGNALS = "control.adaptation.signals"
+    SEED_HEALTH = "telemetry.seed.health"
+    SYSTEM_STATE = "telemetry.system.state"
+    HEALTH_SUMMARIES = "telemetry.health.summaries"
+    NARSET_ALLOCATIONS = "telemetry.narset.allocations"
+    FIELD_REPORTS = "innovation.field_reports"
+    COMPILATION_JOBS = "compilation.jobs"
+    COMPILATION_RESULTS = "compilation.results"
+    VALIDATION_JOBS = "validation.jobs"
+    VALIDATION_REPORTS = "validation.reports"
+    POLICY_UPDATES = "control.policy.updates"
+    BUDGET_ALLOCATIONS = "control.budget.allocations"
+    PROPOSALS = "control.proposals"
+    PROPOSAL_DECISIONS = "control.proposals.decisions"
+    SCAFFOLD_REQUESTS = "control.scaffold.requests"
+    PROTECTED_ZONES = "control.protected_zones"
+    IMPORTANCE = "analysis.importance"
+    PRUNING_PLANS = "pruning.plans"
 
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """One topic: its name, payload model, who produces and consumes it, and whether order per key matters."""
+    """One topic: its name, payload model, who produces and consumes it, and whether order per key matters.
+
+    ``planned`` names producers or consumers that do not speak on the topic yet, because the open issue that
+    builds them has not landed (see tests/test_topic_catalogue.py for which ones may be planned); a planned
+    name is planned in every role it has on the topic. Everyone else really publishes or subscribes it.
+    """
 
     name: str
     payload: type[BaseModel]
@@ -36,46 +68,59 @@ class TopicSpec:
     consumers: tuple[str, ...]
     ordered_by_key: bool = False
     description: str = ""
+    planned: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.planned) - set(self.producers) - set(self.consumers)
+        if unknown:
+            raise ValueError(f"{self.name}: planned {sorted(unknown)} are neither producers nor consumers")
+
+    def label(self, service: str) -> str:
+        """``service`` as the catalogue prints it: ``"karn (planned)"`` until it speaks on this topic."""
+        return f"{service} (planned)" if service in self.planned else service
 
 
+# Services in the trainer process: NarsetHost (narset-worker) is Tolaria's controller and speaks for it on
+# the bus; Kasmina takes its commands in process, inside the AdaptationSignal, so they have no topic.
 _SPECS = [
-    TopicSpec("control.kasmina.commands", KasminaControlCommand, ("tamiyo",), ("kasmina", "narset-worker"),
-              ordered_by_key=True, description="Lifecycle commands, keyed by layer to keep each layer's order"),
-    TopicSpec("control.adaptation.signals", AdaptationSignal, ("tamiyo",), ("tolaria",),
-              ordered_by_key=True, description="Answer to each SystemStatePacket, keyed by run"),
-    TopicSpec("telemetry.seed.health", SeedTelemetry, ("kasmina",), ("narset-worker", "tamiyo", "nissa"),
-              description="Per-seed health at each epoch end"),
-    TopicSpec("telemetry.system.state", SystemStatePacket, ("tolaria",), ("tamiyo", "nissa"),
-              ordered_by_key=True, description="Epoch-boundary heartbeat, keyed by run"),
-    TopicSpec("telemetry.health.summaries", HealthSummaryReport, ("narset-worker", "narset-coordinator"),
-              ("narset-coordinator", "tamiyo", "nissa"), description="Hierarchically aggregated region/domain health"),
-    TopicSpec("telemetry.narset.allocations", NarsetAllocationDecision, ("narset-worker",), ("tamiyo", "nissa"),
-              ordered_by_key=True, description="Every allocator decision with its inputs, for replay"),
-    TopicSpec("innovation.field_reports", FieldReport, ("tamiyo",), ("karn", "urza", "simic"),
+    TopicSpec(Topic.ADAPTATION_SIGNALS, AdaptationSignal, ("tamiyo",), ("narset-worker",), ordered_by_key=True,
+              description="Answer to each SystemStatePacket (its commands included), keyed by run"),
+    TopicSpec(Topic.SEED_HEALTH, SeedTelemetry, ("kasmina",), ("nissa",), planned=("kasmina", "nissa"),
+              description="Per-seed health at each epoch end, for Nissa (the packet carries it to Tamiyo today)"),
+    TopicSpec(Topic.SYSTEM_STATE, SystemStatePacket, ("narset-worker",), ("tamiyo", "nissa"), ordered_by_key=True,
+              planned=("nissa",), description="Epoch-boundary heartbeat from the trainer, keyed by run"),
+    TopicSpec(Topic.HEALTH_SUMMARIES, HealthSummaryReport, ("narset-worker", "narset-coordinator"),
+              ("tamiyo", "nissa"), planned=("nissa",),
+              description="Region/domain health (workers report to the coordinator over REST)"),
+    TopicSpec(Topic.NARSET_ALLOCATIONS, NarsetAllocationDecision, ("narset-worker",), ("nissa",),
+              ordered_by_key=True, planned=("nissa",),
+              description="Every allocator decision with its inputs, for replay"),
+    TopicSpec(Topic.FIELD_REPORTS, FieldReport, ("tamiyo", "narset-worker"),
+              ("urza", "tamiyo", "narset-worker", "karn", "simic"), planned=("karn", "simic"),
               description="Real-world outcome of each adaptation"),
-    TopicSpec("compilation.jobs", CompilationJob, ("urza",), ("tezzeret",),
+    TopicSpec(Topic.COMPILATION_JOBS, CompilationJob, ("urza",), ("tezzeret",),
               description="Blueprint x pipeline x shape to compile"),
-    TopicSpec("compilation.results", CompiledKernelArtifact, ("tezzeret",), ("urza",),
+    TopicSpec(Topic.COMPILATION_RESULTS, CompiledKernelArtifact, ("tezzeret",), ("urza",),
               description="Compiled (or failed) artifacts"),
-    TopicSpec("validation.jobs", ValidationJob, ("urza", "tezzeret"), ("urabrask",),
+    TopicSpec(Topic.VALIDATION_JOBS, ValidationJob, ("urza",), ("urabrask",),
               description="Artifacts to benchmark and characterise"),
-    TopicSpec("validation.reports", UrabraskValidationReport, ("urabrask",), ("urza", "karn"),
+    TopicSpec(Topic.VALIDATION_REPORTS, UrabraskValidationReport, ("urabrask",), ("urza", "karn"), planned=("karn",),
               description="Measured profile and tags of an artifact"),
-    TopicSpec("control.policy.updates", PolicyUpdate, ("simic", "operator"), ("tamiyo",),
-              description="Tamiyo's risk posture and thresholds"),
-    TopicSpec("control.budget.allocations", AllocationCommand, ("tamiyo",), ("narset-coordinator", "narset-worker"),
+    TopicSpec(Topic.POLICY_UPDATES, PolicyUpdate, ("simic",), ("tamiyo",), planned=("simic",),
+              description="Tamiyo's risk posture and thresholds (operators use POST /api/v1/policy)"),
+    TopicSpec(Topic.BUDGET_ALLOCATIONS, AllocationCommand, ("tamiyo",), ("narset-coordinator", "narset-worker"),
               ordered_by_key=True, description="Per-region budget grants each cycle"),
-    TopicSpec("control.proposals", StrategicOpportunityProposal, ("narset-worker", "narset-coordinator"),
-              ("tamiyo",), description="Requests for budget beyond the allocation"),
-    TopicSpec("control.proposals.decisions", ProposalDecision, ("tamiyo",), ("narset-coordinator", "narset-worker"),
+    TopicSpec(Topic.PROPOSALS, StrategicOpportunityProposal, ("narset-worker",), ("tamiyo",),
+              description="Requests for budget beyond the allocation"),
+    TopicSpec(Topic.PROPOSAL_DECISIONS, ProposalDecision, ("tamiyo",), ("narset-worker",),
               description="Tamiyo's answer to every proposal"),
-    TopicSpec("control.scaffold.requests", ScaffoldRequest, ("narset-worker", "tamiyo"), ("tamiyo",),
+    TopicSpec(Topic.SCAFFOLD_REQUESTS, ScaffoldRequest, ("narset-worker",), ("tamiyo",), planned=("narset-worker",),
               description="Temporary scaffold placements"),
-    TopicSpec("control.protected_zones", ProtectedZone, ("tamiyo",), ("emrakul", "narset-worker"),
-              description="Zones no pruning or adaptation may touch"),
-    TopicSpec("analysis.importance", ImportanceReport, ("elesh",), ("emrakul",),
+    TopicSpec(Topic.PROTECTED_ZONES, ProtectedZone, ("tamiyo",), ("emrakul", "narset-worker"),
+              planned=("emrakul", "narset-worker"), description="Zones no pruning or adaptation may touch"),
+    TopicSpec(Topic.IMPORTANCE, ImportanceReport, ("elesh",), ("emrakul",), planned=("elesh", "emrakul"),
               description="Importance scores at checkpoints"),
-    TopicSpec("pruning.plans", PruningPlan, ("emrakul",), ("tolaria",),
+    TopicSpec(Topic.PRUNING_PLANS, PruningPlan, ("emrakul",), ("tolaria",), planned=("emrakul", "tolaria"),
               description="Structured pruning plans to apply with a rollback point"),
 ]
 

@@ -171,8 +171,8 @@ def test_envelope_from_the_future_rejected() -> None:
 
 def test_unknown_topic_lists_known_ones() -> None:
     with pytest.raises(UnknownTopicError) as exc:
-        topic_spec("control.kasmina.comands")
-    assert "control.kasmina.commands" in str(exc.value)
+        topic_spec("control.proposal")
+    assert "control.proposals" in str(exc.value)
 
 
 def test_lifecycle_table_shape() -> None:

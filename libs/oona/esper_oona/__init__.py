@@ -1,8 +1,8 @@
 """Oona: the typed message bus client (memory:// and pulsar://).
 
-    bus = connect("pulsar://127.0.0.1:6650", producer_name="kasmina")
-    bus.publish("telemetry.seed.health", SeedTelemetry(...))
-    bus.subscribe("telemetry.seed.health", "tamiyo", handle)   # handle(envelope: Envelope[SeedTelemetry])
+    bus = connect("pulsar://127.0.0.1:6650", producer_name="tamiyo")
+    bus.subscribe(Topic.SYSTEM_STATE, "tamiyo", handle)   # handle(envelope: Envelope[SystemStatePacket])
+    bus.publish(Topic.ADAPTATION_SIGNALS, AdaptationSignal(...), key=run_id, parent=envelope)
 """
 
 from .bus import Bus, BusOptions, DeadLetter, Subscription

@@ -175,8 +175,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_consumption_continue
     bus = make_bus()
     recorder = Recorder()
     sub = bus.subscribe(TELEMETRY, "malformed", recorder)
-    other_topic = bus.publish("control.kasmina.commands", KasminaControlCommand(
-        layer_id="l", seed_index=0, command=CommandType.CULL))
+    other_topic = bus.publish("control.adaptation.signals", AdaptationSignal(epoch=1))
     wrong_topic_bytes = other_topic.model_dump_json().encode()
     valid = Envelope[SeedTelemetry](producer="x", topic=TELEMETRY, payload_type="SeedTelemetry", payload=telemetry(1))
     bad_payload_bytes = valid.model_dump_json().replace('"alpha":0.5', '"alpha":7.0').encode()

@@ -1,7 +1,15 @@
-"""The ``esper`` command: serve a service, manage local infrastructure, inspect the topic catalogue."""
+"""The ``esper`` command: serve a service, list the services, inspect the topic catalogue.
+
+Other installed packages add sub-commands through the ``esper.commands`` entry-point group. That is how
+development tools stay out of the runtime every service image ships: ``esper-devtools`` (installed by
+``make dev``, never by an image) adds ``esper infra up|down|status``.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +21,10 @@ from esper_contracts import TOPICS
 
 from .registry import IN_TRAINER_PROCESS, KNOWN_SERVICES, UnknownServiceError, load_factory, runnable_services
 
+#: The entry-point group whose members (each a ``typer.Typer``) become ``esper <name>`` sub-commands.
+COMMAND_GROUP = "esper.commands"
+
 app = typer.Typer(help="Esper: grow neural networks while they train.", no_args_is_help=True)
-infra_app = typer.Typer(help="Start, stop and inspect local Pulsar, PostgreSQL, S3 and Prometheus.",
-                        no_args_is_help=True)
-app.add_typer(infra_app, name="infra")
 console = Console(width=None)
 
 
@@ -55,40 +63,35 @@ def topics() -> None:
     for column in ("payload", "producers", "consumers", "ordered"):
         table.add_column(column)
     for spec in TOPICS.values():
-        table.add_row(spec.name, spec.payload.__name__, ", ".join(spec.producers), ", ".join(spec.consumers),
-                      "by key" if spec.ordered_by_key else "")
+        table.add_row(spec.name, spec.payload.__name__, ", ".join(map(spec.label, spec.producers)),
+                      ", ".join(map(spec.label, spec.consumers)), "by key" if spec.ordered_by_key else "")
     console.print(table)
 
 
-def _names(names: list[str] | None) -> list[str] | None:
-    return list(names) if names else None
+
+def add_installed_commands(target: typer.Typer, found: Iterable[EntryPoint] | None = None) -> list[str]:
+    """Add every ``esper.commands`` entry point (or those in ``found``) to ``target``; returns the names added.
+
+    One that cannot be loaded, is not a Typer app or would shadow a command is skipped with a warning
+    on stderr: an optional tool must never stop ``esper serve`` from starting.
+    """
+    taken = {c.name or (c.callback.__name__ if c.callback else "") for c in target.registered_commands}
+    taken |= {g.name for g in target.registered_groups if g.name}
+    added = []
+    for point in entry_points(group=COMMAND_GROUP) if found is None else found:
+        try:
+            commands = point.load()
+        except Exception as exc:
+            print(f"esper: skipping command {point.name!r} ({point.value}): {exc!r}", file=sys.stderr)
+            continue
+        if not isinstance(commands, typer.Typer) or point.name in taken:
+            why = "is already a command" if point.name in taken else "is not a typer.Typer"
+            print(f"esper: skipping command {point.name!r} ({point.value}): it {why}", file=sys.stderr)
+            continue
+        target.add_typer(commands, name=point.name)
+        taken.add(point.name)
+        added.append(point.name)
+    return added
 
 
-@infra_app.command("up")
-def infra_up(names: Annotated[list[str] | None, typer.Argument(help="pulsar postgres s3 prometheus")] = None) -> None:
-    """Start local services (all by default); already-running ones are left as they are."""
-    from . import infra
-
-    infra.up(_names(names))
-
-
-@infra_app.command("down")
-def infra_down(names: Annotated[list[str] | None, typer.Argument()] = None) -> None:
-    """Stop local services and remove their throwaway data."""
-    from . import infra
-
-    infra.down(_names(names))
-
-
-@infra_app.command("status")
-def infra_status() -> None:
-    """Show which local services are running, and where."""
-    from . import infra
-
-    running = infra.status()
-    urls = infra.endpoints()
-    table = Table("service", "state", "endpoint")
-    for name, ok in running.items():
-        endpoint = next((v for k, v in urls.items() if k.startswith(name)), "")
-        table.add_row(name, "[green]running[/green]" if ok else "[dim]stopped[/dim]", endpoint)
-    console.print(table)
+add_installed_commands(app)

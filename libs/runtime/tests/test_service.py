@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import pytest
+import typer
 from fastapi.testclient import TestClient
+from rich.console import Console
 from typer.testing import CliRunner
 
-from esper_runtime import Service, ServiceSettings, SettingsFileError, load_settings
+from esper_contracts import TOPICS, Topic
+from esper_runtime import Service, ServiceSettings, SettingsFileError, cli, load_settings
 from esper_runtime.cli import app
 from esper_runtime.logs import JsonFormatter
 
@@ -78,11 +82,22 @@ def test_json_log_line_carries_extras() -> None:
     assert line["ts"].endswith("+00:00")
 
 
-def test_cli_topics_and_unknown_service() -> None:
-    runner = CliRunner()
-    out = runner.invoke(app, ["topics"], terminal_width=200)
-    assert out.exit_code == 0 and "control.kasmina.commands" in out.output
-    bad = runner.invoke(app, ["serve", "nonexistent"])
+def test_cli_topics_prints_the_whole_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "console", Console(width=400))  # one line per topic
+    out = CliRunner().invoke(app, ["topics"])
+    assert out.exit_code == 0
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]]
+            for cells in (line.split("│") for line in out.output.splitlines() if line.startswith("│"))}
+    assert set(rows) == set(TOPICS)
+    for name, spec in TOPICS.items():
+        assert rows[name] == [spec.payload.__name__, ", ".join(map(spec.label, spec.producers)),
+                              ", ".join(map(spec.label, spec.consumers)), "by key" if spec.ordered_by_key else ""]
+    assert rows[Topic.IMPORTANCE][1:3] == ["elesh (planned)", "emrakul (planned)"]
+    assert rows[Topic.COMPILATION_JOBS][1:3] == ["urza", "tezzeret"]
+
+
+def test_cli_unknown_service() -> None:
+    bad = CliRunner().invoke(app, ["serve", "nonexistent"])
     assert bad.exit_code == 2 and "unknown service" in bad.output
 
 
@@ -93,3 +108,46 @@ def test_services_are_served_with_httptools_and_uvloop() -> None:
     assert config.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
     loop_factory = config.get_loop_factory()
     assert loop_factory is not None and loop_factory.__module__.startswith("uvloop")
+
+
+def test_installed_commands_join_esper_and_a_bad_one_is_only_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "esper_test_plugin.py").write_text(
+        "import typer\n"
+        "hello = typer.Typer()\n"
+        "@hello.command()\n"
+        "def greet() -> None:\n"
+        "    print('hello from a plugin')\n"
+        "@hello.command()\n"
+        "def other() -> None:\n"
+        "    pass\n"
+        "not_an_app = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = typer.Typer()
+
+    @target.command()
+    def serve() -> None:
+        """A built-in command that a plugin must not shadow."""
+
+    points = [EntryPoint(name, value, cli.COMMAND_GROUP) for name, value in [
+        ("hello", "esper_test_plugin:hello"),
+        ("broken", "esper_no_such_module:app"),
+        ("odd", "esper_test_plugin:not_an_app"),
+        ("serve", "esper_test_plugin:hello"),
+    ]]
+    assert cli.add_installed_commands(target, points) == ["hello"]
+    warnings = capsys.readouterr().err
+    assert "skipping command 'broken'" in warnings and "No module named 'esper_no_such_module'" in warnings
+    assert "skipping command 'odd'" in warnings and "is not a typer.Typer" in warnings
+    assert "skipping command 'serve'" in warnings and "is already a command" in warnings
+    out = CliRunner().invoke(target, ["hello", "greet"])
+    assert out.exit_code == 0 and "hello from a plugin" in out.output
+
+
+def test_infra_control_is_not_part_of_the_runtime() -> None:
+    import esper_runtime
+
+    assert not (Path(esper_runtime.__file__).parent / "infra.py").exists()
+    assert [p.value for p in entry_points(group=cli.COMMAND_GROUP) if p.name == "infra"] == [
+        "esper_devtools.cli:infra_app"]  # in the dev environment it comes from esper-devtools

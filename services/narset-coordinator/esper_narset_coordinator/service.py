@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from esper_contracts import AllocationCommand, Envelope, HealthSummaryReport
+from esper_contracts import AllocationCommand, Envelope, HealthSummaryReport, Topic
 from esper_runtime import Service, ServiceSettings, load_settings
 
 from .aggregation import TelemetryTree
@@ -105,7 +105,7 @@ class CoordinatorService(Service):
 
     def on_start(self) -> None:
         """Follow allocations and start the reaper."""
-        self.bus.subscribe("control.budget.allocations", self.name, self._on_allocation)
+        self.bus.subscribe(Topic.BUDGET_ALLOCATIONS, self.name, self._on_allocation)
         self._stop.clear()
         self._reaper = threading.Thread(target=self._reap_loop, name="narset-reaper", daemon=True)
         self._reaper.start()
@@ -177,7 +177,7 @@ class CoordinatorService(Service):
             if not reports:
                 continue
             summaries, stats = self.tree.aggregate(reports)
-            self.bus.publish_many("telemetry.health.summaries", summaries, key=lambda r: r.region_id)
+            self.bus.publish_many(Topic.HEALTH_SUMMARIES, summaries, key=lambda r: r.region_id)
             self.published = summaries
             self._windows_folded += 1
             self._last_levels = stats.per_level

@@ -40,6 +40,7 @@ from esper_contracts import (
     RegionSpec,
     SeedTelemetry,
     SystemStatePacket,
+    Topic,
 )
 from esper_oona import Bus, Subscription
 
@@ -101,10 +102,10 @@ class NarsetHost:
         self._decide_lock = threading.Lock()
         sub = f"narset-host-{self.host_id}"
         self._subscriptions: list[Subscription] = [
-            bus.subscribe("control.adaptation.signals", sub, self._on_signal),
-            bus.subscribe("control.budget.allocations", sub, self._on_allocation),
-            bus.subscribe("control.proposals.decisions", sub, self._on_proposal_decision),
-            bus.subscribe("innovation.field_reports", sub, self._on_field_report),
+            bus.subscribe(Topic.ADAPTATION_SIGNALS, sub, self._on_signal),
+            bus.subscribe(Topic.BUDGET_ALLOCATIONS, sub, self._on_allocation),
+            bus.subscribe(Topic.PROPOSAL_DECISIONS, sub, self._on_proposal_decision),
+            bus.subscribe(Topic.FIELD_REPORTS, sub, self._on_field_report),
         ]
         self._link_lock = threading.Lock()  # one exchange with the coordinator at a time
         specs = [RegionSpec(region_id=r, seed_count=n) for r, n in self.geometry.seed_counts().items()]
@@ -176,11 +177,11 @@ class NarsetHost:
             self._last_epoch = packet.epoch
             if isinstance(self.coordinator, LocalCoordinator):
                 # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
-                self.bus.publish_many("telemetry.health.summaries", [r for out in outputs for r in out.reports])
+                self.bus.publish_many(Topic.HEALTH_SUMMARIES, [r for out in outputs for r in out.reports])
             return self._publish_and_answer(packet, signal, outputs)
 
     def _ask_tamiyo(self, packet: SystemStatePacket) -> AdaptationSignal | None:
-        envelope = self.bus.publish("telemetry.system.state", packet, key=packet.run_id)
+        envelope = self.bus.publish(Topic.SYSTEM_STATE, packet, key=packet.run_id)
         deadline = time.monotonic() + self.config.decision_timeout_s
         with self._cond:
             while envelope.correlation_id not in self._signals:
@@ -241,9 +242,9 @@ class NarsetHost:
         decisions = [d for out in outputs for d in out.decisions]
         proposals = [p for out in outputs for p in out.proposals]
         cancelled = [r for out in outputs for r in out.cancelled]
-        self.bus.publish_many("telemetry.narset.allocations", decisions, key=lambda d: d.region_id)
-        self.bus.publish_many("control.proposals", proposals, key=lambda p: p.region_id)
-        self.bus.publish_many("innovation.field_reports", cancelled)
+        self.bus.publish_many(Topic.NARSET_ALLOCATIONS, decisions, key=lambda d: d.region_id)
+        self.bus.publish_many(Topic.PROPOSALS, proposals, key=lambda p: p.region_id)
+        self.bus.publish_many(Topic.FIELD_REPORTS, cancelled)
         self.spent_total += sum(out.spent for out in outputs)
 
         passed = {c.command_id for out in outputs for c in out.commands}
@@ -315,7 +316,7 @@ class NarsetHost:
     def observe_outcomes(self, reports: Sequence[FieldReport]) -> None:
         """Outcomes Tolaria decided (rollback, crashed kernel) go to Tamiyo so its policy learns of them."""
         if reports:
-            self.bus.publish_many("innovation.field_reports", list(reports))
+            self.bus.publish_many(Topic.FIELD_REPORTS, list(reports))
 
     def drain_field_reports(self) -> list[FieldReport]:
         """Field reports Tamiyo published for this run since the last call."""

@@ -9,8 +9,8 @@ One cycle per SystemStatePacket (one epoch boundary), in this order:
 3. mint the cycle's budget (Tamiyo-Prime shares it between domains by criticality), grant queued
    scaffold requests (protected zone, emergency energy when in crisis), fund queued proposals;
 4. run the control policy on the packet;
-5. emit, in this order: zones, proposal decisions, allocations, per-layer commands, the adaptation
-   signal (last, so a trainer that has its answer also has its allocations in flight), field reports.
+5. emit, in this order: zones, proposal decisions, allocations, the adaptation signal with its commands
+   (last, so a trainer that has its answer also has its allocations in flight), field reports.
 
 Every decision is recorded with the inputs that drove it, for ``GET /api/v1/decisions``. The caller
 serialises access (the service holds a lock around every call).
@@ -38,6 +38,7 @@ from esper_contracts import (
     SeedTelemetry,
     StrategicOpportunityProposal,
     SystemStatePacket,
+    Topic,
 )
 from esper_policy import ControlPolicy, TamiyoConfig
 
@@ -63,7 +64,7 @@ class StalePolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to publish."""
+    """One message to publish (the service publishes it; the catalogue test counts it as publishing)."""
 
     topic: str
     payload: BaseModel
@@ -134,11 +135,11 @@ class TamiyoController:
         """Answer an unknown region at once; queue the rest for the next cycle (a redelivery gets its answer again)."""
         answered = self._answered.get(proposal.proposal_id)
         if answered is not None:
-            return [Outgoing("control.proposals.decisions", answered, answered.region_id)]
+            return [Outgoing(Topic.PROPOSAL_DECISIONS, answered, answered.region_id)]
         if proposal.region_id not in self.regions:
             decision = reject_unknown_region(proposal, self.regions)
             self._remember(proposal, decision)
-            return [Outgoing("control.proposals.decisions", decision, decision.region_id)]
+            return [Outgoing(Topic.PROPOSAL_DECISIONS, decision, decision.region_id)]
         self._proposals[proposal.proposal_id] = proposal
         return []
 
@@ -201,12 +202,11 @@ class TamiyoController:
             "reason": signal.reason,
         })
 
-        out += [Outgoing("control.protected_zones", z, z.zone_id) for z in zones]
-        out += [Outgoing("control.proposals.decisions", d, d.region_id) for d in decisions]
-        out += [Outgoing("control.budget.allocations", a, a.region_id) for a in allocations]
-        out += [Outgoing("control.kasmina.commands", c, c.layer_id) for c in signal.commands]
-        out.append(Outgoing("control.adaptation.signals", signal, packet.run_id))
-        out += [Outgoing("innovation.field_reports", r, r.seed_id) for r in self.policy.drain_field_reports()]
+        out += [Outgoing(Topic.PROTECTED_ZONES, z, z.zone_id) for z in zones]
+        out += [Outgoing(Topic.PROPOSAL_DECISIONS, d, d.region_id) for d in decisions]
+        out += [Outgoing(Topic.BUDGET_ALLOCATIONS, a, a.region_id) for a in allocations]
+        out.append(Outgoing(Topic.ADAPTATION_SIGNALS, signal, packet.run_id))
+        out += [Outgoing(Topic.FIELD_REPORTS, r, r.seed_id) for r in self.policy.drain_field_reports()]
         return out
 
     def _grant_scaffolds(self, books: Cycle, epoch: int) -> list[Any]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
 
-from esper_contracts import Envelope
+from esper_contracts import Envelope, Topic
 from esper_policy import KernelSelector, TamiyoConfig, build_policy
 from esper_runtime import Service, ServiceSettings, load_settings
 
@@ -89,13 +89,13 @@ class TamiyoService(Service):
     def on_start(self) -> None:
         """Subscribe to everything Tamiyo reads."""
         bus = self.bus
-        bus.subscribe("telemetry.system.state", self.name, self._on_packet)
-        bus.subscribe("telemetry.health.summaries", self.name, self._on_summary)
-        bus.subscribe("control.proposals", self.name, self._on_proposal)
-        bus.subscribe("control.scaffold.requests", self.name, self._on_scaffold)
-        bus.subscribe("innovation.field_reports", self.name, self._on_field_report)
+        bus.subscribe(Topic.SYSTEM_STATE, self.name, self._on_packet)
+        bus.subscribe(Topic.HEALTH_SUMMARIES, self.name, self._on_summary)
+        bus.subscribe(Topic.PROPOSALS, self.name, self._on_proposal)
+        bus.subscribe(Topic.SCAFFOLD_REQUESTS, self.name, self._on_scaffold)
+        bus.subscribe(Topic.FIELD_REPORTS, self.name, self._on_field_report)
         # A policy update that is a valid contract but out of range will never become valid: no retries.
-        bus.subscribe("control.policy.updates", self.name, self._on_policy_update, max_redeliveries=0)
+        bus.subscribe(Topic.POLICY_UPDATES, self.name, self._on_policy_update, max_redeliveries=0)
 
     # ------------------------------------------------------------------------------------------ handlers
 

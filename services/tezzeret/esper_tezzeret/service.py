@@ -15,16 +15,13 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper_contracts import CompilationJob
+from esper_contracts import CompilationJob, Topic
 from esper_runtime import JobHandler, JobService, JobSettings, load_settings
 from esper_urza_client import UrzaClient
 
 from .worker import CompileWorker, JobOutcome
 
 log = logging.getLogger(__name__)
-
-JOBS_TOPIC = "compilation.jobs"
-
 
 class TezzeretSettings(JobSettings):
     """Tezzeret's settings (``ESPER_*`` environment variables override the YAML file)."""
@@ -47,7 +44,7 @@ class TezzeretService(JobService[CompilationJob, JobOutcome]):
     """Compilation forge: BlueprintIR -> compiled kernel artifacts stored in Urza."""
 
     description = "Compiles BlueprintIRs into kernel artifacts (torch.export, AOTInductor) and stores them in Urza."
-    jobs_topic = JOBS_TOPIC
+    jobs_topic = Topic.COMPILATION_JOBS
     settings: TezzeretSettings
 
     def __init__(self, settings: TezzeretSettings) -> None:

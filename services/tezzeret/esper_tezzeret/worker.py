@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from esper_contracts import CompilationJob, CompiledKernelArtifact, Envelope, KernelStatus
+from esper_contracts import CompilationJob, CompiledKernelArtifact, Envelope, KernelStatus, Topic
 from esper_kernels import KernelNotFoundError
 from esper_urza_client import BinaryConflictError, UrzaClient
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULTS_TOPIC = "compilation.results"
 S = KernelStatus
 #: Statuses after which a job for the artifact has nothing left to do.
 FINISHED = frozenset({S.COMPILED, S.VALIDATING, S.VALIDATED, S.REJECTED, S.FAILED})
@@ -155,4 +154,4 @@ class CompileWorker:
         )
 
     def _publish(self, result: CompiledKernelArtifact, parent: Envelope[Any] | None) -> None:
-        self.bus.publish(RESULTS_TOPIC, result, key=result.artifact_id, parent=parent)
+        self.bus.publish(Topic.COMPILATION_RESULTS, result, key=result.artifact_id, parent=parent)

@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from esper_contracts import CompilationJob, CompilationPipeline, KernelStatus
+from esper_contracts import CompilationJob, CompilationPipeline, KernelStatus, Topic
 from esper_kernels import load_compiled, open_kernel_artifact, reference_module
 from esper_oona import Bus
 from esper_oona.testing import wait_for
 from esper_runtime import JobWorker
 from esper_tezzeret.pipelines import CompiledOutput, CompileError, compile_artifact, plan_artifact_id
-from esper_tezzeret.service import JOBS_TOPIC
 from esper_tezzeret.worker import FINISHED, CompileWorker, JobOutcome
 from esper_urza_client import UrzaClient, UrzaError
 
@@ -39,7 +38,7 @@ def never(*_args: Any) -> CompiledOutput:
 def serve(bus: Bus, worker: CompileWorker) -> list[JobOutcome]:
     """Put ``worker`` behind a job worker on the 'cpu' pool's subscription, as the service does; its outcomes."""
     outcomes: list[JobOutcome] = []
-    JobWorker(bus, JOBS_TOPIC, "tezzeret-cpu", worker.process,
+    JobWorker(bus, Topic.COMPILATION_JOBS, "tezzeret-cpu", worker.process,
               observe=lambda _job, outcome: outcomes.append(outcome)).start()
     return outcomes
 

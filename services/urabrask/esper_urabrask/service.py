@@ -13,7 +13,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from pydantic import Field
 
-from esper_contracts import ValidationJob
+from esper_contracts import Topic, ValidationJob
 from esper_runtime import JobHandler, JobService, JobSettings, load_settings
 from esper_urza_client import UrzaClient, UrzaError
 
@@ -23,9 +23,6 @@ from .sandbox import KernelSandbox
 from .worker import ValidateWorker, ValidationOutcome
 
 log = logging.getLogger(__name__)
-
-JOBS_TOPIC = "validation.jobs"
-
 
 class UrabraskSettings(JobSettings):
     """Urabrask's settings (``ESPER_*`` environment variables override the YAML file)."""
@@ -50,7 +47,7 @@ class UrabraskService(JobService[ValidationJob, ValidationOutcome]):
     """Characterization engine: gatekeeper, profiler and tags for every compiled artifact."""
 
     description = "Validates, benchmarks and tags compiled kernel artifacts on the hardware they will run on."
-    jobs_topic = JOBS_TOPIC
+    jobs_topic = Topic.VALIDATION_JOBS
     settings: UrabraskSettings
 
     def __init__(self, settings: UrabraskSettings) -> None:

@@ -20,6 +20,7 @@ from esper_contracts import (
     Envelope,
     KernelQuery,
     KernelStatus,
+    Topic,
     UrabraskValidationReport,
     ValidationJob,
 )
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORTS_TOPIC = "validation.reports"
 DONE = frozenset({KernelStatus.VALIDATED, KernelStatus.REJECTED})
 
 
@@ -95,7 +95,7 @@ class ValidateWorker:
             log.info("artifact already judged", extra={**ctx, "status": art.status.value})
             return ValidationOutcome(job.artifact_id, "repeat")
         report = self._judge(art, job)
-        self.bus.publish(REPORTS_TOPIC, report, key=report.artifact_id, parent=parent)
+        self.bus.publish(Topic.VALIDATION_REPORTS, report, key=report.artifact_id, parent=parent)
         log.info("artifact validated" if report.passed else "artifact rejected",
                  extra={**ctx, "tags": report.tags, "reason": report.rejection_reason,
                         "latency_ms_p50": round(report.latency_ms_p50, 4), "cv": round(report.measurement_cv, 4)})

@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from esper_contracts import KernelQuery, KernelStatus, OpType, ValidationJob
+from esper_contracts import KernelQuery, KernelStatus, OpType, Topic, ValidationJob
 from esper_oona import Bus
 from esper_runtime import JobWorker
 from esper_urabrask.characterizer import Characterizer
 from esper_urabrask.sandbox import KernelSandbox, SandboxCrash
-from esper_urabrask.service import JOBS_TOPIC
 from esper_urabrask.worker import ValidateWorker
 from esper_urza_client import UrzaClient
 
@@ -27,7 +26,7 @@ def worker(bus: Bus, urza: UrzaClient, kit: Any, **kw: Any) -> ValidateWorker:
 
 def serve(bus: Bus, w: ValidateWorker) -> None:
     """Put ``w`` behind a job worker on the 'cpu' pool's subscription, as the service does."""
-    JobWorker(bus, JOBS_TOPIC, "urabrask-cpu", w.process).start()
+    JobWorker(bus, Topic.VALIDATION_JOBS, "urabrask-cpu", w.process).start()
 
 
 def test_a_compiled_artifact_is_validated_tagged_and_found_by_its_tags(bus: Bus, urza: UrzaClient, kit: Any) -> None:

@@ -13,11 +13,12 @@ from esper_contracts import (
     FieldReport,
     KernelQuery,
     KernelQueryResult,
+    Topic,
 )
 
 from .context import UrzaContext
 from .errors import BadRequest, NotFound
-from .jobs import COMPILATION_TOPIC, compilation_jobs
+from .jobs import compilation_jobs
 from .shapes import ShapeReport, check_blueprint
 from .store import artifacts as artifact_rows
 from .store import blueprints as blueprint_rows
@@ -85,7 +86,7 @@ class Catalog:
             created = blueprint_rows.insert_blueprint(conn, blueprint_id, ir, report.parameter_count, now)
             if created:
                 for key, job in compilation_jobs(blueprint_id, ir, self.ctx.settings):
-                    outbox.enqueue(conn, key, COMPILATION_TOPIC, job, blueprint_id, now)
+                    outbox.enqueue(conn, key, Topic.COMPILATION_JOBS, job, blueprint_id, now)
             record = blueprint_rows.get_record(conn, blueprint_id)
         self.ctx.after_commit()
         assert record is not None  # just written or already there, inside the same transaction
@@ -134,7 +135,7 @@ class Catalog:
         """The compilation jobs queued for a blueprint and whether each has reached the bus."""
         self.get(blueprint_id)
         with self.ctx.db.read() as conn:
-            rows = outbox.queued(conn, COMPILATION_TOPIC, f"compile:{blueprint_id}:")
+            rows = outbox.queued(conn, Topic.COMPILATION_JOBS, f"compile:{blueprint_id}:")
         return [(CompilationJob.model_validate_json(r.payload_json), r.published_at is not None) for r in rows]
 
     # --- field reports -------------------------------------------------------------------------------------

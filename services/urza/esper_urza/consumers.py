@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from esper_contracts import CompiledKernelArtifact, Envelope, FieldReport, UrabraskValidationReport
+from esper_contracts import CompiledKernelArtifact, Envelope, FieldReport, Topic, UrabraskValidationReport
 
 from .catalog import Catalog
 from .ledger import Ledger
@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from esper_oona import Bus, Subscription
 
 log = logging.getLogger(__name__)
-
-COMPILATION_RESULTS = "compilation.results"
-VALIDATION_REPORTS = "validation.reports"
-FIELD_REPORTS = "innovation.field_reports"
 
 
 class UrzaConsumers:
@@ -60,17 +56,19 @@ class UrzaConsumers:
         report: FieldReport = envelope.payload
         self.catalog.add_field_report(report)
 
-    def subscribe(self, bus: Bus, subscription: str, *, max_redeliveries: int = 3,
-                  nack_delay_ms: int = 1000) -> list[Subscription]:
+    def attach(self, bus: Bus, subscription: str, *, max_redeliveries: int = 3,
+               nack_delay_ms: int = 1000) -> list[Subscription]:
         """Attach every handler under one subscription name; replicas with the same name share the work.
 
         ``earliest``: a subscription created for the first time also gets what was published before it.
         """
-        handlers = {COMPILATION_RESULTS: self.on_compilation_result, VALIDATION_REPORTS: self.on_validation_report,
-                    FIELD_REPORTS: self.on_field_report}
-        return [bus.subscribe(topic, subscription, handler, max_redeliveries=max_redeliveries,
-                              nack_delay_ms=nack_delay_ms, initial_position="earliest")
-                for topic, handler in handlers.items()]
+        options: dict[str, Any] = {"max_redeliveries": max_redeliveries, "nack_delay_ms": nack_delay_ms,
+                                   "initial_position": "earliest"}
+        return [
+            bus.subscribe(Topic.COMPILATION_RESULTS, subscription, self.on_compilation_result, **options),
+            bus.subscribe(Topic.VALIDATION_REPORTS, subscription, self.on_validation_report, **options),
+            bus.subscribe(Topic.FIELD_REPORTS, subscription, self.on_field_report, **options),
+        ]
 
 
 def _trace(envelope: Envelope[Any]) -> dict[str, str]:

@@ -12,9 +12,6 @@ from esper_contracts import BlueprintIR, CompilationJob, CompiledKernelArtifact,
 
 from .settings import UrzaSettings
 
-COMPILATION_TOPIC = "compilation.jobs"
-VALIDATION_TOPIC = "validation.jobs"
-
 
 def _job_id(dedupe_key: str) -> str:
     return hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]

@@ -15,13 +15,13 @@ from typing import IO, Any
 
 from sqlalchemy import Connection
 
-from esper_contracts import ARTIFACT_ID_PATTERN, CompiledKernelArtifact, KernelStatus, UrabraskValidationReport
+from esper_contracts import ARTIFACT_ID_PATTERN, CompiledKernelArtifact, KernelStatus, Topic, UrabraskValidationReport
 from esper_contracts import artifact_id as make_artifact_id
 from esper_storage import BlobConflictError, content_key, sha256_hex
 
 from .context import UrzaContext
 from .errors import BadRequest, Conflict, NotFound
-from .jobs import VALIDATION_TOPIC, validation_job
+from .jobs import validation_job
 from .store import artifacts as rows
 from .store import blueprints as blueprint_rows
 from .store import outbox
@@ -193,7 +193,7 @@ class Ledger:
         if art.status is S.COMPILED and self.ctx.settings.validate_compiled:
             stored = artifact_from_row(rows.artifact_row(conn, art.artifact_id))
             key, job = validation_job(stored)
-            outbox.enqueue(conn, key, VALIDATION_TOPIC, job, art.artifact_id, now)
+            outbox.enqueue(conn, key, Topic.VALIDATION_JOBS, job, art.artifact_id, now)
             rows.compare_and_set(conn, art.artifact_id, S.COMPILED, {"status": S.VALIDATING.value})
             rows.record_event(conn, art.artifact_id, S.COMPILED, S.VALIDATING, "urza", "validation job queued", now)
             final = S.VALIDATING

@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from esper_contracts import Topic
 from esper_runtime import Service, load_settings
 from esper_storage import open_blob_store, open_database, upgrade
 
@@ -15,7 +16,6 @@ from .api import install_api
 from .catalog import Catalog
 from .consumers import UrzaConsumers
 from .context import UrzaContext
-from .jobs import COMPILATION_TOPIC, VALIDATION_TOPIC
 from .ledger import Ledger
 from .library import library_blueprints
 from .publisher import OutboxDispatcher
@@ -62,12 +62,12 @@ class UrzaService(Service):
         if not self.bus.keeps_earlier_messages:
             # A new in-process bus: jobs an earlier run published on its own were lost with its process.
             with self.db.write() as conn:
-                again = outbox.requeue_published(conn, [COMPILATION_TOPIC, VALIDATION_TOPIC])
+                again = outbox.requeue_published(conn, [Topic.COMPILATION_JOBS, Topic.VALIDATION_JOBS])
             if again:
                 log.info("in-process bus: sending earlier jobs again", extra={"jobs": again})
         self.dispatcher.kick()
         if s.consume:
-            self._subscriptions = self.consumers.subscribe(
+            self._subscriptions = self.consumers.attach(
                 self.bus, s.subscription, max_redeliveries=s.max_redeliveries, nack_delay_ms=s.nack_delay_ms)
         self.dispatcher.start(s.outbox_interval_s)
         log.info("urza ready", extra={"database": self.db.url, "blobs": self.blobs.url})

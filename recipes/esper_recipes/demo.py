@@ -34,9 +34,9 @@ from torch import nn
 
 from esper.config import EsperConfig, load_config
 from esper.data import Batches
-from esper.kasmina import ChunkLayout, GraftedModule, chunk_bounds, kasmina_layers, wrap
+from esper.kasmina import ChunkLayout, GraftedModule, chunk_bounds, wrap
 from esper.lineage import Lineage, save_model
-from esper.standalone import KernelProgress, LocalPlatform, PlatformError
+from esper.standalone import LocalPlatform, PlatformError, prepare_kernels, slot_interfaces
 from esper.tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 from esper_contracts import KernelStatus, TensorInterface
 from esper_kernels import LocalKernelLibrary
@@ -203,33 +203,7 @@ class DemoError(RuntimeError):
 
 def seed_interfaces(task: str, config: EsperConfig) -> list[TensorInterface]:
     """The chunk interface of every seed slot Kasmina puts into ``task``'s host under ``config``."""
-    data = load_task(task, 0)
-    model = wrap(build_host(task, data), config.kasmina, LocalKernelLibrary())
-    return [layer.chunks.interface(i) for layer in kasmina_layers(model).values()
-            for i in range(len(layer.chunks.bounds))]
-
-
-def prepare_kernels(platform: LocalPlatform, interfaces: list[TensorInterface], console: Console) -> KernelProgress:
-    """Submit the built-in blueprints for ``interfaces`` and wait (with a progress bar) until each is final."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    start = time.perf_counter()
-    keys = platform.submit_builtins(interfaces)
-    pipelines = ", ".join(p.value for p in platform.pipelines)
-    with Progress(TextColumn("[bold]kernels[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeElapsedColumn(), console=console, disable=not progress_bar_wanted()) as bar:
-        job = bar.add_task(f"({pipelines}: compile, gatekeep, profile)", total=len(keys))
-
-        def show(state: KernelProgress) -> None:
-            waiting = ", ".join(f"{k.lower()} {v}" for k, v in sorted(state.by_status.items()))
-            bar.update(job, completed=state.ready + len(state.failed), description=f"({pipelines}) {waiting}")
-
-        state = platform.wait_ready(keys, on_progress=show)
-    for reason in state.failed:
-        console.print(f"[yellow]kernel not available:[/yellow] {reason}")
-    console.print(f"kernels: {state.ready} of {state.total} compiled ({pipelines}), validated and tagged in Urza "
-                  f"({platform.urza_url}) in {time.perf_counter() - start:.0f} s")
-    return state
+    return slot_interfaces(wrap(build_host(task, load_task(task, 0)), config.kasmina, LocalKernelLibrary()))
 
 
 def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Console,

@@ -21,7 +21,8 @@ from esper_contracts import TOPICS
 
 from .registry import IN_TRAINER_PROCESS, KNOWN_SERVICES, UnknownServiceError, load_factory, runnable_services
 
-#: The entry-point group whose members (each a ``typer.Typer``) become ``esper <name>`` sub-commands.
+#: The entry-point group whose members become ``esper <name>``: a ``typer.Typer`` (a group of sub-commands) or a
+#: function (one command, its parameters annotated for Typer).
 COMMAND_GROUP = "esper.commands"
 
 app = typer.Typer(help="Esper: grow neural networks while they train.", no_args_is_help=True)
@@ -72,7 +73,7 @@ def topics() -> None:
 def add_installed_commands(target: typer.Typer, found: Iterable[EntryPoint] | None = None) -> list[str]:
     """Add every ``esper.commands`` entry point (or those in ``found``) to ``target``; returns the names added.
 
-    One that cannot be loaded, is not a Typer app or would shadow a command is skipped with a warning
+    One that cannot be loaded, is neither a Typer app nor a function, or would shadow a command is skipped with a warning
     on stderr: an optional tool must never stop ``esper serve`` from starting.
     """
     taken = {c.name or (c.callback.__name__ if c.callback else "") for c in target.registered_commands}
@@ -84,11 +85,14 @@ def add_installed_commands(target: typer.Typer, found: Iterable[EntryPoint] | No
         except Exception as exc:
             print(f"esper: skipping command {point.name!r} ({point.value}): {exc!r}", file=sys.stderr)
             continue
-        if not isinstance(commands, typer.Typer) or point.name in taken:
-            why = "is already a command" if point.name in taken else "is not a typer.Typer"
+        if not (isinstance(commands, typer.Typer) or callable(commands)) or point.name in taken:
+            why = "is already a command" if point.name in taken else "is neither a typer.Typer nor a function"
             print(f"esper: skipping command {point.name!r} ({point.value}): it {why}", file=sys.stderr)
             continue
-        target.add_typer(commands, name=point.name)
+        if isinstance(commands, typer.Typer):  # a group: esper <name> <sub-command> ...
+            target.add_typer(commands, name=point.name)
+        else:  # one command whose parameters are its arguments and options: esper <name> ARGS
+            target.command(name=point.name)(commands)
         taken.add(point.name)
         added.append(point.name)
     return added

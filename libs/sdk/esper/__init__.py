@@ -1,14 +1,18 @@
 """The researcher SDK: wrap a model, Kasmina seed slots, the Tolaria trainer.
 
-A whole run in six lines::
+A whole run in six lines (the design's researcher journey)::
 
     import esper
-    config = esper.load_config("recipes/configs/demo-digits.yaml")
+    config = esper.load_config("recipes/configs/demo-spirals.yaml")
     model = esper.wrap(MyModel(), config.kasmina)
-    controller = esper.build_controller(config.tamiyo)
-    final_model, history = esper.TolariaTrainer(model, controller, config.tolaria,
+    controller = esper.TamiyoController(model, config.tamiyo)
+    final_model, history = esper.TolariaTrainer(model=model, controller=controller, config=config.tolaria,
                                                 train_data=train, val_data=val).train()
     esper.save_model(final_model, "runs/my-run/model")
+
+``train_data``/``val_data`` are any re-iterables of ``(inputs, labels)`` batches (a DataLoader works;
+:class:`esper.Batches` is a small one); without them the trainer trains on ``config.tolaria.task``.
+``esper train CONFIG`` runs the same from the command line, standalone or on the distributed platform.
 """
 
 from esper_contracts import KernelSelector
@@ -16,10 +20,13 @@ from esper_kernels import LocalKernelLibrary
 from esper_policy import ControlPolicy, HeuristicPolicy, NullPolicy, RandomGerminationPolicy, TamiyoConfig
 from esper_policy import build_policy as _build_policy
 
-from .config import ConfigError, EsperConfig, TolariaConfig, load_config, parse_config
+from .config import ConfigError, EsperConfig, PlatformConfig, TolariaConfig, load_config, parse_config
+from .controller import TamiyoController
+from .data import Batches, Split
 from .kasmina import KasminaConfig, unwrap, wrap
 from .lineage import Lineage, lineage_of, save_model
-from .tolaria import CheckpointIntegrityError, TolariaTrainer, TrainingHistory
+from .tasks import TaskData, load_task
+from .tolaria import CheckpointIntegrityError, TolariaTrainer, TrainingDivergedError, TrainingHistory
 
 
 def build_controller(config: TamiyoConfig | None = None, kernels: KernelSelector | None = None) -> ControlPolicy:
@@ -31,8 +38,32 @@ def build_controller(config: TamiyoConfig | None = None, kernels: KernelSelector
 
 
 __all__ = [
-    "CheckpointIntegrityError", "ConfigError", "ControlPolicy", "EsperConfig", "HeuristicPolicy", "KasminaConfig",
-    "Lineage", "LocalKernelLibrary", "NullPolicy", "RandomGerminationPolicy", "TamiyoConfig", "TolariaConfig",
-    "TolariaTrainer", "TrainingHistory", "build_controller", "lineage_of", "load_config", "parse_config",
-    "save_model", "unwrap", "wrap",
+    "Batches",
+    "CheckpointIntegrityError",
+    "ConfigError",
+    "ControlPolicy",
+    "EsperConfig",
+    "HeuristicPolicy",
+    "KasminaConfig",
+    "Lineage",
+    "LocalKernelLibrary",
+    "NullPolicy",
+    "PlatformConfig",
+    "RandomGerminationPolicy",
+    "Split",
+    "TamiyoConfig",
+    "TamiyoController",
+    "TaskData",
+    "TolariaConfig",
+    "TolariaTrainer",
+    "TrainingDivergedError",
+    "TrainingHistory",
+    "build_controller",
+    "lineage_of",
+    "load_config",
+    "load_task",
+    "parse_config",
+    "save_model",
+    "unwrap",
+    "wrap",
 ]

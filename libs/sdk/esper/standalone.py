@@ -20,10 +20,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface
 from esper_kernels import UrzaKernelSource, builtin_blueprints
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +246,40 @@ class LocalPlatform:
             if time.monotonic() > deadline:
                 raise PlatformError(f"kernels not ready after {timeout_s:.0f} s: {state.by_status}")
             time.sleep(poll_s)
+
+
+def slot_interfaces(model: Any) -> list[TensorInterface]:
+    """The chunk interface of every seed slot of a wrapped model (what the platform must compile kernels for)."""
+    from .kasmina import kasmina_layers
+
+    return [layer.chunks.interface(i) for layer in kasmina_layers(model).values()
+            for i in range(len(layer.chunks.bounds))]
+
+
+def prepare_kernels(platform: LocalPlatform, interfaces: list[TensorInterface], console: Console | None = None,
+                    ) -> KernelProgress:
+    """Submit the built-in blueprints for ``interfaces`` and wait (with a progress bar) until each is final."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .tolaria import progress_bar_wanted
+
+    console = console or Console(highlight=False)
+
+    start = time.perf_counter()
+    keys = platform.submit_builtins(interfaces)
+    pipelines = ", ".join(p.value for p in platform.pipelines)
+    with Progress(TextColumn("[bold]kernels[/bold] {task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeElapsedColumn(), console=console, disable=not progress_bar_wanted()) as bar:
+        job = bar.add_task(f"({pipelines}: compile, gatekeep, profile)", total=len(keys))
+
+        def show(state: KernelProgress) -> None:
+            waiting = ", ".join(f"{k.lower()} {v}" for k, v in sorted(state.by_status.items()))
+            bar.update(job, completed=state.ready + len(state.failed), description=f"({pipelines}) {waiting}")
+
+        state = platform.wait_ready(keys, on_progress=show)
+    for reason in state.failed:
+        console.print(f"[yellow]kernel not available:[/yellow] {reason}")
+    console.print(f"kernels: {state.ready} of {state.total} compiled ({pipelines}), validated and tagged in Urza "
+                  f"({platform.urza_url}) in {time.perf_counter() - start:.0f} s")
+    return state

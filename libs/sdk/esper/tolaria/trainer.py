@@ -146,6 +146,20 @@ def _library_names(model: nn.Module) -> Callable[[str], str | None]:
     return name
 
 
+def _data_from_config(cfg: TolariaConfig, train_data: Iterable[Batch] | None,
+                      val_data: Iterable[Batch] | None) -> tuple[Iterable[Batch], Iterable[Batch]]:
+    """Batches of ``cfg.task`` for whichever of the two the caller did not give (the design's 3-argument form)."""
+    from ..config import ConfigError
+    from ..data import Batches
+    from ..tasks import load_task
+
+    if cfg.task is None:
+        raise ConfigError("TolariaTrainer needs train_data and val_data, or tolaria.task naming what to train on")
+    task = load_task(cfg.task, cfg.seed)
+    return (train_data if train_data is not None else Batches(task.train, cfg.batch_size, seed=cfg.seed),
+            val_data if val_data is not None else Batches(task.val, 1024, shuffle=False))
+
+
 def _is_rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -159,8 +173,8 @@ class TolariaTrainer:
         controller: ControlPolicy,
         config: TolariaConfig | None = None,
         *,
-        train_data: Iterable[Batch],
-        val_data: Iterable[Batch],
+        train_data: Iterable[Batch] | None = None,
+        val_data: Iterable[Batch] | None = None,
         loss_fn: LossFn = F.cross_entropy,
         blueprint_names: Callable[[str], str | None] | None = None,
         hooks: TrainerHooks | None = None,
@@ -170,6 +184,8 @@ class TolariaTrainer:
         self.device = torch.device(cfg.device)
         self.model = model.to(self.device)
         self.controller = controller
+        if train_data is None or val_data is None:
+            train_data, val_data = _data_from_config(cfg, train_data, val_data)
         self.train_data, self.val_data, self.loss_fn = train_data, val_data, loss_fn
         self.blueprint_names = blueprint_names or _library_names(model)
         self.hooks = hooks or TrainerHooks()
@@ -444,6 +460,17 @@ class TolariaTrainer:
 
     def _checkpoint(self) -> Path:
         return self.checkpoints.save(self.epoch, self._state())
+
+    def resume(self) -> int:
+        """Continue this run directory from its newest good checkpoint (model, seeds, optimizers, controller,
+        lineage, history); returns the epoch it had completed. ``train()`` then runs the remaining epochs.
+
+        Raises NoGoodCheckpointError when the directory holds no checkpoint that passes its checksum.
+        """
+        _path, state = self.checkpoints.load_latest_good()
+        self._restore(state)
+        self.checkpoints.discard_after(self.epoch)
+        return self.epoch
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

@@ -73,8 +73,8 @@ def topics() -> None:
 def add_installed_commands(target: typer.Typer, found: Iterable[EntryPoint] | None = None) -> list[str]:
     """Add every ``esper.commands`` entry point (or those in ``found``) to ``target``; returns the names added.
 
-    One that cannot be loaded, is neither a Typer app nor a function, or would shadow a command is skipped with a warning
-    on stderr: an optional tool must never stop ``esper serve`` from starting.
+    One that cannot be loaded, is neither a Typer app nor a function, or would shadow a command is skipped with
+    a warning on stderr: an optional tool must never stop ``esper serve`` from starting.
     """
     taken = {c.name or (c.callback.__name__ if c.callback else "") for c in target.registered_commands}
     taken |= {g.name for g in target.registered_groups if g.name}

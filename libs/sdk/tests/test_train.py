@@ -122,5 +122,5 @@ def test_the_researcher_journey_of_the_design_runs_as_written(tmp_path: Path, mo
 
 def test_the_trainer_without_data_or_task_says_what_it_needs() -> None:
     model = esper.wrap(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), esper.KasminaConfig())
-    with pytest.raises(esper.ConfigError, match="tolaria.task"):
+    with pytest.raises(esper.ConfigError, match=r"tolaria\.task"):
         esper.TolariaTrainer(model, esper.TamiyoController(model), esper.TolariaConfig())

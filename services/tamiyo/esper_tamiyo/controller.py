@@ -19,6 +19,7 @@ serialises access (the service holds a lock around every call).
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 
 from esper_contracts import (
     ACTIVE_STAGES,
+    AdaptationSignal,
     FieldReport,
     HealthSummaryReport,
     PolicyUpdate,
@@ -44,9 +46,11 @@ from esper_policy import ControlPolicy, TamiyoConfig
 
 from .domains import HierarchicalControlConfig
 from .economy import BudgetEconomy, Cycle, Region, reject_unknown_region
-from .kernels import RiskFilter
+from .kernels import KernelsUnavailable, RiskFilter
 from .prime import from_micro
 from .zones import ProtectedZones
+
+log = logging.getLogger(__name__)
 
 #: A policy update may scale the minted budget at most this much (a typo of 100 must not flood the model).
 MAX_RESOURCE_BUDGET = 4.0
@@ -123,6 +127,7 @@ class TamiyoController:
         self._scaffolds: list[ScaffoldRequest] = []
         self._last_epoch: int | None = None
         self.summaries_received = 0
+        self.kernel_source_failures = 0  # boundaries answered "wait" because Urza was down
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -194,7 +199,7 @@ class TamiyoController:
             "criticality": {d: round(c.score, 6) for d, c in books.criticality.items()},
         }, books.summary())
 
-        signal = self.policy.decide(packet)
+        signal = self._decide(packet)
         self.packet = packet
         self._record("adaptation", epoch, _packet_inputs(packet, stages), {
             "commands": [c.model_dump(mode="json", include={"layer_id", "seed_index", "command", "target_stage",
@@ -208,6 +213,17 @@ class TamiyoController:
         out.append(Outgoing(Topic.ADAPTATION_SIGNALS, signal, packet.run_id))
         out += [Outgoing(Topic.FIELD_REPORTS, r, r.seed_id) for r in self.policy.drain_field_reports()]
         return out
+
+    def _decide(self, packet: SystemStatePacket) -> AdaptationSignal:
+        """The policy's answer; when the kernel source is down, "wait" with the reason (and no half-made decision)."""
+        before = self.policy.state_dict()
+        try:
+            return self.policy.decide(packet)
+        except KernelsUnavailable as exc:
+            self.policy.load_state_dict(before)
+            self.kernel_source_failures += 1
+            log.warning("no decision at epoch %d: %s", packet.epoch, exc)
+            return AdaptationSignal(epoch=packet.epoch, reason=f"waiting: {exc}"[:2000])
 
     def _grant_scaffolds(self, books: Cycle, epoch: int) -> list[Any]:
         zones = []

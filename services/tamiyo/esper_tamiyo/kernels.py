@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
+
+import httpx
 
 from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult
 from esper_policy import KernelSelector, kernel_risk
@@ -18,19 +21,41 @@ from esper_urza_client import UrzaClient, UrzaError
 log = logging.getLogger(__name__)
 
 
-class UrzaKernels:
-    """Urza's kernel query (``POST /api/v1/kernels/query``) through the one Urza client."""
+class KernelsUnavailable(RuntimeError):
+    """The kernel source could not answer (after retries). Never read as "no kernels": the decision waits."""
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
-        self._client = UrzaClient(base_url.rstrip("/"), timeout_s=timeout_s)
+
+class UrzaKernels:
+    """Urza's kernel query (``POST /api/v1/kernels/query``) through the one Urza client.
+
+    An error (unreachable, 401, 5xx, a timeout) is logged and retried with a growing pause; when every
+    attempt failed, :class:`KernelsUnavailable` is raised, so the controller answers "wait" for this boundary
+    instead of deciding that no kernel fits.
+    """
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0, attempts: int = 4,
+                 backoff_s: float = 0.25, http: httpx.Client | None = None) -> None:
+        self._client = UrzaClient(base_url.rstrip("/"), token=token, timeout_s=timeout_s, http=http)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.failures = 0
 
     def query(self, query: KernelQuery) -> KernelQueryResult:
-        """Ask Urza; an unreachable or failing Urza means no kernels this time, never a crashed decision."""
-        try:
-            return self._client.query(query)
-        except UrzaError as exc:
-            log.warning("Urza kernel query failed, deciding without new kernels: %s", exc)
-            return KernelQueryResult()
+        """Urza's answer to ``query``; KernelsUnavailable after ``attempts`` failed tries."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._client.query(query)
+            except UrzaError as exc:
+                self.failures += 1
+                log.warning("Urza kernel query failed (attempt %d of %d): %s", attempt, self.attempts, exc)
+                if attempt < self.attempts:
+                    time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                last = exc
+        raise KernelsUnavailable(f"Urza did not answer the kernel query after {self.attempts} attempts: {last}")
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        self._client.close()
 
 
 class FileKernels:
@@ -69,15 +94,26 @@ class NoKernels:
 
 
 class RiskFilter:
-    """Drops kernels that failed validation or exceed the risk ceiling (changed by policy updates)."""
+    """Drops kernels that failed validation or exceed the risk ceiling (changed by policy updates).
 
-    def __init__(self, inner: KernelSelector, max_risk: float = 1.0) -> None:
+    With ``require_report`` (kernels from Urza, where every VALIDATED artifact has Urabrask's report), a kernel
+    without a validation report is dropped too: it was never measured, so its risk is unknown.
+    """
+
+    def __init__(self, inner: KernelSelector, max_risk: float = 1.0, *, require_report: bool = False) -> None:
         self.inner = inner
         self.max_risk = max_risk
+        self.require_report = require_report
 
     def query(self, query: KernelQuery) -> KernelQueryResult:
-        """The inner source's answer minus the kernels that are too risky."""
+        """The inner source's answer minus the kernels that are too risky or unmeasured."""
         result = self.inner.query(query)
-        kept = [a for a in result.artifacts
-                if (a.validation is None or a.validation.passed) and kernel_risk(a.validation) <= self.max_risk]
+        kept = [a for a in result.artifacts if self.acceptable(a)]
         return KernelQueryResult(artifacts=kept, total=len(kept))
+
+    def acceptable(self, artifact: CompiledKernelArtifact) -> bool:
+        """Whether the policy may choose ``artifact``."""
+        report = artifact.validation
+        if report is None:
+            return not self.require_report and kernel_risk(None) <= self.max_risk
+        return report.passed and kernel_risk(report) <= self.max_risk

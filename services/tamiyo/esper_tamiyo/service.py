@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
 
-from esper_contracts import Envelope, Topic
+from esper_contracts import Envelope, KernelStatus, Topic
 from esper_policy import KernelSelector, TamiyoConfig, build_policy
 from esper_runtime import Service, ServiceSettings, load_settings
 
@@ -42,6 +42,7 @@ class TamiyoSettings(ServiceSettings):
     domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (domains-*.yaml)")
     policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
     urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
+    urza_token: str | None = Field(default=None, description="Urza's bearer token (ESPER_URZA_TOKEN, from a Secret)")
     kernels_file: Path | None = Field(default=None, description="A JSON list of kernel artifacts (instead of Urza)")
     allocator_pool: float = Field(default=1.5, gt=0, description="Energy per region for Narset's allocator")
     emergency_tranche_fraction: float = Field(default=0.5, gt=0, le=1)
@@ -59,17 +60,21 @@ class TamiyoService(Service):
     def __init__(self, settings: TamiyoSettings, kernels: KernelSelector | None = None) -> None:
         super().__init__(settings)
         self.settings: TamiyoSettings = settings
+        from_urza = kernels is None and bool(settings.urza_url)
         if kernels is None:
             if settings.urza_url:
-                kernels = UrzaKernels(settings.urza_url)
+                kernels = UrzaKernels(settings.urza_url, token=settings.urza_token)
             elif settings.kernels_file is not None:
                 kernels = FileKernels(settings.kernels_file)
             else:
                 kernels = NoKernels()
+        policy = settings.policy
+        if from_urza:  # only what Urabrask validated and measured: never PENDING, FAILED or unmeasured kernels
+            policy = policy.model_copy(update={"kernel_status": KernelStatus.VALIDATED})
         options = ControllerOptions(allocator_pool=settings.allocator_pool,
                                     emergency_tranche_fraction=settings.emergency_tranche_fraction,
                                     ring_radius=settings.ring_radius, history=settings.history)
-        self.controller = TamiyoController(build_policy, RiskFilter(kernels), settings.policy,
+        self.controller = TamiyoController(build_policy, RiskFilter(kernels, require_report=from_urza), policy,
                                            load_domains(settings.domains_file), options)
         self.lock = threading.RLock()
         # Delivery is at least once: a redelivered packet gets the same answer again, never a second cycle.

@@ -19,32 +19,35 @@ from .base import (
 from .blueprints import TensorInterface
 from .enums import CommandType, GraftingStrategy, Outcome, SeedStage
 
-S = SeedStage
-
 #: Every legal move of the lifecycle state machine. Kasmina enforces it; Tamiyo plans with it.
 #: CULLED is reachable from every stage where a kernel is live, so a regression can always be cut;
 #: ROLLED_BACK is reachable from every non-terminal active stage because Tolaria may roll back at any time.
 LEGAL_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
-    S.DORMANT: frozenset({S.GERMINATED}),
-    S.GERMINATED: frozenset({S.LOADING, S.CANCELLED, S.ROLLED_BACK}),
-    S.LOADING: frozenset({S.TRAINING, S.GRAFTING, S.CULLED, S.CANCELLED, S.ROLLED_BACK}),
-    S.TRAINING: frozenset({S.GRAFTING, S.CULLED, S.CANCELLED, S.ROLLED_BACK}),
-    S.GRAFTING: frozenset({S.STABILIZATION, S.CULLED, S.ROLLED_BACK}),
-    S.STABILIZATION: frozenset({S.EVALUATING, S.CULLED, S.ROLLED_BACK}),
-    S.EVALUATING: frozenset({S.FINE_TUNING, S.FOSSILIZED, S.CULLED, S.ROLLED_BACK}),
-    S.FINE_TUNING: frozenset({S.FOSSILIZED, S.CULLED, S.ROLLED_BACK}),
-    S.FOSSILIZED: frozenset(),
-    S.CULLED: frozenset({S.DORMANT}),
-    S.CANCELLED: frozenset({S.DORMANT}),
-    S.ROLLED_BACK: frozenset(),
+    SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),
+    SeedStage.GERMINATED: frozenset({SeedStage.LOADING, SeedStage.CANCELLED, SeedStage.ROLLED_BACK}),
+    SeedStage.LOADING: frozenset(
+        {SeedStage.TRAINING, SeedStage.GRAFTING, SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.ROLLED_BACK}
+    ),
+    SeedStage.TRAINING: frozenset({SeedStage.GRAFTING, SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.ROLLED_BACK}),
+    SeedStage.GRAFTING: frozenset({SeedStage.STABILIZATION, SeedStage.CULLED, SeedStage.ROLLED_BACK}),
+    SeedStage.STABILIZATION: frozenset({SeedStage.EVALUATING, SeedStage.CULLED, SeedStage.ROLLED_BACK}),
+    SeedStage.EVALUATING: frozenset(
+        {SeedStage.FINE_TUNING, SeedStage.FOSSILIZED, SeedStage.CULLED, SeedStage.ROLLED_BACK}
+    ),
+    SeedStage.FINE_TUNING: frozenset({SeedStage.FOSSILIZED, SeedStage.CULLED, SeedStage.ROLLED_BACK}),
+    SeedStage.FOSSILIZED: frozenset(),
+    SeedStage.CULLED: frozenset({SeedStage.DORMANT}),
+    SeedStage.CANCELLED: frozenset({SeedStage.DORMANT}),
+    SeedStage.ROLLED_BACK: frozenset(),
 }
 
 #: Stages in which a seed holds a kernel (it occupies its slot).
-ACTIVE_STAGES = frozenset(
-    {S.GERMINATED, S.LOADING, S.TRAINING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING}
-)
+ACTIVE_STAGES = frozenset({
+    SeedStage.GERMINATED, SeedStage.LOADING, SeedStage.TRAINING, SeedStage.GRAFTING, SeedStage.STABILIZATION,
+    SeedStage.EVALUATING, SeedStage.FINE_TUNING,
+})
 #: Stages skipped for fixed-function kernels (no trainable parameters).
-TRAINABLE_ONLY_STAGES = frozenset({S.TRAINING, S.FINE_TUNING})
+TRAINABLE_ONLY_STAGES = frozenset({SeedStage.TRAINING, SeedStage.FINE_TUNING})
 
 
 def is_legal_transition(src: SeedStage, dst: SeedStage) -> bool:
@@ -99,6 +102,11 @@ class SeedTelemetry(StrictModel):
     error_count: NonNegativeInt = 0
     embargo_until_epoch: NonNegativeInt | None = None
     interface: TensorInterface | None = Field(default=None, description="Shape contract of the seed's chunk")
+    kernel_trainable: bool | None = Field(
+        default=None,
+        description="Whether the seed's kernel has trainable parameters (a fixed-function kernel skips TRAINING and "
+        "FINE_TUNING); None until a kernel has been loaded",
+    )
 
     @property
     def seed_id(self) -> str:

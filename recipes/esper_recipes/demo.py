@@ -113,10 +113,8 @@ def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]
         else:
             raise TypeError(f"{layer_id}: static twins support Linear and Conv2d hosts, not {type(host).__name__}")
         layout_spec = ChunkLayout(layout, features, tuple(chunk_bounds(features, chunks)))
-        register = getattr(library, "register_interface", None)  # a local library builds kernels on demand
-        for i in seeds:
-            if register is not None:
-                register(layout_spec.interface(i))
+        for i in seeds:  # a local library builds kernels on demand; any other source ignores this
+            library.register_interface(layout_spec.interface(i))
         grafted = GraftedModule(host, {i: library.load(k) for i, k in seeds.items()}, layout_spec)
         parent, _, name = layer_id.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, name, grafted)

@@ -39,7 +39,11 @@ EAGER_HARDWARE = "cpu"
 
 @runtime_checkable
 class KernelSource(Protocol):
-    """What Kasmina needs: turn an artifact id into a fresh module, and describe the artifact."""
+    """What Kasmina and Tolaria need: turn an artifact id into a fresh module, and describe the artifact.
+
+    ``load`` and ``metadata`` are required. The other three have working defaults here, so a minimal
+    source subclasses this class and writes only those two.
+    """
 
     def load(self, artifact_id: str) -> nn.Module:
         """A new module instance for ``artifact_id`` (on CPU); raises on a missing or corrupt artifact."""
@@ -48,6 +52,19 @@ class KernelSource(Protocol):
     def metadata(self, artifact_id: str) -> CompiledKernelArtifact:
         """The artifact's record; raises KernelNotFoundError when unknown."""
         ...
+
+    def register_interface(self, interface: TensorInterface) -> list[str]:
+        """Get ready to serve kernels for a chunk of ``interface`` (idempotent; Kasmina calls it for every
+        chunk it wraps); returns the artifact ids registered for it (by default none: nothing to prepare)."""
+        return []
+
+    def evict(self, artifact_id: str) -> None:
+        """Forget anything cached for ``artifact_id`` (Kasmina calls it when the kernel failed); by default
+        there is nothing to forget."""
+
+    def describe(self, artifact_id: str) -> str:
+        """A readable name for the artifact, for logs and lineage; never raises (by default the id itself)."""
+        return artifact_id
 
 
 def toolchain_hash() -> str:
@@ -152,6 +169,12 @@ class LocalKernelLibrary:
     def evict(self, artifact_id: str) -> None:
         """Drop an artifact from the cache (after it failed at runtime); the next load re-fetches it."""
         self.cache.evict(artifact_id)
+
+    def describe(self, artifact_id: str) -> str:
+        """The name of the blueprint the artifact was built from (the id itself when unknown)."""
+        with self._lock:
+            ir = self._irs.get(artifact_id)
+        return ir.name if ir is not None else artifact_id
 
     # -- KernelSelector ---------------------------------------------------------------------------------
     def query(self, q: KernelQuery) -> KernelQueryResult:

@@ -32,6 +32,7 @@ from esper_contracts import (
     CompiledKernelArtifact,
     KernelQuery,
     KernelQueryResult,
+    TensorInterface,
 )
 from esper_urza_client import UrzaClient
 
@@ -215,6 +216,19 @@ class UrzaKernelSource:
             with self._lock:
                 self._irs[blueprint_id] = ir
         return ir
+
+    def describe(self, artifact_id: str) -> str:
+        """The name of the blueprint the artifact was compiled from, for logs and lineage; the id itself when
+        Urza cannot tell (unreachable, or no such blueprint)."""
+        try:
+            return self.blueprint(artifact_id).name
+        except Exception as exc:  # a name is only for display: it must never stop a training run
+            log.debug("no blueprint name for %s: %s", artifact_id, exc)
+            return artifact_id
+
+    def register_interface(self, interface: TensorInterface) -> list[str]:
+        """Nothing to prepare: Urza's kernels are compiled by Tezzeret, not built here per interface."""
+        return []
 
     # -- KernelSelector ---------------------------------------------------------------------------------
     def query(self, q: KernelQuery) -> KernelQueryResult:

@@ -13,6 +13,7 @@ from esper_contracts import (
     ARTIFACT_ID_PATTERN,
     BlueprintClass,
     CompilationPipeline,
+    CompiledKernelArtifact,
     KernelQuery,
     KernelSelector,
     KernelStatus,
@@ -80,6 +81,31 @@ def test_library_satisfies_both_protocols_and_ids_follow_the_schema() -> None:
         assert aid.startswith(meta.blueprint_id) and meta.blueprint_id == lib.blueprint(aid).ir_hash()
         assert aid.endswith(f"-cpu-eager-{toolchain_hash()}") and meta.pipeline is CompilationPipeline.EAGER
         assert meta.status is KernelStatus.VALIDATED and meta.sha256 is not None
+
+
+def test_a_library_names_its_artifacts_by_blueprint() -> None:
+    lib = LocalKernelLibrary()
+    aid = lib.register_interface(BD16)[0]
+    assert lib.describe(aid) == lib.blueprint(aid).name
+    assert lib.describe("not-an-artifact") == "not-an-artifact"  # a display name never raises
+
+
+def test_a_minimal_kernel_source_gets_working_defaults() -> None:
+    lib = LocalKernelLibrary()
+
+    class Minimal(KernelSource):
+        """Only the two required methods."""
+
+        def load(self, artifact_id: str) -> torch.nn.Module:
+            return lib.load(artifact_id)
+
+        def metadata(self, artifact_id: str) -> CompiledKernelArtifact:
+            return lib.metadata(artifact_id)
+
+    source = Minimal()
+    assert isinstance(source, KernelSource)
+    assert source.register_interface(BD16) == [] and source.evict("any") is None
+    assert source.describe("some-artifact") == "some-artifact"
 
 
 def test_toolchain_hash_covers_the_torch_version(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ A policy reads a :class:`~esper_contracts.SystemStatePacket` at each epoch bound
 serve the same :class:`ControlPolicy` interface over the bus.
 """
 
-from .base import FIXED_FUNCTION_TAGS, Adaptation, PolicyBase, artifact_name, next_stage, packet_metric
+from .base import Adaptation, PolicyBase, artifact_name, next_stage, packet_metric
 from .baselines import NullPolicy, RandomGerminationPolicy
 from .config import TamiyoConfig
 from .heuristic import HeuristicPolicy, PlateauDetector, unhealthiness
@@ -24,7 +24,6 @@ def build_policy(config: TamiyoConfig | None = None, kernels: KernelSelector | N
 
 
 __all__ = [
-    "FIXED_FUNCTION_TAGS",
     "Adaptation",
     "ControlPolicy",
     "HeuristicPolicy",

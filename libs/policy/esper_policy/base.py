@@ -34,27 +34,31 @@ from esper_contracts import (
 from .config import TamiyoConfig
 from .protocols import KernelSelector
 
-S = SeedStage
 STATE_VERSION = 1
-
-#: Kernel tags that mark a kernel without trainable parameters (TRAINING and FINE_TUNING are skipped).
-FIXED_FUNCTION_TAGS = frozenset({"fixed_function", "fixed-function", "parameter_free", "parameter-free"})
 
 #: Stages a seed leaves as soon as it says it is ready (no judgement needed), and where it goes next.
 #: LOADING and EVALUATING depend on whether the kernel is trainable; see :func:`next_stage`.
-_READY_NEXT = {S.TRAINING: S.GRAFTING, S.GRAFTING: S.STABILIZATION, S.STABILIZATION: S.EVALUATING}
+_READY_NEXT = {
+    SeedStage.TRAINING: SeedStage.GRAFTING,
+    SeedStage.GRAFTING: SeedStage.STABILIZATION,
+    SeedStage.STABILIZATION: SeedStage.EVALUATING,
+}
 
 
-def next_stage(stage: SeedStage, trainable: bool) -> SeedStage | None:
-    """The stage an ADVANCE moves a seed to from ``stage`` on the success path (None at the end)."""
-    if stage is S.GERMINATED:
-        return S.LOADING
-    if stage is S.LOADING:
-        return S.TRAINING if trainable else S.GRAFTING
-    if stage is S.EVALUATING:
-        return S.FINE_TUNING if trainable else S.FOSSILIZED
-    if stage is S.FINE_TUNING:
-        return S.FOSSILIZED
+def next_stage(stage: SeedStage, trainable: bool | None) -> SeedStage | None:
+    """The stage an ADVANCE moves a seed to from ``stage`` on the success path (None at the end).
+
+    ``trainable`` is what Kasmina's telemetry says of the seed's kernel; None (not loaded yet) plans the
+    trainable path, which Kasmina redirects past TRAINING and FINE_TUNING for a fixed-function kernel.
+    """
+    if stage is SeedStage.GERMINATED:
+        return SeedStage.LOADING
+    if stage is SeedStage.LOADING:
+        return SeedStage.GRAFTING if trainable is False else SeedStage.TRAINING
+    if stage is SeedStage.EVALUATING:
+        return SeedStage.FOSSILIZED if trainable is False else SeedStage.FINE_TUNING
+    if stage is SeedStage.FINE_TUNING:
+        return SeedStage.FOSSILIZED
     return _READY_NEXT.get(stage)
 
 
@@ -76,10 +80,10 @@ class Adaptation:
     blueprint_id: str
     kernel_id: str
     blueprint_name: str
-    trainable: bool
+    trainable: bool | None  # whether the kernel has trainable parameters, as Kasmina last reported (None: not yet)
     germinated_epoch: int
     baseline: float
-    stage: str = S.GERMINATED.value
+    stage: str = SeedStage.GERMINATED.value
     boundaries_in_stage: int = 0
     scores: list[float] = field(default_factory=list)  # val metric at each boundary since grafting finished
 
@@ -114,6 +118,8 @@ class PolicyBase:
             stage = t.stage
             if stage in ACTIVE_STAGES:
                 rec = self._live.get(t.seed_id) or self._adopt(t, metric)
+                if t.kernel_trainable is not None:
+                    rec.trainable = t.kernel_trainable
                 if rec.stage != stage.value:
                     rec.stage, rec.boundaries_in_stage = stage.value, 0
                 rec.boundaries_in_stage += 1
@@ -125,9 +131,9 @@ class PolicyBase:
                 continue
             if self._live and t.seed_id in self._live:  # it ended without this policy's command
                 self._forget(t, packet)
-            if stage is S.DORMANT:
+            if stage is SeedStage.DORMANT:
                 dormant.append(t)
-            elif stage in (S.CULLED, S.CANCELLED):
+            elif stage in (SeedStage.CULLED, SeedStage.CANCELLED):
                 commands.extend(self._release(t))
         self._recent.append(metric)
         if dormant and self._may_germinate(packet, live):
@@ -154,17 +160,20 @@ class PolicyBase:
     def _steer(
         self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket, metric: float
     ) -> KasminaControlCommand | None:
-        """The command (if any) for one live seed; the default advances on readiness, without gates."""
-        if t.error_count > 0:
-            return self._end(t, rec, packet, Outcome.CULLED, f"kernel raised {t.error_count} time(s)")
-        if t.stage in (S.EVALUATING, S.FINE_TUNING):
+        """The command (if any) for one live seed; the default advances on readiness, without gates.
+
+        A seed whose kernel failed is not this policy's to cull: Kasmina culls it at the boundary, and
+        Tolaria reports the outcome through ``observe_outcomes``.
+        """
+        if t.stage in (SeedStage.EVALUATING, SeedStage.FINE_TUNING):
             rec.scores.append(packet_metric(packet))
-            wanted = self.config.evaluation_epochs if t.stage is S.EVALUATING else self.config.fine_tuning_epochs
+            cfg = self.config
+            wanted = cfg.evaluation_epochs if t.stage is SeedStage.EVALUATING else cfg.fine_tuning_epochs
             if rec.boundaries_in_stage < wanted:
                 return None
             target = next_stage(t.stage, rec.trainable)
             assert target is not None  # EVALUATING and FINE_TUNING always have a successor
-            if target is S.FOSSILIZED:
+            if target is SeedStage.FOSSILIZED:
                 return self._end(t, rec, packet, Outcome.FOSSILIZED, "fine-tuning finished")
             return self._advance(t, target, "evaluation finished")
         return self._advance_when_ready(t, rec, packet)
@@ -176,17 +185,17 @@ class PolicyBase:
     ) -> KasminaControlCommand | None:
         """Move a seed on from a readiness-driven stage; time out a stage that never gets ready."""
         stage = t.stage
-        if stage is S.GERMINATED:  # promotion to LOADING needs no readiness: the kernel is queued
-            return self._advance(t, S.LOADING, "kernel queued for loading")
+        if stage is SeedStage.GERMINATED:  # promotion to LOADING needs no readiness: the kernel is queued
+            return self._advance(t, SeedStage.LOADING, "kernel queued for loading")
         target = next_stage(stage, rec.trainable)
-        if target is None or target is S.FOSSILIZED or stage in (S.EVALUATING, S.FINE_TUNING):
+        if target is None or target is SeedStage.FOSSILIZED or stage in (SeedStage.EVALUATING, SeedStage.FINE_TUNING):
             return None
         if t.is_ready_for_transition:
             return self._advance(t, target, f"{stage.value.lower()} ready")
         if rec.boundaries_in_stage >= self.config.stage_timeout_epochs:
-            if stage is S.LOADING:
+            if stage is SeedStage.LOADING:
                 return self._end(t, rec, packet, Outcome.CULLED, "kernel never finished loading")
-            if stage is S.TRAINING:
+            if stage is SeedStage.TRAINING:
                 return self._end(t, rec, packet, Outcome.CULLED, "reconstruction never converged")
             return self._advance(t, target, f"{stage.value.lower()} timed out")
         return None
@@ -207,7 +216,7 @@ class PolicyBase:
         """Fossilize or cull a seed, writing its field report now (the command is legal by construction)."""
         self._report(rec, packet_metric(packet), outcome, packet)
         if outcome is Outcome.FOSSILIZED:
-            return self._advance(t, S.FOSSILIZED, reason)
+            return self._advance(t, SeedStage.FOSSILIZED, reason)
         return KasminaControlCommand(
             layer_id=t.layer_id,
             seed_index=t.seed_index,
@@ -243,16 +252,16 @@ class PolicyBase:
 
     def _forget(self, t: SeedTelemetry, packet: SystemStatePacket) -> None:
         """Close the books on a seed that left the active stages without a command from this policy."""
-        outcome = {S.FOSSILIZED: Outcome.FOSSILIZED, S.ROLLED_BACK: Outcome.ROLLED_BACK,
-                   S.CANCELLED: Outcome.CANCELLED}.get(t.stage, Outcome.CULLED)
+        outcome = {SeedStage.FOSSILIZED: Outcome.FOSSILIZED, SeedStage.ROLLED_BACK: Outcome.ROLLED_BACK,
+                   SeedStage.CANCELLED: Outcome.CANCELLED}.get(t.stage, Outcome.CULLED)
         self._report(self._live[t.seed_id], packet_metric(packet), outcome, packet)
 
     def _release(self, t: SeedTelemetry) -> list[KasminaControlCommand]:
         """Return a culled or cancelled slot to DORMANT once its embargo is over."""
         until = max(self._embargo.get(t.seed_id, 0), t.embargo_until_epoch or 0)
-        if t.stage is S.CULLED and self._epoch < until:
+        if t.stage is SeedStage.CULLED and self._epoch < until:
             return []
-        return [self._advance(t, S.DORMANT, "embargo over" if t.stage is S.CULLED else "slot released")]
+        return [self._advance(t, SeedStage.DORMANT, "embargo over" if t.stage is SeedStage.CULLED else "slot released")]
 
     def _adopt(self, t: SeedTelemetry, metric: float) -> Adaptation:
         """Track a live seed the policy did not start (restored model, or a command it thought failed)."""
@@ -261,7 +270,7 @@ class PolicyBase:
             blueprint_id=t.blueprint_id or "unknown",
             kernel_id=t.kernel_artifact_id or "unknown",
             blueprint_name=t.blueprint_id or "unknown",
-            trainable=True,
+            trainable=t.kernel_trainable,
             germinated_epoch=self._epoch,
             baseline=metric,
             stage=t.stage.value,
@@ -319,7 +328,7 @@ class PolicyBase:
             blueprint_id=artifact.blueprint_id,
             kernel_id=artifact.artifact_id,
             blueprint_name=artifact_name(artifact),
-            trainable=not (FIXED_FUNCTION_TAGS & set(artifact.tags)),
+            trainable=None,  # Kasmina's telemetry tells once the kernel is loaded
             germinated_epoch=self._epoch,
             baseline=baseline,
         )
@@ -335,7 +344,7 @@ class PolicyBase:
             issued_at_epoch=self._epoch,
             reason=reason,
         )
-        return [germinate, self._advance(t, S.LOADING, "kernel queued for loading")]
+        return [germinate, self._advance(t, SeedStage.LOADING, "kernel queued for loading")]
 
     def _under_caps(self, live: int) -> bool:
         """Concurrency, total-germination and cooldown limits all allow one more adaptation."""

@@ -9,7 +9,8 @@
   skipping blueprints already culled in that slot.
 * **Gates**: readiness-driven stages advance when the seed says it is ready; EVALUATING compares the
   validation metric with the pre-germination baseline and culls a regression; FINE_TUNING fossilizes
-  only a seed that ends at least ``min_improvement`` above the baseline. A crashing kernel is culled.
+  only a seed that ends at least ``min_improvement`` above the baseline. A crashing kernel is culled by
+  Kasmina itself; Tolaria reports that outcome to the policy.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from esper_contracts import (
 from .base import Adaptation, PolicyBase, next_stage
 from .config import TamiyoConfig
 from .protocols import KernelSelector
-
-S = SeedStage
 
 #: How many dormant candidates, worst first, are tried before giving up on a boundary (each needs a query).
 MAX_CANDIDATES_TRIED = 8
@@ -115,15 +114,14 @@ class HeuristicPolicy(PolicyBase):
     ) -> KasminaControlCommand | None:
         cfg = self.config
         stage = t.stage
-        if t.error_count > 0:
-            return self._end(t, rec, packet, Outcome.CULLED, f"kernel raised {t.error_count} time(s)")
-        blended = stage in (S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING)
+        blended = stage in (SeedStage.GRAFTING, SeedStage.STABILIZATION, SeedStage.EVALUATING, SeedStage.FINE_TUNING)
         # A blended seed that wrecks the model is cut at once; the milder check waits for EVALUATING.
         if blended and metric < rec.baseline - 3 * cfg.cull_regression_tolerance:
             return self._end(t, rec, packet, Outcome.CULLED, f"severe regression {metric:.4f} < {rec.baseline:.4f}")
-        if stage is S.TRAINING and not t.is_ready_for_transition and rec.boundaries_in_stage > cfg.max_training_epochs:
+        stuck = not t.is_ready_for_transition and rec.boundaries_in_stage > cfg.max_training_epochs
+        if stage is SeedStage.TRAINING and stuck:
             return self._end(t, rec, packet, Outcome.CULLED, "reconstruction never converged")
-        if stage is S.EVALUATING:
+        if stage is SeedStage.EVALUATING:
             rec.scores.append(metric)
             if rec.boundaries_in_stage < cfg.evaluation_epochs:
                 return None
@@ -131,10 +129,11 @@ class HeuristicPolicy(PolicyBase):
             if measured < rec.baseline - cfg.cull_regression_tolerance:
                 why = f"evaluation regressed: {measured:.4f} vs baseline {rec.baseline:.4f}"
                 return self._end(t, rec, packet, Outcome.CULLED, why)
-            if next_stage(stage, rec.trainable) is S.FINE_TUNING:
-                return self._advance(t, S.FINE_TUNING, f"evaluation passed: {measured:.4f} vs {rec.baseline:.4f}")
+            if next_stage(stage, rec.trainable) is SeedStage.FINE_TUNING:
+                why = f"evaluation passed: {measured:.4f} vs {rec.baseline:.4f}"
+                return self._advance(t, SeedStage.FINE_TUNING, why)
             return self._final_gate(t, rec, packet, measured)
-        if stage is S.FINE_TUNING:
+        if stage is SeedStage.FINE_TUNING:
             rec.scores.append(metric)
             if rec.boundaries_in_stage < cfg.fine_tuning_epochs:
                 return None

@@ -144,12 +144,13 @@ def test_concurrency_cap_holds() -> None:
         assert all(c.command is not CommandType.GERMINATE for c in cmds)
 
 
-def walk(policy: PolicyBase, acc_after: float) -> list:
-    """Germinate fc1, then feed telemetry that follows each command; return every command issued."""
+def walk(policy: PolicyBase, acc_after: float, trainable: bool | None = True) -> list:
+    """Germinate fc1, then feed telemetry that follows each command (its kernel loaded, ``trainable`` as
+    Kasmina reports it); return every command issued."""
     issued = list(plateau_then_germinate(policy, [seed("fc1")]))
     stage, epoch = S.LOADING, 20
     while stage not in (S.FOSSILIZED, S.CULLED) and epoch < 80:
-        t = seed("fc1", stage=stage, is_ready_for_transition=True)
+        t = seed("fc1", stage=stage, is_ready_for_transition=True, kernel_trainable=trainable)
         cmds = policy.decide(packet(epoch, 1.0, [t], acc=acc_after)).commands
         issued += cmds
         for c in cmds:
@@ -171,10 +172,17 @@ def test_full_lifecycle_fossilizes_an_improving_seed_and_reports_it() -> None:
 
 
 def test_fixed_function_kernel_skips_training_and_fine_tuning() -> None:
-    policy = HeuristicPolicy(CFG, FakeLibrary([make_artifact("norm", tags=("fixed_function",))]))
-    targets = [c.target_stage for c in walk(policy, acc_after=0.9) if c.command is CommandType.ADVANCE]
+    policy = HeuristicPolicy(CFG, FakeLibrary([make_artifact("norm")]))
+    targets = [c.target_stage for c in walk(policy, acc_after=0.9, trainable=False) if c.command is CommandType.ADVANCE]
     assert targets == [S.LOADING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FOSSILIZED]
     assert next_stage(S.LOADING, trainable=False) is S.GRAFTING
+    assert next_stage(S.LOADING, trainable=None) is S.TRAINING  # not loaded yet: Kasmina redirects if need be
+
+
+def test_trainability_comes_from_telemetry_not_from_kernel_tags() -> None:
+    tagged = HeuristicPolicy(CFG, FakeLibrary([make_artifact("norm", tags=("fixed_function", "parameter_free"))]))
+    targets = [c.target_stage for c in walk(tagged, acc_after=0.9, trainable=True) if c.command is CommandType.ADVANCE]
+    assert S.TRAINING in targets and S.FINE_TUNING in targets
 
 
 def test_regression_is_culled_embargoed_and_not_retried_with_the_same_blueprint() -> None:
@@ -202,11 +210,22 @@ def test_training_that_never_converges_is_culled() -> None:
     assert [c.command for c in cmds] == [CommandType.CULL]
 
 
-def test_crashing_kernel_is_culled() -> None:
-    policy = HeuristicPolicy(CFG, FakeLibrary([make_artifact("mlp")]))
+def test_a_crashed_kernel_is_culled_by_kasmina_not_by_the_policy() -> None:
+    lib = FakeLibrary([make_artifact("mlp"), make_artifact("other")])
+    policy = HeuristicPolicy(CFG, lib)
     plateau_then_germinate(policy, [seed("fc1")])
-    (cmd,) = policy.decide(packet(30, 1.0, [seed("fc1", stage=S.GRAFTING, error_count=2)])).commands
-    assert cmd.command is CommandType.CULL and "raised" in cmd.reason
+    # Errors on a seed still live are Kasmina's to act on (it culls at the boundary): no CULL from the policy.
+    failing = seed("fc1", stage=S.GRAFTING, error_count=2)
+    assert all(c.command is not CommandType.CULL for c in policy.decide(packet(30, 1.0, [failing], acc=0.5)).commands)
+    # Kasmina culled it; Tolaria reports the outcome. The policy closes its books once, embargoes the slot and
+    # does not retry the blueprint there.
+    policy.observe_outcomes([FieldReport(blueprint_id=lib.artifacts[0].blueprint_id, seed_id="fc1[0]",
+                                         pre_metric=0.5, post_metric=0.5, outcome=Outcome.CULLED)])
+    assert policy.decide(packet(31, 1.0, [seed("fc1", stage=S.CULLED, error_count=1)], acc=0.5)).commands == []
+    assert policy.drain_field_reports() == []
+    assert policy.state_dict()["live"] == {} and policy.state_dict()["embargo"] == {"fc1[0]": 30 + 3}
+    cmds = plateau_then_germinate(policy, [seed("fc1")], start=40)
+    assert cmds[0].blueprint_id == lib.artifacts[1].blueprint_id
 
 
 def test_rolled_back_seed_is_locked_forever() -> None:

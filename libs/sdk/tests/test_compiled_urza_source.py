@@ -162,6 +162,10 @@ def test_the_blueprint_of_an_artifact_is_fetched_once(source: UrzaKernelSource, 
     before = len(wire.requests)
     assert source.blueprint(aid) == bottleneck(16) and source.blueprint(aid).name == "bottleneck-bd-16"
     assert len(wire.requests) == before + 1  # IRs never change: the second answer comes from memory
+    assert source.describe(aid) == "bottleneck-bd-16" and len(wire.requests) == before + 1
+    unknown = f"{'0' * 64}-cpu-fast-0123456789abcdef"
+    assert source.describe(unknown) == unknown  # Urza has no such blueprint: the id is the name
+    assert source.register_interface(TensorInterface(layout="BD", features=16)) == []
 
 
 def test_kasmina_trains_a_compiled_kernel_from_urza_through_the_whole_lifecycle(source: UrzaKernelSource) -> None:

@@ -18,6 +18,7 @@ from esper.kasmina import (
     apply_commands,
     collect_telemetry,
     drain_events,
+    drain_transitions,
     kasmina_layers,
     resolve_command,
     seed_parameters,
@@ -27,7 +28,7 @@ from esper.kasmina import (
 from esper.kasmina.lifecycle import MODULE_STAGES
 from esper.kasmina.testing import SUCCESS_PATH, Driver, advance, cmd, fast_config, kernel_for, mlp, train_steps
 from esper_contracts import LEGAL_TRANSITIONS, CommandType, CompiledKernelArtifact, SeedStage
-from esper_kernels import LocalKernelLibrary, fixed_function_blueprint
+from esper_kernels import KernelSource, LocalKernelLibrary, fixed_function_blueprint
 
 S = SeedStage
 BROKEN = "broken-kernel"
@@ -47,12 +48,16 @@ class Crash(nn.Module):
         return x * self.w
 
 
-class StubSource:
-    """The local library plus a kernel that cannot load, one that crashes, and an optional gate on loads."""
+class StubSource(KernelSource):
+    """The local library plus a kernel that cannot load, one that crashes, and an optional gate on loads.
+
+    It relies on KernelSource's default ``evict`` and ``describe``, and counts evictions.
+    """
 
     def __init__(self) -> None:
         self.lib = LocalKernelLibrary()
         self.gate: threading.Event | None = None
+        self.evicted: list[str] = []
 
     def load(self, artifact_id: str) -> nn.Module:
         if self.gate is not None:
@@ -69,10 +74,14 @@ class StubSource:
     def register_interface(self, interface: Any) -> list[str]:
         return self.lib.register_interface(interface)
 
+    def evict(self, artifact_id: str) -> None:
+        self.evicted.append(artifact_id)
+        super().evict(artifact_id)
+
 
 def _setup(**overrides: Any) -> tuple[nn.Module, StubSource, torch.Tensor]:
     source = StubSource()
-    model = wrap(mlp(), fast_config(chunks_per_layer=2, **overrides), source)  # type: ignore[arg-type]
+    model = wrap(mlp(), fast_config(chunks_per_layer=2, **overrides), source)
     return model, source, torch.randn(16, 8)
 
 
@@ -137,13 +146,7 @@ def test_no_command_sequence_reaches_an_illegal_transition(actions: list[tuple])
     fixed = source.lib.register(fixed_function_blueprint(layer.chunks.interface(0))).artifact_id
     kernels = {"good": good, "fixed": fixed, BROKEN: BROKEN, CRASH: CRASH}
     taken: list[tuple[SeedStage, SeedStage]] = []
-    enter = layer._enter
-
-    def recording_enter(i: int, target: SeedStage, epoch: int, **kw: Any) -> None:
-        taken.append((layer.stage(i), target))
-        enter(i, target, epoch, **kw)
-
-    layer._enter = recording_enter  # type: ignore[method-assign]
+    last = [S.DORMANT, S.DORMANT]  # each seed's stage as its transition events tell it
     epoch = 0
     for action in actions:
         wait_for_loads(model)  # deterministic: every started load has finished before the next action
@@ -171,6 +174,12 @@ def test_no_command_sequence_reaches_an_illegal_transition(actions: list[tuple])
             model.train(action[0] == "train")
             for _ in range(3):
                 assert torch.isfinite(model(x)).all()
+        for move in drain_transitions(model):
+            # The events alone tell every stage change: each starts where the previous one ended.
+            assert move.old is last[move.seed_index], f"{move} does not follow {last[move.seed_index]}"
+            last[move.seed_index] = move.new
+            taken.append((move.old, move.new))
+        assert last == [layer.stage(0), layer.stage(1)]
         for src, dst in taken:
             assert dst in LEGAL_TRANSITIONS[src], f"illegal {src} -> {dst}"
         for i in range(2):
@@ -196,7 +205,9 @@ def test_culled_slot_is_embargoed_then_returns_to_dormant() -> None:
     tel = collect_telemetry(model, culled_at + 1)
     assert tel[0].stage is S.CULLED and tel[0].embargo_until_epoch == culled_at + 2
     assert collect_telemetry(model, culled_at + 2)[0].stage is S.DORMANT
-    assert any(e.kind is EventKind.DORMANT_AGAIN for e in drain_events(model))
+    *_, culled, dormant = drain_transitions(model)
+    assert (culled.old, culled.new, culled.commanded) == (S.TRAINING, S.CULLED, True)
+    assert (dormant.old, dormant.new, dormant.commanded, dormant.reason) == (S.CULLED, S.DORMANT, False, "embargo over")
     assert apply_commands(model, [cmd("0", 0, CommandType.GERMINATE, kernel=k)], culled_at + 3) == []
 
 
@@ -270,12 +281,51 @@ def test_load_failure_culls_the_seed_and_reports_it(kernel: str) -> None:
         kernel = kernel_for(model, source.lib, "2", 0)
     d = Driver(model, x)
     d.to_stage("0", 0, kernel, S.LOADING)
+    drain_transitions(model)
     wait_for_loads(model)
     tel = collect_telemetry(model, d.epoch)
     assert tel[0].stage is S.CULLED and tel[0].error_count == 1
-    events = drain_events(model)
-    assert [e.kind for e in events if e.kind in (EventKind.LOAD_FAILED, EventKind.CULLED)] == [
-        EventKind.LOAD_FAILED, EventKind.CULLED]
+    (failed,) = [e for e in drain_events(model) if e.kind is EventKind.LOAD_FAILED]
+    # Exactly one transition, made by Kasmina on its own, whose reason carries the load error.
+    (move,) = drain_transitions(model)
+    assert (move.seed_id, move.old, move.new, move.commanded) == ("0[0]", S.LOADING, S.CULLED, False)
+    assert move.reason == f"kernel error: {failed.message}" and move.kernel_artifact_id == kernel
+    assert source.evicted == [kernel]
+    for e in range(d.epoch + 1, d.epoch + 3):  # later boundaries do not cull it again
+        collect_telemetry(model, e)
+    assert [m.new for m in drain_transitions(model)] == [S.DORMANT]
+
+
+def test_a_kernel_runtime_error_culls_the_seed_exactly_once() -> None:
+    model, source, x = _setup()
+    d = Driver(model, x)
+    d.to_stage("0", 0, CRASH, S.TRAINING)
+    drain_transitions(model)
+    train_steps(model, x, 5)  # the first training forward raises; the seed is the identity from then on
+    (error,) = [e for e in drain_events(model) if e.kind is EventKind.RUNTIME_ERROR]
+    assert "kernel exploded" in error.message and kasmina_layers(model)["0"].stage(0) is S.TRAINING
+    for e in range(d.epoch, d.epoch + 2):  # two boundaries, both inside the embargo that follows the cull
+        tel = collect_telemetry(model, e)
+    (move,) = drain_transitions(model)
+    assert (move.old, move.new, move.commanded, move.epoch) == (S.TRAINING, S.CULLED, False, d.epoch)
+    assert "kernel exploded" in move.reason
+    assert tel[0].stage is S.CULLED and tel[0].error_count == 1 and source.evicted == [CRASH]
+
+
+def test_telemetry_says_whether_the_kernel_is_trainable() -> None:
+    model, source, x = _setup()
+    layer = kasmina_layers(model)["0"]
+    fixed = source.lib.register(fixed_function_blueprint(layer.chunks.interface(1))).artifact_id
+    d = Driver(model, x)
+    assert [t.kernel_trainable for t in collect_telemetry(model, d.epoch)[:2]] == [None, None]
+    d.to_stage("0", 0, kernel_for(model, source.lib, "0"), S.GERMINATED)
+    d.to_stage("0", 1, fixed, S.LOADING)
+    tel = collect_telemetry(model, d.epoch)
+    assert [t.kernel_trainable for t in tel[:2]] == [None, False]  # seed 0 has not loaded its kernel yet
+    assert d.apply(advance("0", 0, S.LOADING)) == []
+    wait_for_loads(model)
+    tel = collect_telemetry(model, d.epoch)
+    assert [t.kernel_trainable for t in tel[:2]] == [True, False]
 
 
 def test_training_readiness_follows_the_reconstruction_loss() -> None:

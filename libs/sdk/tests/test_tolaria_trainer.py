@@ -177,10 +177,17 @@ def test_loss_spike_triggers_rollback_and_too_many_rollbacks_raise(tmp_path: Pat
 
 
 class CrashingKernels(LocalKernelLibrary):
-    """A library whose kernels raise on their first forward."""
+    """A library whose kernels raise on every forward (``when="load"``: the load probe fails) or only when
+    training (``when="runtime"``: they load, then raise at the first training step)."""
+
+    def __init__(self, when: str = "load") -> None:
+        super().__init__()
+        self.when = when
+        self.evicted: list[str] = []
 
     def load(self, artifact_id: str) -> nn.Module:
         inner = super().load(artifact_id)
+        crash_in_eval = self.when == "load"
 
         class Crash(nn.Module):
             def __init__(self) -> None:
@@ -188,19 +195,42 @@ class CrashingKernels(LocalKernelLibrary):
                 self.inner = inner
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                raise RuntimeError("kernel exploded")
+                if self.training or crash_in_eval:
+                    raise RuntimeError("kernel exploded")
+                return x
 
         return Crash()
 
+    def evict(self, artifact_id: str) -> None:
+        self.evicted.append(artifact_id)
+        super().evict(artifact_id)
 
-def test_kernel_runtime_error_is_logged_and_the_seed_culled(tmp_path: Path) -> None:
-    trainer = make_trainer(tmp_path, epochs=5, kernels=CrashingKernels())
+
+@pytest.mark.parametrize("when", ["load", "runtime"])
+def test_a_failed_kernel_is_culled_once_by_kasmina_and_the_trainer_records_it(tmp_path: Path, when: str) -> None:
+    library = CrashingKernels(when)
+    trainer = make_trainer(tmp_path, epochs=5, kernels=library)
     _, history = trainer.train()
     errors = [e for e in history.events if e["kind"] == "kernel_error"]
-    assert errors and "kernel exploded" in errors[0]["message"]
+    assert errors and all("kernel exploded" in e["message"] for e in errors)
+    assert {e["error_kind"] for e in errors} == {"load_failed" if when == "load" else "runtime_error"}
+    # One failure, one cull: the transition Kasmina reported, recorded with its reason, and no command of ours.
+    culls = [e for e in history.events if e["kind"] == "transition" and e["new"] == "CULLED"]
+    assert [(c["seed"], c["epoch"]) for c in culls] == [(e["seed"], e["epoch"]) for e in errors]
+    assert all(c["reason"] == f"kernel error: {e['message']}" for c, e in zip(culls, errors, strict=True))
+    assert {c["old"] for c in culls} == {"LOADING" if when == "load" else "TRAINING"}
+    assert not any(e["kind"] == "command_refused" for e in history.events)
+    assert len(library.evicted) == len(errors)
     culled = [g for g in trainer.lineage.germinations if g.outcome == "CULLED"]
-    assert culled and "kernel" in culled[0].stages[-1]["reason"]
-    assert any(r["outcome"] == "CULLED" for r in history.field_reports)
+    assert len(culled) == len(errors) and culled[0].stages[-1]["reason"].startswith("kernel error: kernel ")
+    # The controller hears of each outcome once, from Tolaria; its own books are closed, not reported twice.
+    reports = [r["seed_id"] for r in history.field_reports if r["outcome"] == "CULLED"]
+    assert reports == [e["seed"] for e in errors]
+    failed = trainer.controller.state_dict()["failed"]
+    assert sum(len(blueprints) for blueprints in failed.values()) == len(errors)
+    # Names in the lineage come from the kernel source's describe().
+    kernel = culled[0].kernel_artifact_id
+    assert kernel and culled[0].blueprint_name == library.describe(kernel) != kernel
 
 
 def test_the_sdk_user_journey_through_the_public_api(tmp_path: Path) -> None:

@@ -7,23 +7,27 @@ from .layer import KasminaLayer
 from .lifecycle import SeedFacts, resolve_command
 from .model import (
     apply_commands,
+    begin_boundary,
     collect_telemetry,
     drain_events,
+    drain_transitions,
     host_parameter_count,
     kasmina_layers,
     reconstruction_loss,
     seed_parameter_count,
     seed_parameters,
+    seed_stages,
     unwrap,
     wait_for_loads,
     wrap,
 )
-from .state import F as StateField
-from .telemetry import EventKind, SeedEvent
+from .state import StateField
+from .telemetry import EventKind, SeedEvent, SeedTransition, seed_id
 
 __all__ = [
     "ChunkLayout", "EventKind", "GraftedModule", "KasminaConfig", "KasminaLayer", "SeedEvent", "SeedFacts",
-    "StateField", "alpha_at", "apply_commands", "blend", "chunk_bounds", "collect_telemetry", "drain_events",
-    "host_parameter_count", "kasmina_layers", "reconstruction_loss", "resolve_command", "seed_parameter_count",
-    "seed_parameters", "unwrap", "wait_for_loads", "wrap",
+    "SeedTransition", "StateField", "alpha_at", "apply_commands", "begin_boundary", "blend", "chunk_bounds",
+    "collect_telemetry", "drain_events", "drain_transitions", "host_parameter_count", "kasmina_layers",
+    "reconstruction_loss", "resolve_command", "seed_id", "seed_parameter_count", "seed_parameters", "seed_stages",
+    "unwrap", "wait_for_loads", "wrap",
 ]

@@ -12,10 +12,12 @@ Per-step behaviour by stage (the host always runs first; ``chunk`` is the seed's
   detached: once blended in, the seed is part of the network and the host upstream keeps learning
   through it. Seed parameters are frozen except in FINE_TUNING.
 
-Transitions happen only in ``apply_command`` and at epoch boundaries (``begin_boundary``). A kernel that
-raises at runtime is replaced by the identity for that step and every later one (it is never called
-again), reported as an event, and culled at the next boundary; kernel loads finish in the background
-and are picked up at boundaries.
+Transitions happen only in ``apply_command`` and at epoch boundaries (``begin_boundary``), and each one
+is reported as a SeedTransition (``drain_transitions``). Kasmina alone makes the automatic moves: a
+kernel that raises at runtime is replaced by the identity for that step and every later one (it is
+never called again), reported as an event, and culled at the next boundary; a kernel that fails to load
+is culled at the boundary that notices; kernel loads finish in the background and are picked up at
+boundaries.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import torch
-import torch.nn.functional as F_nn
+import torch.nn.functional as F
 from torch import nn
 
 from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedStage, SeedTelemetry
@@ -37,11 +39,13 @@ from .config import KasminaConfig
 from .grafted import GraftedModule, HostAttributeFallback
 from .lifecycle import MODULE_STAGES, TRAINED_STAGES, SeedFacts, resolve_command
 from .loader import build_kernel, submit_load
-from .state import F, SeedStateTable
-from .telemetry import EventKind, HealthAccumulator, SeedEvent, finite, recon_estimate
+from .state import SeedStateTable, StateField
+from .telemetry import EventKind, HealthAccumulator, SeedEvent, SeedTransition, finite, recon_estimate, seed_id
 
-S = SeedStage
-_RELEASE_STAGES = frozenset({S.CULLED, S.CANCELLED, S.ROLLED_BACK, S.DORMANT})
+_RELEASE_STAGES = frozenset({SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.ROLLED_BACK, SeedStage.DORMANT})
+#: Stages a failed kernel is culled from at the next boundary (a FOSSILIZED seed is permanent: it stays the
+#: identity instead).
+_CULLED_ON_FAILURE = (MODULE_STAGES | {SeedStage.LOADING}) - {SeedStage.FOSSILIZED}
 _STATE_VERSION = 1
 
 
@@ -59,10 +63,12 @@ class KasminaLayer(HostAttributeFallback):
         self.chunks = ChunkLayout(layout, features, tuple(chunk_bounds(features, config.chunks_per_layer)), seq_first)
         self.seed_state = SeedStateTable(len(self.chunks.bounds))
         self.health = HealthAccumulator(self.chunks, config.telemetry_max_rows)
-        self.kernel_table: list[str] = []  # F.KERNEL_SLOT indexes this list
+        self.kernel_table: list[str] = []  # StateField.KERNEL_SLOT indexes this list
         self._infer_layout = infer_layout  # a Linear learns BD vs BTD from its first output
         self._pending: dict[int, Future[nn.Module]] = {}
         self._events: list[SeedEvent] = []
+        self._transitions: list[SeedTransition] = []
+        self._failures: dict[int, str] = {}  # seed -> why its kernel failed, until the cull that follows
         self._recon: list[torch.Tensor] = []
         # Forwards until the next telemetry sample, in a list so the hot path mutates it without going through
         # nn.Module.__setattr__. The first forward is sampled, so telemetry exists from the first boundary.
@@ -104,32 +110,33 @@ class KasminaLayer(HostAttributeFallback):
             self._recon.clear()
         replaced: dict[int, torch.Tensor] = {}
         for i, stage, module in self._plan:
-            if st.get(F.FAILED, i):
+            if st.get(StateField.FAILED, i):
                 continue
             chunk = self.chunks.take(out, i)
-            if stage is S.TRAINING:
+            if stage is SeedStage.TRAINING:
                 if not (training and torch.is_grad_enabled()):
                     continue
-                st.add(F.STEPS_IN_STAGE, i)
+                st.add(StateField.STEPS_IN_STAGE, i)
                 target = chunk.detach()
                 y = self._run(i, module, target, sample)
                 if y is not None:
-                    mse = F_nn.mse_loss(y, target)
+                    mse = F.mse_loss(y, target)
                     self._recon.append(mse)
                     self.health.add_reconstruction(i, mse.detach() / (target.var(correction=0) + 1e-8))
                 continue
-            if stage is S.GRAFTING:
+            if stage is SeedStage.GRAFTING:
                 if training:
-                    st.add(F.STEPS_IN_STAGE, i)
-                    strategy = STRATEGIES[int(st.get(F.STRATEGY, i))]
-                    steps = int(st.get(F.STEPS_IN_STAGE, i))
-                    st.set(F.ALPHA, i, alpha_at(steps, self.config.alpha_ramp_steps, strategy))
+                    st.add(StateField.STEPS_IN_STAGE, i)
+                    strategy = STRATEGIES[int(st.get(StateField.STRATEGY, i))]
+                    steps = int(st.get(StateField.STEPS_IN_STAGE, i))
+                    st.set(StateField.ALPHA, i, alpha_at(steps, self.config.alpha_ramp_steps, strategy))
                 y = self._run(i, module, chunk.detach(), sample)
                 if y is not None:
-                    replaced[i] = blend(chunk, y, st.get(F.ALPHA, i))
+                    replaced[i] = blend(chunk, y, st.get(StateField.ALPHA, i))
                 continue
-            if stage is S.EVALUATING or (training and stage in (S.STABILIZATION, S.FINE_TUNING)):
-                st.add(F.STEPS_IN_STAGE, i)
+            if stage is SeedStage.EVALUATING or (
+                    training and stage in (SeedStage.STABILIZATION, SeedStage.FINE_TUNING)):
+                st.add(StateField.STEPS_IN_STAGE, i)
             y = self._run(i, module, chunk, sample)
             if y is not None:
                 replaced[i] = y
@@ -141,8 +148,8 @@ class KasminaLayer(HostAttributeFallback):
             t0 = time.perf_counter() if sample else 0.0
             y = self.chunks.run(module, x)
             if sample:
-                self.seed_state.add(F.LATENCY_US_SUM, i, (time.perf_counter() - t0) * 1e6)
-                self.seed_state.add(F.LATENCY_SAMPLES, i)
+                self.seed_state.add(StateField.LATENCY_US_SUM, i, (time.perf_counter() - t0) * 1e6)
+                self.seed_state.add(StateField.LATENCY_SAMPLES, i)
             if not isinstance(y, torch.Tensor) or y.shape != x.shape:
                 got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise RuntimeError(f"kernel output {got} does not match its chunk {tuple(x.shape)}")
@@ -152,14 +159,16 @@ class KasminaLayer(HostAttributeFallback):
             return None
 
     def _kernel_failed(self, i: int, kind: EventKind, message: str, epoch: int) -> None:
+        """Mark seed ``i``'s kernel failed (identity from now on); ``begin_boundary`` culls it."""
         st = self.seed_state
-        st.set(F.FAILED, i, 1.0)
-        st.add(F.ERROR_COUNT, i)
+        st.set(StateField.FAILED, i, 1.0)
+        st.add(StateField.ERROR_COUNT, i)
         kernel = self.kernel_id(i)
-        self._events.append(SeedEvent(self.layer_id, i, kind, f"kernel {kernel}: {message}", epoch))
-        evict = getattr(self.kernels, "evict", None)
-        if kernel and callable(evict):
-            evict(kernel)  # a faulty kernel is not served from the cache again
+        described = f"kernel {kernel}: {message}"
+        self._events.append(SeedEvent(self.layer_id, i, kind, described, epoch))
+        self._failures[i] = f"kernel error: {described}"[:2000]
+        if kernel:
+            self.kernels.evict(kernel)  # a faulty kernel is not served from the cache again
         self._rebuild_plan()
 
     # ------------------------------------------------------------------ commands and boundaries
@@ -168,7 +177,7 @@ class KasminaLayer(HostAttributeFallback):
         """Apply one lifecycle command at boundary ``epoch``; returns None, or why it was refused."""
         self.begin_boundary(epoch)
         i = cmd.seed_index
-        where = f"{self.layer_id}[{i}]"
+        where = seed_id(self.layer_id, i)
         if i >= self.seed_state.n:
             return f"{where}: no such seed; layer {self.layer_id!r} has {self.seed_state.n} seed(s)"
         facts = self._facts(i)
@@ -178,55 +187,59 @@ class KasminaLayer(HostAttributeFallback):
         if res.note:
             self._events.append(SeedEvent(self.layer_id, i, EventKind.REDIRECTED, res.note, epoch))
         strategy = cmd.grafting_strategy if "grafting_strategy" in cmd.model_fields_set else self.config.alpha_strategy
-        self._enter(i, res.target, epoch, kernel_id=cmd.kernel_artifact_id, strategy=strategy)
+        self._enter(i, res.target, epoch, cmd.reason, commanded=True, kernel_id=cmd.kernel_artifact_id,
+                    strategy=strategy)
         return None
 
     def _facts(self, i: int) -> SeedFacts:
         st = self.seed_state
-        trainable = st.get(F.TRAINABLE, i)
-        embargo = st.get(F.EMBARGO_UNTIL, i)
+        trainable = st.get(StateField.TRAINABLE, i)
+        embargo = st.get(StateField.EMBARGO_UNTIL, i)
         return SeedFacts(stage=st.stage(i), kernel_loaded=str(i) in self.seeds,
-                         trainable=None if trainable < 0 else bool(trainable), alpha=st.get(F.ALPHA, i),
+                         trainable=None if trainable < 0 else bool(trainable), alpha=st.get(StateField.ALPHA, i),
                          embargo_until=None if embargo < 0 else int(embargo), kernel_id=self.kernel_id(i))
 
-    def _enter(self, i: int, target: SeedStage, epoch: int, *, kernel_id: str | None = None,
-               strategy: GraftingStrategy | None = None) -> None:
-        """Move seed ``i`` into ``target`` (already checked legal) and set up what the stage needs."""
+    def _enter(self, i: int, target: SeedStage, epoch: int, reason: str, *, commanded: bool,
+               kernel_id: str | None = None, strategy: GraftingStrategy | None = None) -> None:
+        """Move seed ``i`` into ``target`` (already checked legal), set up what the stage needs, and report the
+        move as a SeedTransition."""
         st = self.seed_state
-        if target is S.DORMANT:
+        old = st.stage(i)
+        if target is SeedStage.DORMANT:
             st.reset(i)
-        st.set(F.STAGE, i, target.code)
-        for f in (F.STEPS_IN_STAGE, F.EPOCHS_IN_STAGE, F.READY):
+        st.set(StateField.STAGE, i, target.code)
+        for f in (StateField.STEPS_IN_STAGE, StateField.EPOCHS_IN_STAGE, StateField.READY):
             st.set(f, i, 0.0)
-        st.set(F.LAST_UPDATE_EPOCH, i, epoch)
-        if target is S.GERMINATED:
+        st.set(StateField.LAST_UPDATE_EPOCH, i, epoch)
+        if target is SeedStage.GERMINATED:
             assert kernel_id is not None
             if kernel_id not in self.kernel_table:
                 self.kernel_table.append(kernel_id)
-            st.set(F.KERNEL_SLOT, i, self.kernel_table.index(kernel_id))
-            for f in (F.ERROR_COUNT, F.FAILED, F.ALPHA, F.EMBARGO_UNTIL):
-                st.set(f, i, -1.0 if f is F.EMBARGO_UNTIL else 0.0)
-            st.set(F.TRAINABLE, i, -1.0)
-        elif target is S.LOADING:
+            st.set(StateField.KERNEL_SLOT, i, self.kernel_table.index(kernel_id))
+            for f in (StateField.ERROR_COUNT, StateField.FAILED, StateField.ALPHA, StateField.EMBARGO_UNTIL):
+                st.set(f, i, -1.0 if f is StateField.EMBARGO_UNTIL else 0.0)
+            st.set(StateField.TRAINABLE, i, -1.0)
+            self._failures.pop(i, None)
+        elif target is SeedStage.LOADING:
             self._submit(i)
-        elif target is S.TRAINING:
+        elif target is SeedStage.TRAINING:
             self.health.reset_reconstruction(i)
-        elif target is S.GRAFTING:
+        elif target is SeedStage.GRAFTING:
             chosen = strategy or self.config.alpha_strategy
-            st.set(F.STRATEGY, i, STRATEGIES.index(chosen))
-            st.set(F.ALPHA, i, alpha_at(0, self.config.alpha_ramp_steps, chosen))
-        elif target in (S.STABILIZATION, S.EVALUATING, S.FINE_TUNING, S.FOSSILIZED):
-            st.set(F.ALPHA, i, 1.0)
+            st.set(StateField.STRATEGY, i, STRATEGIES.index(chosen))
+            st.set(StateField.ALPHA, i, alpha_at(0, self.config.alpha_ramp_steps, chosen))
+        elif target in (SeedStage.STABILIZATION, SeedStage.EVALUATING, SeedStage.FINE_TUNING, SeedStage.FOSSILIZED):
+            st.set(StateField.ALPHA, i, 1.0)
         if target in _RELEASE_STAGES:
             self._release(i)
-            st.set(F.ALPHA, i, 0.0)
-        if target is S.CULLED:
-            st.set(F.EMBARGO_UNTIL, i, epoch + self.config.embargo_epochs)
-            self._events.append(SeedEvent(self.layer_id, i, EventKind.CULLED,
-                                          f"culled; embargo until epoch {epoch + self.config.embargo_epochs}", epoch))
+            st.set(StateField.ALPHA, i, 0.0)
+        if target is SeedStage.CULLED:
+            st.set(StateField.EMBARGO_UNTIL, i, epoch + self.config.embargo_epochs)
         if str(i) in self.seeds:
             self.seeds[str(i)].requires_grad_(target in TRAINED_STAGES)
         self._rebuild_plan()
+        self._transitions.append(SeedTransition(self.layer_id, i, old, target, reason, epoch, self.kernel_id(i),
+                                                commanded))
 
     def _release(self, i: int) -> None:
         future = self._pending.pop(i, None)
@@ -238,9 +251,7 @@ class KasminaLayer(HostAttributeFallback):
     def _submit(self, i: int) -> None:
         kernel = self.kernel_id(i)
         assert kernel is not None
-        register = getattr(self.kernels, "register_interface", None)
-        if callable(register):  # a library that builds kernels per interface must know this chunk's (idempotent)
-            register(self.chunks.interface(i))
+        self.kernels.register_interface(self.chunks.interface(i))  # idempotent
         device, dtype = self._placement()
         self._pending[i] = submit_load(self.kernels, kernel, device, dtype, self.chunks.interface(i))
 
@@ -261,29 +272,29 @@ class KasminaLayer(HostAttributeFallback):
         health = self.health.drain()
         recon = self.health.reconstruction()
         st = self.seed_state
-        st.row(F.EPOCHS_IN_STAGE)[:] += 1
+        st.row(StateField.EPOCHS_IN_STAGE)[:] += 1
         if health.sampled:
-            st.row(F.VARIANCE)[:] = health.variance
-            st.row(F.DEAD_RATIO)[:] = health.dead_ratio
-            st.row(F.CORRELATION)[:] = health.correlation
-            st.row(F.SPARSITY)[:] = health.sparsity
+            st.row(StateField.VARIANCE)[:] = health.variance
+            st.row(StateField.DEAD_RATIO)[:] = health.dead_ratio
+            st.row(StateField.CORRELATION)[:] = health.correlation
+            st.row(StateField.SPARSITY)[:] = health.sparsity
         if health.graded:
-            st.row(F.GRAD_NORM)[:] = health.gradient_norm
+            st.row(StateField.GRAD_NORM)[:] = health.gradient_norm
         for i in range(st.n):
             stage = st.stage(i)
-            if stage is S.TRAINING:
-                st.set(F.RECON_LOSS, i, recon_estimate(float(recon[i]), int(st.get(F.STEPS_IN_STAGE, i))))
-            # At most one automatic transition per seed per boundary.
-            if st.get(F.FAILED, i) and stage in (MODULE_STAGES | {S.LOADING}) - {S.FOSSILIZED}:
-                self._enter(i, S.CULLED, epoch)
-            elif stage is S.CULLED and epoch >= st.get(F.EMBARGO_UNTIL, i):
-                self._enter(i, S.DORMANT, epoch)
-                self._events.append(SeedEvent(self.layer_id, i, EventKind.DORMANT_AGAIN, "embargo over", epoch))
-            elif stage is S.CANCELLED:
-                self._enter(i, S.DORMANT, epoch)
-            was_ready = bool(st.get(F.READY, i))
-            st.set(F.READY, i, float(self._ready(i)))
-            if st.get(F.READY, i) and not was_ready:
+            if stage is SeedStage.TRAINING:
+                steps = int(st.get(StateField.STEPS_IN_STAGE, i))
+                st.set(StateField.RECON_LOSS, i, recon_estimate(float(recon[i]), steps))
+            # Kasmina's own moves, at most one per seed per boundary. The one place a failed kernel is culled.
+            if st.get(StateField.FAILED, i) and stage in _CULLED_ON_FAILURE:
+                self._enter(i, SeedStage.CULLED, epoch, self._failures.pop(i, "kernel error"), commanded=False)
+            elif stage is SeedStage.CULLED and epoch >= st.get(StateField.EMBARGO_UNTIL, i):
+                self._enter(i, SeedStage.DORMANT, epoch, "embargo over", commanded=False)
+            elif stage is SeedStage.CANCELLED:
+                self._enter(i, SeedStage.DORMANT, epoch, "slot released after a cancel", commanded=False)
+            was_ready = bool(st.get(StateField.READY, i))
+            st.set(StateField.READY, i, float(self._ready(i)))
+            if st.get(StateField.READY, i) and not was_ready:
                 self._events.append(SeedEvent(self.layer_id, i, EventKind.READY,
                                               f"{st.stage(i).value} ready for transition", epoch))
 
@@ -307,8 +318,8 @@ class KasminaLayer(HostAttributeFallback):
         restore)."""
         st = self.seed_state
         for i in range(st.n):
-            if (st.stage(i) is S.LOADING and i not in self._pending and str(i) not in self.seeds
-                    and not st.get(F.FAILED, i)):
+            if (st.stage(i) is SeedStage.LOADING and i not in self._pending and str(i) not in self.seeds
+                    and not st.get(StateField.FAILED, i)):
                 self._submit(i)
 
     def _attach(self, i: int, module: nn.Module) -> None:
@@ -318,30 +329,30 @@ class KasminaLayer(HostAttributeFallback):
         trainable = any(p.requires_grad for p in module.parameters())
         module.requires_grad_(self.seed_state.stage(i) in TRAINED_STAGES)
         self.seeds[str(i)] = module
-        self.seed_state.set(F.TRAINABLE, i, float(trainable))
+        self.seed_state.set(StateField.TRAINABLE, i, float(trainable))
         self._rebuild_plan()
 
     def _ready(self, i: int) -> bool:
         st, cfg = self.seed_state, self.config
-        stage, steps = st.stage(i), st.get(F.STEPS_IN_STAGE, i)
-        if st.get(F.FAILED, i):
+        stage, steps = st.stage(i), st.get(StateField.STEPS_IN_STAGE, i)
+        if st.get(StateField.FAILED, i):
             return False
-        if stage is S.LOADING:
+        if stage is SeedStage.LOADING:
             return str(i) in self.seeds
-        if stage is S.TRAINING:
-            converged = steps >= cfg.training_min_steps and st.get(F.RECON_LOSS, i) < cfg.training_ready_loss
+        if stage is SeedStage.TRAINING:
+            converged = steps >= cfg.training_min_steps and st.get(StateField.RECON_LOSS, i) < cfg.training_ready_loss
             return converged or steps >= cfg.training_max_steps
-        if stage is S.GRAFTING:
-            return st.get(F.ALPHA, i) >= 1.0
-        wanted = {S.STABILIZATION: cfg.stabilization_steps, S.EVALUATING: cfg.evaluation_steps,
-                  S.FINE_TUNING: cfg.fine_tuning_steps}.get(stage)
+        if stage is SeedStage.GRAFTING:
+            return st.get(StateField.ALPHA, i) >= 1.0
+        wanted = {SeedStage.STABILIZATION: cfg.stabilization_steps, SeedStage.EVALUATING: cfg.evaluation_steps,
+                  SeedStage.FINE_TUNING: cfg.fine_tuning_steps}.get(stage)
         return wanted is not None and steps >= wanted
 
     def _rebuild_plan(self) -> None:
         """Derive the forward's work list from the state: seeds whose module runs, in chunk order."""
         st = self.seed_state
         self._plan = [(i, st.stage(i), self.seeds[str(i)]) for i in range(st.n)
-                      if st.stage(i) in MODULE_STAGES and str(i) in self.seeds and not st.get(F.FAILED, i)]
+                      if st.stage(i) in MODULE_STAGES and str(i) in self.seeds and not st.get(StateField.FAILED, i)]
 
     def _set_layout(self, layout: str) -> None:
         self._infer_layout = False
@@ -353,7 +364,7 @@ class KasminaLayer(HostAttributeFallback):
 
     def kernel_id(self, i: int) -> str | None:
         """Artifact id of the kernel seed ``i`` holds (or last held, while CULLED)."""
-        slot = int(self.seed_state.get(F.KERNEL_SLOT, i))
+        slot = int(self.seed_state.get(StateField.KERNEL_SLOT, i))
         return self.kernel_table[slot] if slot >= 0 else None
 
     def stage(self, i: int) -> SeedStage:
@@ -362,11 +373,11 @@ class KasminaLayer(HostAttributeFallback):
 
     def alpha(self, i: int) -> float:
         """Current blend weight of seed ``i``."""
-        return self.seed_state.get(F.ALPHA, i)
+        return self.seed_state.get(StateField.ALPHA, i)
 
     def is_ready(self, i: int) -> bool:
         """Readiness as of the last boundary."""
-        return bool(self.seed_state.get(F.READY, i))
+        return bool(self.seed_state.get(StateField.READY, i))
 
     def wait_for_loads(self, timeout: float | None = None) -> None:
         """Block until every background load of this layer has finished (for tests and shutdown)."""
@@ -380,32 +391,39 @@ class KasminaLayer(HostAttributeFallback):
         st, out = self.seed_state, []
         for i in range(st.n):
             stage, kernel = st.stage(i), self.kernel_id(i)
-            lat_n = st.get(F.LATENCY_SAMPLES, i)
-            embargo = int(st.get(F.EMBARGO_UNTIL, i))
+            lat_n = st.get(StateField.LATENCY_SAMPLES, i)
+            embargo = int(st.get(StateField.EMBARGO_UNTIL, i))
+            trainable = st.get(StateField.TRAINABLE, i)
             out.append(SeedTelemetry(
                 layer_id=self.layer_id, seed_index=i, epoch=epoch, stage=stage,
-                alpha=finite(st.get(F.ALPHA, i), 0.0, 1.0),
-                epochs_in_stage=int(st.get(F.EPOCHS_IN_STAGE, i)),
-                chunk_variance=finite(st.get(F.VARIANCE, i), 0.0),
-                dead_node_ratio=finite(st.get(F.DEAD_RATIO, i), 0.0, 1.0),
-                avg_correlation=finite(st.get(F.CORRELATION, i), -1.0, 1.0),
-                gradient_norm=finite(st.get(F.GRAD_NORM, i), 0.0),
-                activation_sparsity=finite(st.get(F.SPARSITY, i), 0.0, 1.0),
-                is_ready_for_transition=bool(st.get(F.READY, i)),
+                alpha=finite(st.get(StateField.ALPHA, i), 0.0, 1.0),
+                epochs_in_stage=int(st.get(StateField.EPOCHS_IN_STAGE, i)),
+                chunk_variance=finite(st.get(StateField.VARIANCE, i), 0.0),
+                dead_node_ratio=finite(st.get(StateField.DEAD_RATIO, i), 0.0, 1.0),
+                avg_correlation=finite(st.get(StateField.CORRELATION, i), -1.0, 1.0),
+                gradient_norm=finite(st.get(StateField.GRAD_NORM, i), 0.0),
+                activation_sparsity=finite(st.get(StateField.SPARSITY, i), 0.0, 1.0),
+                is_ready_for_transition=bool(st.get(StateField.READY, i)),
                 kernel_artifact_id=kernel, blueprint_id=kernel[:64] if kernel else None,
-                execution_latency_us=finite(st.get(F.LATENCY_US_SUM, i) / lat_n, 0.0) if lat_n else 0.0,
-                error_count=int(st.get(F.ERROR_COUNT, i)),
-                embargo_until_epoch=embargo if stage is S.CULLED and embargo >= 0 else None,
+                execution_latency_us=finite(st.get(StateField.LATENCY_US_SUM, i) / lat_n, 0.0) if lat_n else 0.0,
+                error_count=int(st.get(StateField.ERROR_COUNT, i)),
+                embargo_until_epoch=embargo if stage is SeedStage.CULLED and embargo >= 0 else None,
                 interface=self.chunks.interface(i),
+                kernel_trainable=None if trainable < 0 else bool(trainable),
             ))
-        st.row(F.LATENCY_US_SUM)[:] = 0.0
-        st.row(F.LATENCY_SAMPLES)[:] = 0.0
+        st.row(StateField.LATENCY_US_SUM)[:] = 0.0
+        st.row(StateField.LATENCY_SAMPLES)[:] = 0.0
         return out
 
     def drain_events(self) -> list[SeedEvent]:
         """Events since the last call (each returned once)."""
         events, self._events = self._events, []
         return events
+
+    def drain_transitions(self) -> list[SeedTransition]:
+        """Stage changes since the last call, in the order they were made (each returned once)."""
+        transitions, self._transitions = self._transitions, []
+        return transitions
 
     def seed_parameters(self) -> list[nn.Parameter]:
         """Parameters of seeds being trained (TRAINING, GRAFTING, FINE_TUNING)."""
@@ -428,7 +446,7 @@ class KasminaLayer(HostAttributeFallback):
         self.close()
         st = self.seed_state
         keep = {i: self.seeds[str(i)] for i in range(st.n)
-                if st.stage(i) is S.FOSSILIZED and str(i) in self.seeds and not st.get(F.FAILED, i)}
+                if st.stage(i) is SeedStage.FOSSILIZED and str(i) in self.seeds and not st.get(StateField.FAILED, i)}
         return GraftedModule(self.host, keep, self.chunks) if keep else self.host
 
     def close(self) -> None:
@@ -462,14 +480,13 @@ class KasminaLayer(HostAttributeFallback):
         self._recon = []
         for key in list(self.seeds):
             del self.seeds[key]
-        register = getattr(self.kernels, "register_interface", None)
+        self._failures = {}
         device, dtype = self._placement()
         for i in state["attached"]:
             kernel = self.kernel_id(i)
             if kernel is None:
-                raise ValueError(f"{self.layer_id}[{i}]: checkpoint has a seed module but no kernel id")
-            if callable(register):
-                register(self.chunks.interface(i))
+                raise ValueError(f"{seed_id(self.layer_id, i)}: checkpoint has a seed module but no kernel id")
+            self.kernels.register_interface(self.chunks.interface(i))
             module = build_kernel(self.kernels, kernel, device, dtype)
             module.train(self.training)
             module.requires_grad_(self.seed_state.stage(i) in TRAINED_STAGES)

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 from esper_contracts import LEGAL_TRANSITIONS, CommandType, SeedStage
 
-S = SeedStage
-
 #: Stages in which a seed's module is attached and may run.
-MODULE_STAGES = frozenset({S.TRAINING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING, S.FOSSILIZED})
+MODULE_STAGES = frozenset({SeedStage.TRAINING, SeedStage.GRAFTING, SeedStage.STABILIZATION, SeedStage.EVALUATING,
+                           SeedStage.FINE_TUNING, SeedStage.FOSSILIZED})
 #: Stages whose seed parameters are trained (by reconstruction in TRAINING, by the task loss otherwise).
-TRAINED_STAGES = frozenset({S.TRAINING, S.GRAFTING, S.FINE_TUNING})
+TRAINED_STAGES = frozenset({SeedStage.TRAINING, SeedStage.GRAFTING, SeedStage.FINE_TUNING})
 #: Where an ADVANCE into a trainable-only stage goes for a fixed-function kernel.
-FIXED_FUNCTION_REDIRECT = {S.TRAINING: S.GRAFTING, S.FINE_TUNING: S.FOSSILIZED}
+FIXED_FUNCTION_REDIRECT = {SeedStage.TRAINING: SeedStage.GRAFTING, SeedStage.FINE_TUNING: SeedStage.FOSSILIZED}
 
 
 @dataclass(frozen=True)
@@ -50,20 +49,20 @@ def resolve_command(facts: SeedFacts, command: CommandType, target_stage: SeedSt
                     kernel_artifact_id: str | None, epoch: int) -> Resolution:
     """Decide where ``command`` takes a seed described by ``facts`` at boundary ``epoch``."""
     stage = facts.stage
-    if stage is S.ROLLED_BACK:
+    if stage is SeedStage.ROLLED_BACK:
         return _refuse("seed is locked: ROLLED_BACK is terminal")
-    if stage is S.FOSSILIZED:
+    if stage is SeedStage.FOSSILIZED:
         return _refuse("seed is FOSSILIZED: it is permanent")
     if command is CommandType.GERMINATE:
-        if stage is S.CULLED:
+        if stage is SeedStage.CULLED:
             return _refuse(f"slot is under embargo after a cull until epoch {facts.embargo_until} (now {epoch})")
-        if stage is not S.DORMANT:
+        if stage is not SeedStage.DORMANT:
             return _refuse(f"cannot germinate a seed in {stage.value}: only a DORMANT seed can germinate")
-        target = S.GERMINATED
+        target = SeedStage.GERMINATED
     elif command is CommandType.CULL:
-        target = S.CULLED
+        target = SeedStage.CULLED
     elif command is CommandType.CANCEL:
-        target = S.CANCELLED
+        target = SeedStage.CANCELLED
     else:
         if target_stage is None:
             return _refuse("ADVANCE needs a target_stage")
@@ -76,12 +75,13 @@ def resolve_command(facts: SeedFacts, command: CommandType, target_stage: SeedSt
     if target not in LEGAL_TRANSITIONS[stage]:
         legal = sorted(s.value for s in LEGAL_TRANSITIONS[stage])
         return _refuse(f"illegal transition {stage.value} -> {target.value}; legal from {stage.value}: {legal}")
-    if target is S.GERMINATED and not kernel_artifact_id:
+    if target is SeedStage.GERMINATED and not kernel_artifact_id:
         return _refuse("germination needs a kernel_artifact_id")
-    if stage is S.LOADING and target in (S.TRAINING, S.GRAFTING) and not facts.kernel_loaded:
+    if stage is SeedStage.LOADING and target in (SeedStage.TRAINING, SeedStage.GRAFTING) and not facts.kernel_loaded:
         return _refuse(f"kernel {facts.kernel_id} is still loading")
-    if stage is S.GRAFTING and target is S.STABILIZATION and facts.alpha < 1.0:
+    if stage is SeedStage.GRAFTING and target is SeedStage.STABILIZATION and facts.alpha < 1.0:
         return _refuse(f"alpha ramp unfinished (alpha={facts.alpha:.3f} < 1)")
-    if stage is S.CULLED and target is S.DORMANT and facts.embargo_until is not None and epoch < facts.embargo_until:
+    if (stage is SeedStage.CULLED and target is SeedStage.DORMANT and facts.embargo_until is not None
+            and epoch < facts.embargo_until):
         return _refuse(f"slot is under embargo after a cull until epoch {facts.embargo_until} (now {epoch})")
     return Resolution(target=target, note=note)

@@ -13,12 +13,12 @@ import warnings
 import torch
 from torch import nn
 
-from esper_contracts import KasminaControlCommand, SeedTelemetry
+from esper_contracts import KasminaControlCommand, SeedStage, SeedTelemetry
 from esper_kernels import KernelSource, LocalKernelLibrary
 
 from .config import KasminaConfig
 from .layer import KasminaLayer
-from .telemetry import SeedEvent
+from .telemetry import SeedEvent, SeedTransition
 
 #: Containers that read their children's weights directly (fused fast paths) instead of calling them:
 #: modules inside them are never wrapped, only the container itself.
@@ -90,7 +90,6 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, kernels: KernelS
     if not paths:
         raise ValueError(f"no module matched target_modules={config.target_modules} / "
                          f"target_types={config.target_types} (excluding {config.exclude_modules})")
-    register = getattr(kernels, "register_interface", None)
     for path in paths:
         host = model.get_submodule(path)
         layout, features, seq_first, infer = _geometry(host, path)
@@ -99,9 +98,8 @@ def wrap(model: nn.Module, config: KasminaConfig | None = None, kernels: KernelS
         layer = KasminaLayer(host, path, config, kernels, layout, features, seq_first, infer)
         layer.train(host.training)
         _set_child(model, path, layer)
-        if callable(register):
-            for i in range(len(layer.chunks.bounds)):
-                register(layer.chunks.interface(i))
+        for i in range(len(layer.chunks.bounds)):
+            kernels.register_interface(layer.chunks.interface(i))
     layers = {m.layer_id: m for m in model.modules() if isinstance(m, KasminaLayer)}
     model.__dict__[_LAYERS_ATTR] = layers  # a plain attribute: not a submodule, not in the state dict
     for m in model.modules():
@@ -145,9 +143,8 @@ def apply_commands(model: nn.Module, commands: list[KasminaControlCommand], epoc
     Never raises for a bad command (unknown slot, seed index out of range, illegal transition, embargo,
     locked seed): the refusal is in the returned list and the rest of the commands still apply.
     """
+    begin_boundary(model, epoch)
     layers = kasmina_layers(model)
-    for layer in layers.values():
-        layer.begin_boundary(epoch)
     errors: list[str] = []
     for cmd in commands:
         target = layers.get(cmd.layer_id)
@@ -162,6 +159,13 @@ def apply_commands(model: nn.Module, commands: list[KasminaControlCommand], epoc
         if error:
             errors.append(error)
     return errors
+
+
+def begin_boundary(model: nn.Module, epoch: int) -> None:
+    """Run every layer's once-per-epoch boundary work for ``epoch`` (Kasmina's own moves included); later
+    calls for the same epoch do nothing."""
+    for layer in kasmina_layers(model).values():
+        layer.begin_boundary(epoch)
 
 
 def collect_telemetry(model: nn.Module, epoch: int) -> list[SeedTelemetry]:
@@ -184,8 +188,19 @@ def reconstruction_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 def drain_events(model: nn.Module) -> list[SeedEvent]:
-    """Load failures, kernel runtime errors, readiness, culls and redirects since the last call."""
+    """Kernel loads, load failures, kernel runtime errors, readiness and redirects since the last call."""
     return [e for layer in kasmina_layers(model).values() for e in layer.drain_events()]
+
+
+def drain_transitions(model: nn.Module) -> list[SeedTransition]:
+    """Every stage change since the last call, commanded or Kasmina's own, layer by layer in the order made."""
+    return [t for layer in kasmina_layers(model).values() for t in layer.drain_transitions()]
+
+
+def seed_stages(model: nn.Module) -> list[tuple[str, int, SeedStage]]:
+    """(layer id, seed index, current stage) of every seed, in model order."""
+    return [(layer_id, i, layer.stage(i)) for layer_id, layer in kasmina_layers(model).items()
+            for i in range(layer.seed_state.n)]
 
 
 def seed_parameter_count(model: nn.Module) -> int:

@@ -19,8 +19,8 @@ import torch
 from esper_contracts import SeedStage
 
 
-class F(IntEnum):
-    """Rows of the state tensor."""
+class StateField(IntEnum):
+    """Rows of the state tensor: one field of every seed."""
 
     STAGE = 0  # SeedStage.code
     KERNEL_SLOT = 1  # index into the layer's kernel table, -1 when the seed holds none
@@ -45,15 +45,15 @@ class F(IntEnum):
     RECON_LOSS = 19  # running reconstruction MSE relative to the chunk's variance (TRAINING)
 
 
-_DEFAULTS = {F.STAGE: float(SeedStage.DORMANT.code), F.KERNEL_SLOT: -1.0, F.EMBARGO_UNTIL: -1.0,
-             F.TRAINABLE: -1.0, F.LAST_UPDATE_EPOCH: 0.0}
+_DEFAULTS = {StateField.STAGE: float(SeedStage.DORMANT.code), StateField.KERNEL_SLOT: -1.0,
+             StateField.EMBARGO_UNTIL: -1.0, StateField.TRAINABLE: -1.0, StateField.LAST_UPDATE_EPOCH: 0.0}
 
 
 class SeedStateTable:
     """The state tensor of ``n`` seeds plus typed accessors."""
 
     def __init__(self, n: int) -> None:
-        self.tensor = torch.zeros(len(F), n, dtype=torch.float64)
+        self.tensor = torch.zeros(len(StateField), n, dtype=torch.float64)
         self._np: np.ndarray = self.tensor.numpy()  # shares memory with the tensor
         for i in range(n):
             self.reset(i)
@@ -65,29 +65,29 @@ class SeedStateTable:
 
     def reset(self, i: int) -> None:
         """Every field of seed ``i`` back to its DORMANT default (the epoch of the last update is kept)."""
-        last = self._np[F.LAST_UPDATE_EPOCH, i]
+        last = self._np[StateField.LAST_UPDATE_EPOCH, i]
         self._np[:, i] = 0.0
         for f, v in _DEFAULTS.items():
             self._np[f, i] = v
-        self._np[F.LAST_UPDATE_EPOCH, i] = last
+        self._np[StateField.LAST_UPDATE_EPOCH, i] = last
 
     def stage(self, i: int) -> SeedStage:
         """Current stage of seed ``i``."""
-        return SeedStage.from_code(int(self._np[F.STAGE, i]))
+        return SeedStage.from_code(int(self._np[StateField.STAGE, i]))
 
-    def get(self, f: F, i: int) -> float:
+    def get(self, f: StateField, i: int) -> float:
         """Field ``f`` of seed ``i``."""
         return float(self._np[f, i])
 
-    def set(self, f: F, i: int, value: float) -> None:
+    def set(self, f: StateField, i: int, value: float) -> None:
         """Set field ``f`` of seed ``i``."""
         self._np[f, i] = value
 
-    def add(self, f: F, i: int, value: float = 1.0) -> None:
+    def add(self, f: StateField, i: int, value: float = 1.0) -> None:
         """Increment field ``f`` of seed ``i``."""
         self._np[f, i] += value
 
-    def row(self, f: F) -> np.ndarray:
+    def row(self, f: StateField) -> np.ndarray:
         """A writable view of field ``f`` for every seed."""
         return self._np[f]
 

@@ -1,4 +1,4 @@
-"""Health telemetry of seed chunks: sampled activation statistics, gradient norms, events.
+"""Health telemetry of seed chunks: sampled activation statistics, gradient norms, events and transitions.
 
 Every ``telemetry_every`` forwards the layer hands its host output to a :class:`HealthAccumulator`, which
 adds *sufficient statistics* to small buffers on the activation's device with a fixed dozen tensor ops
@@ -24,22 +24,27 @@ from enum import StrEnum
 import numpy as np
 import torch
 
+from esper_contracts import SeedStage
+
 from .blending import ChunkLayout
 
 _CORR_UNITS = 16
 RECON_DECAY = 0.9
 
 
+def seed_id(layer_id: str, seed_index: int) -> str:
+    """The readable id of a seed, ``<layer path>[<index>]`` (the format of ``SeedTelemetry.seed_id``)."""
+    return f"{layer_id}[{seed_index}]"
+
+
 class EventKind(StrEnum):
-    """What a SeedEvent reports."""
+    """What a SeedEvent reports (stage changes are SeedTransitions, not events)."""
 
     LOADED = "loaded"
     LOAD_FAILED = "load_failed"
     RUNTIME_ERROR = "runtime_error"
     READY = "ready"
-    CULLED = "culled"
     REDIRECTED = "redirected"
-    DORMANT_AGAIN = "dormant_again"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,35 @@ class SeedEvent:
     kind: EventKind
     message: str
     epoch: int
+
+    @property
+    def seed_id(self) -> str:
+        """``<layer path>[<index>]``."""
+        return seed_id(self.slot, self.seed_index)
+
+
+@dataclass(frozen=True)
+class SeedTransition:
+    """One stage change of one seed, reported through ``drain_transitions`` in the order Kasmina made them.
+
+    ``commanded`` is False for the moves Kasmina makes on its own at a boundary (a failed kernel culled,
+    an embargo lifted, a cancelled slot released); ``reason`` is then Kasmina's, otherwise the command's.
+    ``kernel_artifact_id`` is the kernel the seed holds after the move (the last one it held, when culled).
+    """
+
+    layer_id: str
+    seed_index: int
+    old: SeedStage
+    new: SeedStage
+    reason: str
+    epoch: int
+    kernel_artifact_id: str | None
+    commanded: bool
+
+    @property
+    def seed_id(self) -> str:
+        """``<layer path>[<index>]``."""
+        return seed_id(self.layer_id, self.seed_index)
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,13 @@ from esper.kasmina import KasminaConfig, apply_commands, kasmina_layers, reconst
 from esper_contracts import CommandType, KasminaControlCommand, KernelQuery, SeedStage
 from esper_kernels import LocalKernelLibrary
 
-S = SeedStage
-
 #: Step counts small enough that a seed crosses every stage in a handful of forwards.
 FAST = dict(alpha_ramp_steps=4, training_min_steps=2, training_max_steps=6, stabilization_steps=2,
             evaluation_steps=2, fine_tuning_steps=2, embargo_epochs=2, telemetry_every=1)
 
 #: The success path, after GERMINATED.
-SUCCESS_PATH = [S.LOADING, S.TRAINING, S.GRAFTING, S.STABILIZATION, S.EVALUATING, S.FINE_TUNING, S.FOSSILIZED]
+SUCCESS_PATH = [SeedStage.LOADING, SeedStage.TRAINING, SeedStage.GRAFTING, SeedStage.STABILIZATION,
+                SeedStage.EVALUATING, SeedStage.FINE_TUNING, SeedStage.FOSSILIZED]
 
 
 def fast_config(**overrides: object) -> KasminaConfig:
@@ -82,19 +81,22 @@ class Driver:
     def to_stage(self, layer: str, i: int, kernel: str, stage: SeedStage, steps: int = 8) -> None:
         """Germinate and advance seed ``i`` until it is in ``stage`` (training ``steps`` forwards per epoch)."""
         assert self.apply(cmd(layer, i, CommandType.GERMINATE, kernel=kernel)) == []
-        if stage is S.GERMINATED:
+        if stage is SeedStage.GERMINATED:
             return
         slot = kasmina_layers(self.model)[layer]
         while slot.stage(i) is not stage:
             current = slot.stage(i)
-            if current is S.FOSSILIZED:
+            if current is SeedStage.FOSSILIZED:
                 raise AssertionError(f"never reached {stage}")
-            target = S.LOADING if current is S.GERMINATED else SUCCESS_PATH[SUCCESS_PATH.index(current) + 1]
-            if target is S.LOADING:
+            if current is SeedStage.GERMINATED:
+                target = SeedStage.LOADING
+            else:
+                target = SUCCESS_PATH[SUCCESS_PATH.index(current) + 1]
+            if target is SeedStage.LOADING:
                 assert self.apply(advance(layer, i, target)) == []
                 wait_for_loads(self.model)
             else:
-                ramp = slot.config.alpha_ramp_steps if current is S.GRAFTING else 0  # finish the ramp
+                ramp = slot.config.alpha_ramp_steps if current is SeedStage.GRAFTING else 0  # finish the ramp
                 train_steps(self.model, self.x, max(steps, ramp))
                 errors = self.apply(advance(layer, i, target))
                 assert errors == [], errors

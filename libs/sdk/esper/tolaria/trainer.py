@@ -6,8 +6,9 @@ One epoch, top to bottom (``train`` repeats it):
    add their reconstruction loss, whose graph touches seed parameters only;
 2. validate;
 3. stop and roll back on a non-finite loss or a loss spike (train loss > ratio × recent mean);
-4. boundary: kernel errors are logged and their seeds culled, a SystemStatePacket goes to the controller,
-   its AdaptationSignal's commands are applied, and the seed optimizer is rebuilt if needed;
+4. boundary: Kasmina's boundary work runs (it culls seeds whose kernel failed); the kernel errors and every
+   stage change Kasmina reports are recorded, a SystemStatePacket goes to the controller, its
+   AdaptationSignal's commands are applied, and the seed optimizer is rebuilt if needed;
 5. checkpoint (model with seeds, optimizers, controller, lineage, history) with a sha256 beside it.
 
 Rollback restores host, seeds, controller and trainer state together from the newest checkpoint that
@@ -44,7 +45,6 @@ from esper_contracts import (
     KasminaControlCommand,
     Outcome,
     SeedStage,
-    SeedTelemetry,
     SystemStatePacket,
 )
 from esper_policy import ControlPolicy
@@ -52,14 +52,19 @@ from esper_policy import ControlPolicy
 from ..config import TolariaConfig
 from ..kasmina import (
     EventKind,
+    SeedTransition,
     apply_commands,
+    begin_boundary,
     collect_telemetry,
     drain_events,
+    drain_transitions,
     host_parameter_count,
     kasmina_layers,
     reconstruction_loss,
+    seed_id,
     seed_parameter_count,
     seed_parameters,
+    seed_stages,
     wait_for_loads,
 )
 from ..lineage import Lineage, attach_lineage
@@ -68,7 +73,6 @@ from .runlog import ConsoleProgress, RunLog
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-S = SeedStage
 
 
 class TrainingDivergedError(RuntimeError):
@@ -132,18 +136,12 @@ def broadcast_signal(signal: AdaptationSignal | None) -> AdaptationSignal:
     return AdaptationSignal.model_validate_json(decided)
 
 
-def _library_names(model: nn.Module) -> Callable[[str], str | None]:
-    """Blueprint names from the model's kernel source when it can tell them (LocalKernelLibrary can)."""
-    sources = [layer.kernels for layer in kasmina_layers(model).values()]
-    lookup = getattr(sources[0], "blueprint", None) if sources else None
-
-    def name(kernel_id: str) -> str | None:
-        try:
-            return str(lookup(kernel_id).name) if lookup is not None else None
-        except Exception:  # an unknown kernel id: fall back to the id itself in logs
-            return None
-
-    return name
+def _kernel_names(model: nn.Module) -> Callable[[str], str | None]:
+    """Readable kernel names for logs and lineage, from the model's kernel source."""
+    layers = list(kasmina_layers(model).values())
+    if not layers:
+        return lambda kernel_id: None
+    return layers[0].kernels.describe
 
 
 def _data_from_config(cfg: TolariaConfig, train_data: Iterable[Batch] | None,
@@ -187,7 +185,7 @@ class TolariaTrainer:
         if train_data is None or val_data is None:
             train_data, val_data = _data_from_config(cfg, train_data, val_data)
         self.train_data, self.val_data, self.loss_fn = train_data, val_data, loss_fn
-        self.blueprint_names = blueprint_names or _library_names(model)
+        self.blueprint_names = blueprint_names or _kernel_names(model)
         self.hooks = hooks or TrainerHooks()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         self.run_id = cfg.run_id or f"run-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -209,7 +207,6 @@ class TolariaTrainer:
         self.history = TrainingHistory()
         self.lineage = Lineage(self.run_id)
         attach_lineage(model, self.lineage)
-        self._stages: dict[str, tuple[str, int, str]] = {}  # seed id -> (layer id, index, last stage seen)
         self._train_losses: deque[float] = deque(maxlen=cfg.spike_window)
         self._rebuild_seed_optimizer()
 
@@ -223,8 +220,9 @@ class TolariaTrainer:
         self.progress = ConsoleProgress(cfg.epochs, title=self.run_id, bar=cfg.progress_bar, lines=cfg.log_lines)
         try:
             with self.progress:
-                self._stages = {t.seed_id: (t.layer_id, t.seed_index, t.stage.value)
-                                for t in collect_telemetry(self.model, self.epoch)}
+                begin_boundary(self.model, self.epoch)
+                # The seeds as they stand now are the run's starting point: earlier moves are not its history.
+                drain_transitions(self.model)
                 self._checkpoint()  # the rollback point of the first epoch
                 while self.epoch < cfg.epochs:
                     self._run_epoch(self.epoch + 1)
@@ -304,12 +302,10 @@ class TolariaTrainer:
     # ------------------------------------------------------------------------------------ the boundary
 
     def _boundary(self, epoch: int, metrics: dict[str, float], elapsed: float) -> AdaptationSignal:
-        """Kernel errors, heartbeat, decision, commands; returns the controller's signal."""
+        """Kasmina's moves, heartbeat, decision, commands; returns the controller's signal."""
         wait_for_loads(self.model)  # loads take milliseconds; waiting keeps runs reproducible
         telemetry = collect_telemetry(self.model, epoch)  # runs Kasmina's boundary work (culls failed kernels)
-        failures = self._kernel_failures(epoch)
-        self._note_transitions(epoch, telemetry, metrics, failures, default_reason="kasmina")
-        telemetry = self._cull_failed(epoch, telemetry, metrics, failures)
+        self._record_kasmina_moves(epoch, metrics)
 
         packet = SystemStatePacket(
             run_id=self.run_id, epoch=epoch, global_step=self.global_step, train_loss=metrics["train_loss"],
@@ -329,75 +325,57 @@ class TolariaTrainer:
         return signal
 
     def _apply(self, epoch: int, commands: list[KasminaControlCommand], metrics: dict[str, Any]) -> None:
-        """Apply commands one by one, log refusals, and record each transition a command caused.
+        """Apply commands one by one, log refusals, and record the transition each command made.
 
         One at a time so that a GERMINATE followed by an ADVANCE of the same seed shows both steps.
         """
-        layers = kasmina_layers(self.model)
         for cmd in commands:
             errors = apply_commands(self.model, [cmd], epoch)
             for error in errors:
                 self._event(epoch, "command_refused", message=error)
                 self._say(f"epoch {epoch:3d}  command refused: {error}")
-            layer = layers.get(cmd.layer_id)
-            if not errors and layer is not None:
-                i = cmd.seed_index
-                self._transition(epoch, cmd.layer_id, i, layer.stage(i), metrics, cmd.reason, layer.kernel_id(i))
+            for move in drain_transitions(self.model):
+                self._transition(epoch, move, metrics)
 
-    def _kernel_failures(self, epoch: int) -> dict[str, str]:
-        """Drain Kasmina's events; log kernel load/runtime errors and return them by seed id."""
-        failures: dict[str, str] = {}
+    def _record_kasmina_moves(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Record what Kasmina did on its own at this boundary: kernel errors, then its stage changes.
+
+        A seed whose failed kernel Kasmina culled is reported CULLED to the controller, which did not
+        decide it (the controller only learns outcomes it did not cause through ``observe_outcomes``).
+        """
         for event in drain_events(self.model):
             if event.kind in (EventKind.RUNTIME_ERROR, EventKind.LOAD_FAILED):
-                seed_id = f"{event.slot}[{event.seed_index}]"
-                failures[seed_id] = f"kernel error: {event.message}"[:2000]
-                self._event(epoch, "kernel_error", seed=seed_id, message=event.message, error_kind=event.kind.value)
-                self._say(f"epoch {epoch:3d}  {seed_id}  kernel error: {event.message}")
-        return failures
-
-    def _cull_failed(self, epoch: int, telemetry: list[SeedTelemetry], metrics: dict[str, float],
-                     failures: dict[str, str]) -> list[SeedTelemetry]:
-        """Cull failed seeds Kasmina has not culled yet, tell the controller; returns fresh telemetry."""
-        if not failures:
-            return telemetry
-        culls = [KasminaControlCommand(layer_id=t.layer_id, seed_index=t.seed_index, command=CommandType.CULL,
-                                       issued_at_epoch=epoch, reason=failures[t.seed_id])
-                 for t in telemetry if t.seed_id in failures and t.stage in ACTIVE_STAGES]
-        self._apply(epoch, culls, metrics)
+                self._event(epoch, "kernel_error", seed=event.seed_id, message=event.message,
+                            error_kind=event.kind.value)
+                self._say(f"epoch {epoch:3d}  {event.seed_id}  kernel error: {event.message}")
+        culled: list[str] = []
+        for move in drain_transitions(self.model):
+            self._transition(epoch, move, metrics)
+            if move.new is SeedStage.CULLED and not move.commanded:
+                culled.append(move.seed_id)
         germinated = {g.seed_id for g in self.lineage.germinations}
-        reports = [self._report_for(sid, Outcome.CULLED, metrics) for sid in failures if sid in germinated]
+        reports = [self._report_for(sid, Outcome.CULLED, metrics) for sid in culled if sid in germinated]
+        if not reports:
+            return
         self.controller.observe_outcomes(reports)
         for report in reports:
             self._record_report(epoch, report)
-        return collect_telemetry(self.model, epoch)
 
     # ------------------------------------------------------------------------------------ lifecycle log
 
-    def _note_transitions(self, epoch: int, telemetry: list[SeedTelemetry], metrics: dict[str, Any],
-                          reasons: dict[str, str], default_reason: str = "") -> None:
-        """Record every seed whose stage in ``telemetry`` differs from the last one seen."""
-        for t in telemetry:
-            reason = reasons.get(t.seed_id, default_reason)
-            self._transition(epoch, t.layer_id, t.seed_index, t.stage, metrics, reason, t.kernel_artifact_id)
-
-    def _transition(self, epoch: int, layer_id: str, index: int, new_stage: SeedStage, metrics: Mapping[str, Any],
-                    reason: str, kernel: str | None) -> None:
-        """Log one seed's move to ``new_stage`` (if it moved) and record it in the lineage."""
-        seed_id = f"{layer_id}[{index}]"
-        old = self._stages.get(seed_id, (layer_id, index, S.DORMANT.value))[2]
-        new = new_stage.value
-        self._stages[seed_id] = (layer_id, index, new)
-        if old == new:
-            return
+    def _transition(self, epoch: int, move: SeedTransition, metrics: Mapping[str, Any]) -> None:
+        """Log one stage change Kasmina reported and record it in the lineage."""
+        kernel, sid, reason = move.kernel_artifact_id, move.seed_id, move.reason
+        old, new = move.old.value, move.new.value
         name = self.blueprint_names(kernel) if kernel else None
         metric_view = {k: metrics.get(k) for k in ("val_loss", "val_accuracy", "train_loss")}
-        self.lineage.record(seed_id=seed_id, layer_id=layer_id, seed_index=index, old=old, new=new, epoch=epoch,
-                            metrics=metric_view, blueprint_id=kernel[:64] if kernel else None, blueprint_name=name,
-                            kernel_artifact_id=kernel, reason=reason)
-        self._event(epoch, "transition", seed=seed_id, old=old, new=new, blueprint=name, kernel=kernel, reason=reason)
-        shown = f"  {name}" if new == S.GERMINATED.value and name else ""
+        self.lineage.record(seed_id=sid, layer_id=move.layer_id, seed_index=move.seed_index, old=old, new=new,
+                            epoch=epoch, metrics=metric_view, blueprint_id=kernel[:64] if kernel else None,
+                            blueprint_name=name, kernel_artifact_id=kernel, reason=reason)
+        self._event(epoch, "transition", seed=sid, old=old, new=new, blueprint=name, kernel=kernel, reason=reason)
+        shown = f"  {name}" if move.new is SeedStage.GERMINATED and name else ""
         why = f"  ({reason})" if reason else ""
-        self._say(f"epoch {epoch:3d}  {seed_id}  {old} -> {new}{shown}{why}")
+        self._say(f"epoch {epoch:3d}  {sid}  {old} -> {new}{shown}{why}")
 
     def _report_for(self, seed_id: str, outcome: Outcome, metrics: Mapping[str, Any]) -> FieldReport:
         """A field report for an outcome Tolaria decided (rollback, crashed kernel), from the lineage."""
@@ -447,7 +425,6 @@ class TolariaTrainer:
         trainer = {
             "epoch": self.epoch, "global_step": self.global_step, "epochs": self.history.epochs,
             "train_losses": list(self._train_losses), "lineage": self.lineage.to_dict(),
-            "stages": {sid: list(entry) for sid, entry in self._stages.items()},
         }
         return {
             "format": 1,
@@ -482,7 +459,6 @@ class TolariaTrainer:
         self._train_losses = deque(trainer["train_losses"], maxlen=self.config.spike_window)
         self.lineage = Lineage.from_dict(trainer["lineage"])
         attach_lineage(self.model, self.lineage)
-        self._stages = {sid: (layer, int(index), stage) for sid, (layer, index, stage) in trainer["stages"].items()}
         self._seed_param_ids = []
         self.seed_optimizer = None
         self._rebuild_seed_optimizer()
@@ -509,8 +485,9 @@ class TolariaTrainer:
         # A seed live at failure is live in the checkpoint too (commands only land at boundaries), unless the
         # newest checkpoint was corrupt and an older one was used: such a seed is locked in the policy only.
         restored_live = set(self._live_seeds())
-        lock = [KasminaControlCommand(layer_id=self._stages[sid][0], seed_index=self._stages[sid][1],
-                                      command=CommandType.ADVANCE, target_stage=S.ROLLED_BACK,
+        where = {seed_id(layer_id, i): (layer_id, i) for layer_id, i, _ in seed_stages(self.model)}
+        lock = [KasminaControlCommand(layer_id=where[sid][0], seed_index=where[sid][1],
+                                      command=CommandType.ADVANCE, target_stage=SeedStage.ROLLED_BACK,
                                       issued_at_epoch=self.epoch, reason=f"rollback: {reason}"[:2000])
                 for sid in live if sid in restored_live]
         self._apply(self.epoch, lock, metrics)
@@ -524,15 +501,14 @@ class TolariaTrainer:
     # ------------------------------------------------------------------------------------ records
 
     def _live_seeds(self) -> list[str]:
-        """Seeds whose last seen stage holds a kernel (GERMINATED .. FINE_TUNING)."""
-        active = {s.value for s in ACTIVE_STAGES}
-        return [sid for sid, (_, _, stage) in self._stages.items() if stage in active]
+        """Seeds whose stage holds a kernel now (GERMINATED .. FINE_TUNING), in model order."""
+        return [seed_id(layer_id, i) for layer_id, i, stage in seed_stages(self.model) if stage in ACTIVE_STAGES]
 
     def _epoch_record(self, epoch: int, metrics: dict[str, float], elapsed: float) -> dict[str, Any]:
         host, seeds = host_parameter_count(self.model), seed_parameter_count(self.model)
         stages: dict[str, int] = {}
-        for _, _, stage in self._stages.values():
-            stages[stage] = stages.get(stage, 0) + 1
+        for _, _, stage in seed_stages(self.model):
+            stages[stage.value] = stages.get(stage.value, 0) + 1
         return {"epoch": epoch, **metrics, "host_params": host, "seed_params": seeds, "total_params": host + seeds,
                 "global_step": self.global_step, "epoch_time_s": round(elapsed, 4), "stages": stages}
 

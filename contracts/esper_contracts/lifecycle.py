@@ -128,6 +128,9 @@ class SystemStatePacket(StrictModel):
     seed_parameters: NonNegativeInt = 0
     epoch_time_s: NonNegativeFloat = 0.0
     device: str = "cpu"
+    #: The hardware segment of the artifact ids this trainer can run (``cpu_avx512``, ``cuda_sm90``): Tamiyo
+    #: asks Urza for kernels built and validated for exactly this hardware. None: any.
+    hardware: Identifier | None = None
     metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)
     seeds: list[SeedTelemetry] = Field(default_factory=list)
 

@@ -103,12 +103,14 @@ class PolicyBase:
         self._germinations = 0
         self._last_germination: int | None = None
         self._epoch = 0
+        self._hardware: str | None = None  # the trainer's, from its packets: kernels are queried for it
 
     # ----------------------------------------------------------------------------------- the boundary
 
     def decide(self, packet: SystemStatePacket) -> AdaptationSignal:
         """Steer every live seed, release expired embargoes, then maybe germinate one or more slots."""
         self._epoch = packet.epoch
+        self._hardware = packet.hardware
         metric = packet_metric(packet)
         self._observe(packet, metric)
         commands: list[KasminaControlCommand] = []
@@ -302,6 +304,7 @@ class PolicyBase:
                 tags_required=self.config.kernel_tags_required,
                 tags_excluded=self.config.kernel_tags_excluded,
                 status=self.config.kernel_status,
+                hardware=self._hardware,
                 limit=100,
             )
             found = list(self.kernels.query(query).artifacts)

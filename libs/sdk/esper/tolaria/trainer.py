@@ -47,6 +47,7 @@ from esper_contracts import (
     SeedStage,
     SystemStatePacket,
 )
+from esper_kernels import local_hardware
 from esper_policy import ControlPolicy
 
 from ..config import TolariaConfig
@@ -180,6 +181,7 @@ class TolariaTrainer:
         self.config = cfg = config or TolariaConfig()
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
+        self.hardware = local_hardware(self.device.type)  # which compiled kernels this process can run
         self.model = model.to(self.device)
         self.controller = controller
         if train_data is None or val_data is None:
@@ -312,8 +314,8 @@ class TolariaTrainer:
             val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
             learning_rate=self.host_optimizer.param_groups[0]["lr"],
             host_parameters=host_parameter_count(self.model), seed_parameters=seed_parameter_count(self.model),
-            epoch_time_s=elapsed, device=str(self.device), metrics={"train_accuracy": metrics["train_accuracy"]},
-            seeds=telemetry,
+            epoch_time_s=elapsed, device=str(self.device), hardware=self.hardware,
+            metrics={"train_accuracy": metrics["train_accuracy"]}, seeds=telemetry,
         )
         signal = broadcast_signal(self.controller.decide(packet) if _is_rank_zero() else None)
         if signal.emergency_rollback_required:

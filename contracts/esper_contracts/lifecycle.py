@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, JsonValue, model_validator
 
 from .base import (
     Correlation,
@@ -133,6 +133,9 @@ class SystemStatePacket(StrictModel):
     hardware: Identifier | None = None
     metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)
     seeds: list[SeedTelemetry] = Field(default_factory=list)
+    #: Tamiyo's state to resume this run from, sent by the trainer after a rollback, a resume, or when Tamiyo
+    #: answered ``controller_state_required`` (it restarted): "Tolaria saves host and Tamiyo in lockstep".
+    controller_state: dict[str, JsonValue] | None = None
 
 
 class AdaptationSignal(StrictModel):
@@ -143,6 +146,10 @@ class AdaptationSignal(StrictModel):
     optimizer_rebuild_required: bool = False
     emergency_rollback_required: bool = False
     reason: str = Field(default="", max_length=2000)
+    #: The controller's state after this decision: the trainer keeps the latest in its checkpoints.
+    controller_state: dict[str, JsonValue] | None = None
+    #: The controller has no state for this run (it restarted): resend the packet with ``controller_state``.
+    controller_state_required: bool = False
 
 
 class FieldReport(StrictModel):

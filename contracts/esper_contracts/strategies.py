@@ -69,6 +69,11 @@ def _strategy(
         return st.booleans()
     if kind == "null":
         return st.none()
+    if not node:  # any JSON value (pydantic's JsonValue): small nested documents of finite scalars
+        scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=8) | st.floats(
+            allow_nan=False, allow_infinity=False, width=32)
+        return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+            st.text(min_size=1, max_size=8), inner, max_size=3), max_leaves=6)
     raise NotImplementedError(f"schema node not supported by the test generator: {node}")
 
 

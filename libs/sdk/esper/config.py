@@ -50,6 +50,10 @@ class TolariaConfig(BaseModel):
     run_id: str | None = Field(default=None, description="Default: a fresh timestamped id")
     seed: int = Field(default=0, description="torch's global seed at the start of training")
     device: str = "cpu"
+    hardware: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_]+$", description="The hardware label of the compiled kernels this "
+        "trainer asks for (default: detected here, e.g. cpu_avx512 or cuda_sm90; Urza and the worker pools must "
+        "use the same label)")
     task: str | None = Field(
         default=None, description="What to train on when the trainer is given no data: a built-in task "
         "(spirals) or 'package.module:factory' returning an esper.tasks.TaskData")

@@ -53,7 +53,15 @@ def test_a_standalone_run_writes_its_directory_and_resumes_where_it_stopped(tmp_
         assert (run / name).exists(), name
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
+    # A kill in the middle of epoch 4 left its metrics line and an event behind the last checkpoint (epoch 3).
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 4, "val_accuracy": 0.0}) + "\n")
+    with (run / "events.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "transition", "epoch": 4, "seed": "0[0]", "new": "GERMINATED"}) + '\n{"epo')
     assert main(None, resume=run, kernels="eager", epochs=5, quiet=True) == EXIT_OK
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert not any(e.get("seed") == "0[0]" and e["epoch"] == 4 and e.get("val_accuracy") is None
+                   for e in events if e.get("new") == "GERMINATED" and "blueprint" not in e)
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5]  # the resumed run went on from epoch 3: nothing trained twice
     assert json.loads((run / "summary.json").read_text())["esper_parameters"] > 0

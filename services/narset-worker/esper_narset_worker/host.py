@@ -99,6 +99,8 @@ class NarsetHost:
         self._reports: list[FieldReport] = []
         self._run_id: str | None = None
         self._previous_val_loss: float | None = None
+        self._tamiyo_state: dict[str, Any] | None = None  # Tamiyo's state after its last answer (checkpointed)
+        self._push_tamiyo_state = False  # after a restore: the next packet carries that state to Tamiyo
         self._decide_lock = threading.Lock()
         sub = f"narset-host-{self.host_id}"
         self._subscriptions: list[Subscription] = [
@@ -152,7 +154,7 @@ class NarsetHost:
         """Ask Tamiyo, then let every worker allocate and pay; returns the commands Tolaria should apply."""
         with self._decide_lock:
             self._run_id = packet.run_id
-            signal = self._ask_tamiyo(packet)
+            signal = self._ask_tamiyo_in_lockstep(packet)
             if signal is None:
                 return AdaptationSignal(epoch=packet.epoch, reason="no answer from Tamiyo in time: no change")
             self._wait_for_allocations(packet.epoch)
@@ -179,6 +181,27 @@ class NarsetHost:
                 # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
                 self.bus.publish_many(Topic.HEALTH_SUMMARIES, [r for out in outputs for r in out.reports])
             return self._publish_and_answer(packet, signal, outputs)
+
+    def _ask_tamiyo_in_lockstep(self, packet: SystemStatePacket) -> AdaptationSignal | None:
+        """Ask Tamiyo, keeping its state in step with the model's: "Tolaria saves host and Tamiyo in lockstep".
+
+        After a restore (rollback, resume) the packet carries the state Tamiyo had at that checkpoint; when
+        Tamiyo answers that it holds no state for the run (it restarted), the packet is sent again with it.
+        Each answer's state is kept, so the next checkpoint holds the state matching the commands applied.
+        """
+        if self._push_tamiyo_state and self._tamiyo_state is not None:
+            packet = packet.model_copy(update={"controller_state": self._tamiyo_state})
+        signal = self._ask_tamiyo(packet)
+        if signal is not None and signal.controller_state_required and self._tamiyo_state is not None:
+            log.warning("narset: Tamiyo restarted without state for %s; resending epoch %d with the checkpointed "
+                        "state", packet.run_id, packet.epoch)
+            signal = self._ask_tamiyo(packet.model_copy(update={"controller_state": self._tamiyo_state}))
+        if signal is None or signal.controller_state_required:
+            return None
+        self._push_tamiyo_state = False
+        if signal.controller_state is not None:
+            self._tamiyo_state = signal.controller_state
+        return signal.model_copy(update={"controller_state": None})  # Tolaria keeps it through state_dict
 
     def _ask_tamiyo(self, packet: SystemStatePacket) -> AdaptationSignal | None:
         envelope = self.bus.publish(Topic.SYSTEM_STATE, packet, key=packet.run_id)
@@ -337,6 +360,7 @@ class NarsetHost:
             "ledger": self.ledger.state_dict(),
             "previous_val_loss": self._previous_val_loss,
             "spent_total": self.spent_total,
+            "tamiyo": self._tamiyo_state,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -352,6 +376,8 @@ class NarsetHost:
         self.ledger.load_state_dict(state["ledger"])
         self._previous_val_loss = state["previous_val_loss"]
         self.spent_total = float(state["spent_total"])
+        self._tamiyo_state = state.get("tamiyo")
+        self._push_tamiyo_state = self._tamiyo_state is not None  # Tamiyo must continue from this point too
 
     def close(self) -> None:
         """Detach from the bus and the coordinator (the bus itself belongs to the caller)."""

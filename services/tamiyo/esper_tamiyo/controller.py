@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,6 +126,7 @@ class TamiyoController:
         self._answered: dict[str, ProposalDecision] = {}  # for redelivered proposals
         self._scaffolds: list[ScaffoldRequest] = []
         self._last_epoch: int | None = None
+        self.run_id: str | None = None
         self.summaries_received = 0
         self.kernel_source_failures = 0  # boundaries answered "wait" because Urza was down
 
@@ -160,8 +161,21 @@ class TamiyoController:
     # ------------------------------------------------------------------------------------------ the cycle
 
     def on_packet(self, packet: SystemStatePacket) -> list[Outgoing]:
-        """Run one cycle; returns the messages to publish, in order."""
+        """Run one cycle; returns the messages to publish, in order.
+
+        A packet carrying ``controller_state`` restores it first (a rollback or a resume in the trainer). A
+        packet past the first epoch of a run this controller holds no state for (Tamiyo restarted) gets a
+        ``controller_state_required`` answer and no decision: the trainer resends it with the checkpointed state.
+        """
         epoch = packet.epoch
+        if packet.controller_state is not None:
+            self.load_state_dict(packet.controller_state)
+        elif epoch > 1 and (self._last_epoch is None or self.run_id != packet.run_id):
+            return [Outgoing(Topic.ADAPTATION_SIGNALS, AdaptationSignal(
+                epoch=epoch, controller_state_required=True,
+                reason=f"Tamiyo holds no state for run {packet.run_id} before epoch {epoch}: resend with "
+                       f"controller_state"), packet.run_id)]
+        self.run_id = packet.run_id
         # One pass over the seeds (10k seeds must cost milliseconds): per-layer counts, stage counts, live ones.
         counts: dict[str, int] = {}
         stages: dict[SeedStage, int] = {}
@@ -210,9 +224,29 @@ class TamiyoController:
         out += [Outgoing(Topic.PROTECTED_ZONES, z, z.zone_id) for z in zones]
         out += [Outgoing(Topic.PROPOSAL_DECISIONS, d, d.region_id) for d in decisions]
         out += [Outgoing(Topic.BUDGET_ALLOCATIONS, a, a.region_id) for a in allocations]
+        signal = signal.model_copy(update={"controller_state": self.state_dict()})
         out.append(Outgoing(Topic.ADAPTATION_SIGNALS, signal, packet.run_id))
         out += [Outgoing(Topic.FIELD_REPORTS, r, r.seed_id) for r in self.policy.drain_field_reports()]
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a run's decisions continue from, as JSON: the policy, the last epoch decided, answered proposals.
+
+        Budgets are minted afresh every cycle and protected zones re-derived from the packets, so they are
+        not part of it.
+        """
+        return {"version": 1, "run_id": self.run_id, "last_epoch": self._last_epoch,
+                "policy": self.policy.state_dict(),
+                "answered": {pid: d.model_dump(mode="json") for pid, d in self._answered.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (sent back by the trainer)."""
+        if state.get("version") != 1:
+            raise ValueError(f"Tamiyo state version {state.get('version')!r} is not 1")
+        self.run_id = state["run_id"]
+        self._last_epoch = state["last_epoch"]
+        self.policy.load_state_dict(state["policy"])
+        self._answered = {pid: ProposalDecision.model_validate(d) for pid, d in state["answered"].items()}
 
     def _decide(self, packet: SystemStatePacket) -> AdaptationSignal:
         """The policy's answer; when the kernel source is down, "wait" with the reason (and no half-made decision)."""

@@ -43,6 +43,30 @@ class RunLog:
         self._metrics: IO[str] = open(self.run_dir / "metrics.jsonl", mode, encoding="utf-8")  # noqa: SIM115
         self._events: IO[str] = open(self.run_dir / "events.jsonl", mode, encoding="utf-8")  # noqa: SIM115
 
+    @staticmethod
+    def truncate_after(run_dir: Path, epoch: int) -> int:
+        """Drop the lines of epochs after ``epoch`` from both files; returns how many lines went.
+
+        A run killed mid-epoch left that epoch's trail behind its last checkpoint; resuming from the checkpoint
+        trains the epoch again, so its first, lost attempt must not stay in the record.
+        """
+        dropped = 0
+        for name in ("metrics.jsonl", "events.jsonl"):
+            path = Path(run_dir) / name
+            if not path.exists():
+                continue
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if int(json.loads(line).get("epoch", 0)) <= epoch:
+                        kept.append(line)
+                        continue
+                except ValueError:  # a line cut short by the kill
+                    pass
+                dropped += 1
+            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        return dropped
+
     def metrics(self, record: dict[str, Any]) -> None:
         """One epoch's metrics."""
         self._write(self._metrics, record)

@@ -181,7 +181,7 @@ class TolariaTrainer:
         self.config = cfg = config or TolariaConfig()
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
-        self.hardware = local_hardware(self.device.type)  # which compiled kernels this process can run
+        self.hardware = cfg.hardware or local_hardware(self.device.type)  # which compiled kernels run here
         self.model = model.to(self.device)
         self.controller = controller
         if train_data is None or val_data is None:
@@ -446,9 +446,11 @@ class TolariaTrainer:
 
         Raises NoGoodCheckpointError when the directory holds no checkpoint that passes its checksum.
         """
-        _path, state = self.checkpoints.load_latest_good()
+        path, state = self.checkpoints.load_latest_good()
         self._restore(state)
         self.checkpoints.discard_after(self.epoch)
+        RunLog.truncate_after(self.run_dir, self.epoch)  # the lost attempt of the next epoch is not history
+        self._event(self.epoch, "resumed", checkpoint=path.name)
         return self.epoch
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -1,0 +1,242 @@
+"""The distributed platform trains a model end to end (issue 10), every part its own OS process on real services.
+
+Urza (PostgreSQL + S3), Tezzeret, Urabrask, Tamiyo and the Narset coordinator run as ``esper serve <name>`` on the
+real Pulsar broker; ``esper train`` runs as another process with a ``platform:`` section. The trainer's seed
+slots get the built-in blueprints submitted to Urza: Tezzeret compiles them, Urabrask validates and tags them,
+the Tamiyo service chooses one through Urza's query, Kasmina fetches and loads it, and it reaches FOSSILIZED;
+the field report is stored in Urza and the run's lineage names the artifact id.
+
+Faults, in the same platform: Tamiyo killed (-9) mid-run and restarted (the run completes and Tamiyo continues
+from the state the trainer checkpointed), and the trainer killed (-9) then ``esper train --resume`` (the run
+continues from its last checkpoint; no epoch is trained twice and no adaptation is made twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import torch
+
+from esper.config import EsperConfig
+from esper.kasmina import KasminaConfig, wrap
+from esper.standalone import slot_interfaces
+from esper.tasks import spirals
+from esper.train import default_host
+from esper_contracts import KernelStatus
+from esper_kernels import LocalKernelLibrary, builtin_blueprints
+from esper_urza_client import UrzaClient
+
+from .serve import ESPER, ROOT, Proc, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+
+KASMINA = {"chunks_per_layer": 1, "training_min_steps": 2, "training_max_steps": 10, "alpha_ramp_steps": 10,
+           "stabilization_steps": 4, "evaluation_steps": 4, "fine_tuning_steps": 10}
+TAMIYO_POLICY = {"warmup_epochs": 1, "plateau_patience_epochs": 1, "plateau_min_delta": 10.0,
+                 "max_concurrent_adaptations": 1, "max_germinations": 2, "evaluation_epochs": 1,
+                 "fine_tuning_epochs": 1, "min_improvement": -1.0, "cull_regression_tolerance": 1.0,
+                 "stage_timeout_epochs": 3}
+
+
+@dataclass
+class Platform:
+    urza_url: str
+    coordinator_url: str
+    bus_url: str
+    hardware: str
+    procs: dict[str, Proc]
+    tmp: Path
+
+    def run_config(self, run_id: str, epochs: int) -> Path:
+        config = {
+            "tolaria": {"epochs": epochs, "task": "spirals", "run_dir": str(self.tmp / "runs"), "run_id": run_id,
+                        "learning_rate": 0.01, "progress_bar": False, "hardware": self.hardware},
+            "kasmina": KASMINA,
+            "platform": {"bus_url": self.bus_url, "urza_url": self.urza_url, "coordinator_url": self.coordinator_url,
+                         "decision_timeout_s": 60, "connect_timeout_s": 30},
+        }
+        EsperConfig.model_validate(config)  # a typo here should fail here, not in the subprocess
+        path = self.tmp / f"{run_id}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
+
+
+def _wait(what: str, probe: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, pulsar_url: str, postgres_url: str,
+             s3_config: dict[str, str]) -> Iterator[Platform]:
+    from sqlalchemy import create_engine, make_url, text
+
+    tmp = tmp_path_factory.mktemp("platform")
+    run = uuid.uuid4().hex[:8]
+    hardware = f"cpu_e2e{run}"  # a label of this test's own: the shared broker's other jobs are skipped
+    server = make_url(postgres_url).set(drivername="postgresql+psycopg")
+    database = f"esper_e2e_{run}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    database_url = server.set(database=database).render_as_string(hide_password=False)
+    blob_url = "s3://esper-e2e/" + run + "?" + urlencode({
+        "endpoint_url": s3_config["endpoint_url"], "access_key_id": s3_config["access_key"],
+        "secret_access_key": s3_config["secret_key"], "region": s3_config.get("region", "us-east-1")})
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
+    base |= {"ESPER_BUS_URL": pulsar_url, "ESPER_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+    ports = {name: free_port() for name in ("urza", "tezzeret", "urabrask", "tamiyo", "narset-coordinator")}
+    urza_url = f"http://127.0.0.1:{ports['urza']}"
+    workers = base | {"ESPER_URZA_URL": urza_url, "ESPER_HARDWARE": hardware, "ESPER_NACK_DELAY_MS": "500",
+                      "ESPER_SUBSCRIPTION": ""}
+    envs = {
+        "urza": base | {"ESPER_DATABASE_URL": database_url, "ESPER_BLOB_URL": blob_url, "ESPER_SEED_LIBRARY": "false",
+                        "ESPER_PIPELINES": '["fast"]', "ESPER_HARDWARE": f'["{hardware}"]', "ESPER_BATCH_SIZE": "8",
+                        "ESPER_OUTBOX_INTERVAL_S": "0.5", "ESPER_SUBSCRIPTION": f"urza-{run}",
+                        "ESPER_DATA_DIR": str(tmp / "urza")},
+        "tezzeret": workers | {"ESPER_SUBSCRIPTION": f"tezzeret-{run}"},
+        "urabrask": workers | {"ESPER_SUBSCRIPTION": f"urabrask-{run}", "ESPER_BUDGET_S": "2"},
+        "tamiyo": base | {"ESPER_URZA_URL": urza_url, "ESPER_POLICY": json.dumps(TAMIYO_POLICY)},
+        "narset-coordinator": base | {"ESPER_SEEDS_PER_WORKER": "4"},
+    }
+    procs = {name: Proc(name, env | {"ESPER_PORT": str(ports[name])}, tmp) for name, env in envs.items()}
+    try:
+        for proc in procs.values():
+            proc.start()
+        yield Platform(urza_url, f"http://127.0.0.1:{ports['narset-coordinator']}", pulsar_url, hardware, procs, tmp)
+    except BaseException:
+        for p in procs.values():
+            sys.stderr.write(f"\n----- {p.service} log -----\n{p.tail(80)}\n")
+        raise
+    finally:
+        for p in procs.values():
+            p.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def submit_kernels_for_the_trainer(platform: Platform) -> list[str]:
+    """The built-in blueprints for every seed slot of the trainer's model, submitted and waited to VALIDATED."""
+    torch.manual_seed(0)
+    probe = wrap(default_host(spirals(0)), KasminaConfig(**KASMINA), LocalKernelLibrary())
+    urza = UrzaClient(platform.urza_url)
+    ids = [urza.submit_blueprint(ir).blueprint_id for i in slot_interfaces(probe) for ir in builtin_blueprints(i)]
+
+    def settled() -> bool:
+        arts = [a for bid in ids for a in urza.blueprint(bid).artifacts if a.hardware == platform.hardware]
+        return len(arts) == len(ids) and all(a.status in (KernelStatus.VALIDATED, KernelStatus.REJECTED,
+                                                          KernelStatus.FAILED) for a in arts)
+
+    _wait("the trainer's kernels to be compiled and validated", settled, 600)
+    validated = [a.artifact_id for bid in ids for a in urza.blueprint(bid).artifacts
+                 if a.status is KernelStatus.VALIDATED]
+    assert validated, "no kernel passed Urabrask"
+    urza.close()
+    return validated
+
+
+def train(platform: Platform, *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ESPER, "train", *args, "--quiet"], capture_output=True, text=True, timeout=timeout_s,
+                          cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+
+
+def germinated(run_dir: Path) -> list[tuple[str, int]]:
+    """(seed, epoch) of every GERMINATED transition in the run's event log."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [(e["seed"], e["epoch"]) for e in events if e.get("kind") == "transition" and e.get("new") == "GERMINATED"]
+
+
+def metrics_epochs(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_blueprint_goes_from_urza_to_fossilized_in_a_run_that_survives_a_tamiyo_crash(platform: Platform) -> None:
+    validated = submit_kernels_for_the_trainer(platform)
+    config = platform.run_config("e2e-fossil", epochs=16)
+    run_dir = platform.tmp / "runs" / "e2e-fossil"
+    trainer = subprocess.Popen([ESPER, "train", str(config), "--quiet"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+    try:
+        # Tamiyo dies (no shutdown hook) once a few boundaries were decided, and comes back.
+        _wait("epoch 4 of the run", lambda: (run_dir / "metrics.jsonl").exists() and len(metrics_epochs(run_dir)) >= 4,
+              300)
+        platform.procs["tamiyo"].kill()
+        time.sleep(2)
+        platform.procs["tamiyo"].start()
+        out, _ = trainer.communicate(timeout=900)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert trainer.returncode == 0, out + platform.procs["tamiyo"].tail()
+    assert metrics_epochs(run_dir) == list(range(1, 17))
+
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    fossilized = [g for g in lineage["germinations"] if g.get("outcome") == "FOSSILIZED"]
+    assert fossilized, lineage["germinations"]
+    kernel_ids = {g["kernel_artifact_id"] for g in fossilized}
+    assert kernel_ids <= set(validated), (kernel_ids, validated)
+    # No adaptation was made twice across the restart, and the policy's cap held: it resumed its own books.
+    germinations = germinated(run_dir)
+    assert len(germinations) == len(set(germinations)) and len(germinations) <= TAMIYO_POLICY["max_germinations"]
+    # The restarted Tamiyo asked for the trainer's checkpointed state and continued from it.
+    assert "resending epoch" in out, out
+    urza = UrzaClient(platform.urza_url)
+    blueprint_id = next(iter(kernel_ids)).split("-", 1)[0]
+    reports = urza.http.get(f"/api/v1/blueprints/{blueprint_id}/field-reports").json()
+    assert any(r["outcome"] == "FOSSILIZED" for r in reports["items"]), reports
+    urza.close()
+
+
+def test_a_killed_trainer_resumes_from_its_last_checkpoint_with_nothing_applied_twice(platform: Platform) -> None:
+    submit_kernels_for_the_trainer(platform)
+    config = platform.run_config("e2e-resume", epochs=10)
+    run_dir = platform.tmp / "runs" / "e2e-resume"
+    trainer = subprocess.Popen([ESPER, "train", str(config), "--quiet"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=ROOT,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+    try:
+        _wait("epoch 5 of the run", lambda: (run_dir / "metrics.jsonl").exists() and len(metrics_epochs(run_dir)) >= 5,
+              300)
+    finally:
+        trainer.kill()  # SIGKILL: mid-epoch, nothing flushed
+        trainer.wait(30)
+    done = metrics_epochs(run_dir)
+    resumed = train(platform, "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert metrics_epochs(run_dir) == list(range(1, 11)), "every epoch once, in order"
+    assert metrics_epochs(run_dir)[: len(done)] == done
+    germinations = germinated(run_dir)
+    assert len(germinations) == len(set(germinations)), f"a germination was applied twice: {germinations}"
+    lineage = json.loads((run_dir / "lineage.json").read_text())
+    assert [(g["seed_id"], g["germinated_epoch"]) for g in lineage["germinations"]] == germinations
+
+
+def test_a_trainer_whose_platform_is_down_stops_naming_the_url(tmp_path: Path) -> None:
+    config = tmp_path / "down.yaml"
+    config.write_text(json.dumps({"tolaria": {"epochs": 1, "run_dir": str(tmp_path / "runs")},
+                                  "platform": {"bus_url": "pulsar://127.0.0.1:1", "urza_url": "http://127.0.0.1:1",
+                                               "coordinator_url": "http://127.0.0.1:1", "connect_timeout_s": 5}}))
+    start = time.monotonic()
+    result = subprocess.run([ESPER, "train", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and "pulsar://127.0.0.1:1" in "".join(result.stdout.split())
+    assert time.monotonic() - start < 60 and not (tmp_path / "runs").exists()
+

@@ -18,9 +18,12 @@ from .blob import (
 )
 from .registry import BLOB_BACKENDS, open_blob_store, open_database, register_blob_backend
 from .sql import (
+    NAMING_CONVENTION,
     SQL_BACKENDS,
+    AutoId,
     Database,
     DatabaseURLError,
+    UtcDateTime,
     current_revision,
     head_revision,
     insert_ignore,
@@ -29,8 +32,8 @@ from .sql import (
 )
 
 __all__ = [
-    "BLOB_BACKENDS", "SQL_BACKENDS", "BlobConflictError", "BlobError", "BlobNotFoundError", "BlobStore",
-    "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore", "InvalidBlobKeyError", "check_key",
-    "content_key", "current_revision", "head_revision", "insert_ignore", "open_blob_store", "open_database",
-    "register_blob_backend", "run_env", "sha256_hex", "upgrade",
+    "BLOB_BACKENDS", "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "BlobConflictError", "BlobError",
+    "BlobNotFoundError", "BlobStore", "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore",
+    "InvalidBlobKeyError", "UtcDateTime", "check_key", "content_key", "current_revision", "head_revision",
+    "insert_ignore", "open_blob_store", "open_database", "register_blob_backend", "run_env", "sha256_hex", "upgrade",
 ]

@@ -3,8 +3,9 @@
 from .engine import SQL_BACKENDS, Database, DatabaseURLError, SqlBackend, parse_database_url
 from .migrate import current_revision, head_revision, run_env, upgrade
 from .statements import insert_ignore
+from .types import NAMING_CONVENTION, AutoId, UtcDateTime
 
 __all__ = [
-    "SQL_BACKENDS", "Database", "DatabaseURLError", "SqlBackend", "current_revision", "head_revision",
-    "insert_ignore", "parse_database_url", "run_env", "upgrade",
+    "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "Database", "DatabaseURLError", "SqlBackend", "UtcDateTime",
+    "current_revision", "head_revision", "insert_ignore", "parse_database_url", "run_env", "upgrade",
 ]

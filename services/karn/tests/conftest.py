@@ -1,0 +1,61 @@
+"""Fixtures for Karn's tests: hand-built parent blueprints (no torch, no esper_kernels)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
+
+
+def build(layout: str, features: int, nodes: list[tuple[str, str, list[str], dict[str, Any]]], out: str, *,
+          cls: str = "mlp", tags: list[str] | None = None, name: str = "parent") -> BlueprintIR:
+    """An IR from (id, op, sources, attrs) tuples and the node feeding the output."""
+    iface = TensorInterface(layout=layout, features=features)  # type: ignore[arg-type]
+    return BlueprintIR(
+        name=name, blueprint_class=BlueprintClass(cls), input=iface, output=iface,
+        nodes=[IRNode(id=i, op=OpType(op), attrs=a) for i, op, _s, a in nodes],
+        edges=[IREdge(src=s, dst=i, port=p) for i, _op, srcs, _a in nodes for p, s in enumerate(srcs)]
+        + [IREdge(src=out, dst="output")],
+        tags=tags if tags is not None else ["residual_mlp", "builtin", "capacity"],
+    )
+
+
+def residual_mlp(layout: str = "BD", f: int = 8, hidden: int = 16) -> BlueprintIR:
+    """x + down(gelu(up(norm(x)))) with a zero-initialised down projection."""
+    if layout == "BCHW":
+        norm: tuple[str, dict[str, Any]] = ("group_norm", {"num_groups": 1, "num_channels": f})
+        up = ("conv2d", {"in_channels": f, "out_channels": hidden, "kernel_size": 1})
+        down = ("conv2d", {"in_channels": hidden, "out_channels": f, "kernel_size": 1, "init": "zeros"})
+    else:
+        norm = ("layer_norm", {"normalized_shape": [f]})
+        up = ("linear", {"in_features": f, "out_features": hidden})
+        down = ("linear", {"in_features": hidden, "out_features": f, "init": "zeros"})
+    return build(layout, f, [("norm", norm[0], ["input"], norm[1]), ("up", up[0], ["norm"], up[1]),
+                             ("act", "gelu", ["up"], {}), ("down", down[0], ["act"], down[1]),
+                             ("residual", "add", ["input", "down"], {})], "residual",
+                 name=f"residual-mlp-{layout.lower()}-{f}")
+
+
+def low_rank(f: int = 8, rank: int = 4) -> BlueprintIR:
+    """x + b(a(x)) through ``rank`` units."""
+    return build("BD", f, [("a", "linear", ["input"], {"in_features": f, "out_features": rank, "bias": False}),
+                           ("b", "linear", ["a"], {"in_features": rank, "out_features": f, "bias": False}),
+                           ("residual", "add", ["input", "b"], {})], "residual",
+                 cls="low_rank", tags=["low_rank_adapter", "builtin"], name=f"low-rank-bd-{f}")
+
+
+def attention(f: int = 16, heads: int = 2) -> BlueprintIR:
+    """x + attn(norm(x)) over tokens."""
+    return build("BTD", f, [("norm", "layer_norm", ["input"], {"normalized_shape": f}),
+                            ("attn", "multihead_attention", ["norm"], {"embed_dim": f, "num_heads": heads}),
+                            ("residual", "add", ["input", "attn"], {})], "residual",
+                 cls="attention", tags=["attention_head", "builtin"], name=f"attention-{f}")
+
+
+@pytest.fixture
+def parents() -> dict[str, BlueprintIR]:
+    """One parent of each shape the operators care about."""
+    return {"mlp": residual_mlp(), "conv": residual_mlp("BCHW", 4, 8), "low_rank": low_rank(),
+            "attention": attention()}

@@ -276,6 +276,25 @@ class BlueprintRecord(StrictModel):
     created_at: datetime = Field(default_factory=utc_now)
 
 
+class LineageRelative(StrictModel):
+    """A parent or child in a lineage listing; ``known`` is False for a parent never stored in this Urza."""
+
+    blueprint_id: Identifier
+    known: bool
+    name: str | None = None
+    blueprint_class: BlueprintClass | None = None
+    mutation: MutationRecord | None = Field(default=None, description="how this relative was made, if by mutation")
+
+
+class BlueprintLineage(StrictModel):
+    """A blueprint's place in the family tree: how it was made, its direct parents and its direct children."""
+
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    mutation: MutationRecord | None = None
+    parents: list[LineageRelative] = Field(default_factory=list)
+    children: list[LineageRelative] = Field(default_factory=list)
+
+
 class PipelineBacklog(StrictModel):
     """Work waiting in the asset pipeline, as Urza sees it: what a producer of blueprints watches to pace itself."""
 

@@ -42,6 +42,16 @@ blueprint_parents = Table(
     Index(None, "parent_id"),
 )
 
+blueprint_mutations = Table(
+    "blueprint_mutations", metadata,
+    Column("child_id", String(HASH), ForeignKey("blueprints.blueprint_id", ondelete="CASCADE"), primary_key=True),
+    Column("parent_id", String(HASH), nullable=False, index=True),
+    Column("operator", String(64), nullable=False, index=True),
+    Column("generation", Integer, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("proposer", String(64), nullable=False, comment="who applied the mutation (karn)"),
+)
+
 artifacts = Table(
     "artifacts", metadata,
     Column("artifact_id", String(ARTIFACT_ID), primary_key=True),

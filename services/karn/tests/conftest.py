@@ -1,12 +1,16 @@
-"""Fixtures for Karn's tests: hand-built parent blueprints (no torch, no esper_kernels)."""
+"""Fixtures for Karn's tests: hand-built parent blueprints (no torch, no esper_kernels) and Karn's store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
+from esper_karn.history import KarnHistory
+from esper_storage import open_database
 
 
 def build(layout: str, features: int, nodes: list[tuple[str, str, list[str], dict[str, Any]]], out: str, *,
@@ -59,3 +63,22 @@ def parents() -> dict[str, BlueprintIR]:
     """One parent of each shape the operators care about."""
     return {"mlp": residual_mlp(), "conv": residual_mlp("BCHW", 4, 8), "low_rank": low_rank(),
             "attention": attention()}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for each backend (a throwaway database on the real PostgreSQL server)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'karn.db'}"
+        return
+    yield request.getfixturevalue("postgres_database_url")  # the root conftest's
+
+
+@pytest.fixture
+def history(database_url: str) -> Iterator[KarnHistory]:
+    """Karn's store, migrated, on each backend."""
+    db = open_database(database_url)
+    store = KarnHistory(db)
+    store.migrate()
+    yield store
+    db.dispose()

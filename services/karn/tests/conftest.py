@@ -8,7 +8,20 @@ from typing import Any
 
 import pytest
 
-from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
+from esper_contracts import (
+    BlueprintClass,
+    BlueprintIR,
+    BlueprintRecord,
+    CompilationPipeline,
+    CompiledKernelArtifact,
+    IREdge,
+    IRNode,
+    KernelStatus,
+    OpType,
+    PipelineBacklog,
+    TensorInterface,
+    UrabraskValidationReport,
+)
 from esper_karn.history import KarnHistory
 from esper_storage import open_database
 
@@ -82,3 +95,50 @@ def history(database_url: str) -> Iterator[KarnHistory]:
     store.migrate()
     yield store
     db.dispose()
+
+
+class FakeUrza:
+    """Urza as Karn sees it (the UrzaPort), in memory: blueprints in order, a settable backlog, verdicts on demand."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, BlueprintRecord] = {}
+        self.pending = PipelineBacklog(compilation_pending=0, validation_pending=0)
+        self.reachable = True
+
+    def submit_blueprint(self, ir: BlueprintIR) -> BlueprintRecord:
+        blueprint_id = ir.ir_hash()
+        return self.records.setdefault(blueprint_id, BlueprintRecord(blueprint_id=blueprint_id, ir=ir))
+
+    def blueprint(self, blueprint_id: str) -> BlueprintRecord:
+        return self.records[blueprint_id]
+
+    def blueprints(self, *, limit: int = 100, offset: int = 0, layout: str | None = None,
+                   features: int | None = None) -> tuple[list[BlueprintRecord], int]:
+        items = list(self.records.values())
+        return items[offset:offset + limit], len(items)
+
+    def backlog(self) -> PipelineBacklog:
+        if not self.reachable:
+            raise ConnectionError("urza is down")
+        return self.pending
+
+    def judge(self, blueprint_id: str, status: KernelStatus = KernelStatus.VALIDATED, latency: float = 1.0) -> None:
+        """Give the blueprint one artifact in ``status`` (VALIDATED/REJECTED carry Urabrask's report)."""
+        artifact_id = f"{blueprint_id}-cpu-fast-ab12cd34ef56"
+        report = None
+        if status in (KernelStatus.VALIDATED, KernelStatus.REJECTED):
+            report = UrabraskValidationReport(artifact_id=artifact_id, hardware="cpu",
+                                              passed=status is KernelStatus.VALIDATED, latency_ms_p50=latency,
+                                              memory_mb_peak=1.0, rejection_reason=None if status is
+                                              KernelStatus.VALIDATED else "drift")
+        artifact = CompiledKernelArtifact(artifact_id=artifact_id, blueprint_id=blueprint_id, hardware="cpu",
+                                          pipeline=CompilationPipeline.FAST, toolchain_hash="ab12cd34ef56",
+                                          status=status, input_shape=[4, 8], validation=report)
+        record = self.records[blueprint_id]
+        self.records[blueprint_id] = record.model_copy(update={"artifacts": [artifact]})
+
+
+@pytest.fixture
+def urza() -> FakeUrza:
+    """An empty in-memory Urza."""
+    return FakeUrza()

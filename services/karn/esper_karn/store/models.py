@@ -3,7 +3,8 @@
 ``blueprints`` is the library as Karn knows it (from Urza, plus its own children): the IR, its feature
 vector, and the lineage fields of its mutation record, so a lineage tree is one query. The two report
 tables keep every report once, keyed by what makes it unique, so a redelivered message inserts nothing.
-The mutation policy has no table: it is recomputed from these outcomes.
+The mutation policy has no table: it is recomputed from these outcomes. Table names start with ``karn_``:
+services may share one PostgreSQL database (docker compose does), and Urza has a ``blueprints`` table too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ ID = 256
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 blueprints = Table(
-    "blueprints", metadata,
+    "karn_blueprints", metadata,
     Column("blueprint_id", String(HASH), primary_key=True, comment="sha256 of the canonical IR"),
     Column("name", String(256), nullable=False),
     Column("kind", String(64), nullable=False, index=True, comment="blueprint class and layout, e.g. mlp:BD"),
@@ -36,7 +37,7 @@ blueprints = Table(
 )
 
 field_reports = Table(
-    "field_reports", metadata,
+    "karn_field_reports", metadata,
     Column("report_id", String(ID), primary_key=True),
     Column("blueprint_id", String(ID), nullable=False, index=True),
     Column("kernel_artifact_id", String(ID)),
@@ -50,7 +51,7 @@ field_reports = Table(
 )
 
 validation_reports = Table(
-    "validation_reports", metadata,
+    "karn_validation_reports", metadata,
     Column("artifact_id", String(ID), primary_key=True),
     Column("measured_at", UtcDateTime, primary_key=True, comment="a re-validation is a new report"),
     Column("blueprint_id", String(HASH), nullable=False, index=True, comment="the artifact id's first 64 characters"),

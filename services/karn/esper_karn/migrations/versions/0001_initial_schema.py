@@ -21,7 +21,7 @@ _TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     op.create_table(
-        "blueprints",
+        "karn_blueprints",
         sa.Column("blueprint_id", sa.String(64), nullable=False, comment="sha256 of the canonical IR"),
         sa.Column("name", sa.String(256), nullable=False),
         sa.Column("kind", sa.String(64), nullable=False, comment="blueprint class and layout, e.g. mlp:BD"),
@@ -36,14 +36,14 @@ def upgrade() -> None:
         sa.Column("proposed_by_karn", sa.Boolean(), nullable=False, comment="submitted by this Karn"),
         sa.Column("failed_at", _TS, nullable=True, comment="when Urza showed every artifact FAILED to compile"),
         sa.Column("seen_at", _TS, nullable=False),
-        sa.PrimaryKeyConstraint("blueprint_id", name="pk_blueprints"),
+        sa.PrimaryKeyConstraint("blueprint_id", name="pk_karn_blueprints"),
     )
-    op.create_index("ix_blueprints_kind", "blueprints", ["kind"])
-    op.create_index("ix_blueprints_parent_id", "blueprints", ["parent_id"])
-    op.create_index("ix_blueprints_proposed_by_karn_seen_at", "blueprints", ["proposed_by_karn", "seen_at"])
+    op.create_index("ix_karn_blueprints_kind", "karn_blueprints", ["kind"])
+    op.create_index("ix_karn_blueprints_parent_id", "karn_blueprints", ["parent_id"])
+    op.create_index("ix_karn_blueprints_proposed_by_karn_seen_at", "karn_blueprints", ["proposed_by_karn", "seen_at"])
 
     op.create_table(
-        "field_reports",
+        "karn_field_reports",
         sa.Column("report_id", sa.String(256), nullable=False),
         sa.Column("blueprint_id", sa.String(256), nullable=False),
         sa.Column("kernel_artifact_id", sa.String(256), nullable=True),
@@ -54,12 +54,12 @@ def upgrade() -> None:
         sa.Column("post_metric", sa.Float(), nullable=False),
         sa.Column("report_json", sa.Text(), nullable=False),
         sa.Column("received_at", _TS, nullable=False),
-        sa.PrimaryKeyConstraint("report_id", name="pk_field_reports"),
+        sa.PrimaryKeyConstraint("report_id", name="pk_karn_field_reports"),
     )
-    op.create_index("ix_field_reports_blueprint_id", "field_reports", ["blueprint_id"])
+    op.create_index("ix_karn_field_reports_blueprint_id", "karn_field_reports", ["blueprint_id"])
 
     op.create_table(
-        "validation_reports",
+        "karn_validation_reports",
         sa.Column("artifact_id", sa.String(256), nullable=False),
         sa.Column("measured_at", _TS, nullable=False, comment="a re-validation is a new report"),
         sa.Column("blueprint_id", sa.String(64), nullable=False, comment="the artifact id's first 64 characters"),
@@ -69,11 +69,11 @@ def upgrade() -> None:
         sa.Column("memory_mb_peak", sa.Float(), nullable=False),
         sa.Column("report_json", sa.Text(), nullable=False),
         sa.Column("received_at", _TS, nullable=False),
-        sa.PrimaryKeyConstraint("artifact_id", "measured_at", name="pk_validation_reports"),
+        sa.PrimaryKeyConstraint("artifact_id", "measured_at", name="pk_karn_validation_reports"),
     )
-    op.create_index("ix_validation_reports_blueprint_id", "validation_reports", ["blueprint_id"])
+    op.create_index("ix_karn_validation_reports_blueprint_id", "karn_validation_reports", ["blueprint_id"])
 
 
 def downgrade() -> None:
-    for table in ("validation_reports", "field_reports", "blueprints"):
+    for table in ("karn_validation_reports", "karn_field_reports", "karn_blueprints"):
         op.drop_table(table)

@@ -27,7 +27,9 @@ from .sql import (
     current_revision,
     head_revision,
     insert_ignore,
+    resolve_database_url,
     run_env,
+    schema_drift,
     upgrade,
 )
 
@@ -35,5 +37,6 @@ __all__ = [
     "BLOB_BACKENDS", "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "BlobConflictError", "BlobError",
     "BlobNotFoundError", "BlobStore", "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore",
     "InvalidBlobKeyError", "UtcDateTime", "check_key", "content_key", "current_revision", "head_revision",
-    "insert_ignore", "open_blob_store", "open_database", "register_blob_backend", "run_env", "sha256_hex", "upgrade",
+    "insert_ignore", "open_blob_store", "open_database", "register_blob_backend", "resolve_database_url", "run_env",
+    "schema_drift", "sha256_hex", "upgrade",
 ]

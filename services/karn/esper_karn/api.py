@@ -23,30 +23,6 @@ class RoundRequest(BaseModel):
     features: int | None = Field(default=None, ge=1)
 
 
-class ChildView(BaseModel):
-    """A child Karn submitted."""
-
-    blueprint_id: str
-    name: str
-    parent_id: str
-    operator: str
-    generation: int
-    detail: str
-    novelty_bonus: float
-
-
-class RoundView(BaseModel):
-    """What a round did: the children submitted, the room it had and why, what it saw of the library."""
-
-    submitted: list[ChildView]
-    allowance: int
-    reason: str
-    parents: int
-    diversity: float
-    bonus_weight: float
-    refusals: dict[str, int]
-
-
 class ArmView(BaseModel):
     """One arm of the mutation policy: its Beta posterior."""
 
@@ -69,14 +45,7 @@ class StatusView(BaseModel):
     diversity: float
     diversity_reference: float
     novelty_bonus_weight: float
-    last_round: RoundView | None
-
-
-def round_view(report: RoundReport) -> RoundView:
-    """The API shape of a round's report."""
-    return RoundView(submitted=[ChildView(**vars(s)) for s in report.submitted], allowance=report.allowance,
-                     reason=report.reason, parents=report.parents, diversity=report.diversity,
-                     bonus_weight=report.bonus_weight, refusals=report.refusals)
+    last_round: RoundReport | None
 
 
 def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
@@ -89,11 +58,9 @@ def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
         counts = tinkerer.history.counts()
         score = diversity_score([e.vector for e in tinkerer.history.library()])
         sampler = tinkerer.architect.sampler
-        last = tinkerer.last_round
         return StatusView(**counts, unresolved_children=len(tinkerer.history.unresolved_children()),
                           diversity=score, diversity_reference=max(sampler.reference, score),
-                          novelty_bonus_weight=sampler.bonus_weight(score),
-                          last_round=round_view(last) if last is not None else None)
+                          novelty_bonus_weight=sampler.bonus_weight(score), last_round=tinkerer.last_round)
 
     @router.get("/policy", response_model=list[ArmView])
     def policy() -> list[ArmView]:
@@ -103,14 +70,13 @@ def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
         return [ArmView(kind=a.kind, operator=a.operator, alpha=a.alpha, beta=a.beta, mean=a.mean, trials=a.trials)
                 for a in sorted(arms, key=lambda a: -a.mean)]
 
-    @router.post("/rounds", response_model=RoundView)
-    def run_round(request: RoundRequest) -> RoundView:
+    @router.post("/rounds", response_model=RoundReport)
+    def run_round(request: RoundRequest) -> RoundReport:
         """Run a proposal round now: 200 with what was submitted (possibly nothing, with the reason)."""
         try:
-            report = tinkerer.run_round(request.count, tags=tuple(request.tags), parent_ids=request.parent_ids,
-                                        layout=request.layout, features=request.features)
+            return tinkerer.run_round(request.count, tags=tuple(request.tags), parent_ids=request.parent_ids,
+                                      layout=request.layout, features=request.features)
         except UrzaError as exc:
             raise HTTPException(502, f"Urza: {exc}") from None
-        return round_view(report)
 
     app.include_router(router)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from sqlalchemy.engine import make_url
 
 from esper_contracts import MAX_IR_PARAMETERS
 from esper_runtime import ServiceSettings
+from esper_storage import resolve_database_url
 
 
 class KarnSettings(ServiceSettings):
@@ -33,18 +33,14 @@ class KarnSettings(ServiceSettings):
     max_pipeline_backlog: int = Field(default=8, ge=1, description="Urza's compilations + validations waiting "
                                                                    "above which Karn submits nothing")
     max_unresolved_children: int = Field(default=8, ge=1, description="Karn's own children not yet judged, at most")
-    drafts_per_child: int = Field(default=4, ge=1, le=64, description="candidates drafted for each child chosen")
+    drafts_per_child: int = Field(default=6, ge=1, le=64, description="candidates drafted for each child chosen")
     max_parameters: int = Field(default=5_000_000, ge=1, le=MAX_IR_PARAMETERS, description="largest child")
     novelty_tolerance: float = Field(default=0.05, ge=0, le=1, description="relative diversity fall ignored")
-    novelty_scale: float = Field(default=1.0, ge=0, description="novelty bonus weight at a 100 % diversity fall")
+    novelty_scale: float = Field(default=2.0, ge=0, description="novelty bonus weight at a 100 % diversity fall")
     seed: int | None = Field(default=None, description="seed of Karn's random draws (None: fresh each start)")
 
     @property
     def resolved_database_url(self) -> str:
         """The database URL in use, with the default and the separately supplied password filled in."""
-        if self.database_url is None:
-            return f"sqlite:///{self.data_dir.expanduser().resolve() / 'karn.db'}"
-        url = make_url(self.database_url)
-        if self.database_password and url.password is None and not url.drivername.startswith("sqlite"):
-            url = url.set(password=self.database_password)
-        return url.render_as_string(hide_password=False)
+        return resolve_database_url(self.database_url, password=self.database_password,
+                                    default_file=self.data_dir / "karn.db")

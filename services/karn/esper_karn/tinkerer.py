@@ -21,8 +21,9 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
+
+from pydantic import BaseModel, Field
 
 from esper_contracts import BlueprintIR, BlueprintRecord, KernelStatus, PipelineBacklog
 
@@ -50,8 +51,7 @@ class UrzaPort(Protocol):
     def backlog(self) -> PipelineBacklog: ...
 
 
-@dataclass(frozen=True)
-class Submitted:
+class Submitted(BaseModel):
     """One child sent to Urza."""
 
     blueprint_id: str
@@ -63,17 +63,16 @@ class Submitted:
     novelty_bonus: float
 
 
-@dataclass
-class RoundReport:
-    """What a round did and saw."""
+class RoundReport(BaseModel):
+    """What a round did and saw: the children submitted, the room it had and why, the library's diversity."""
 
-    submitted: list[Submitted] = field(default_factory=list)
+    submitted: list[Submitted] = Field(default_factory=list)
     allowance: int = 0
     reason: str = ""
     parents: int = 0
     diversity: float = 0.0
     bonus_weight: float = 0.0
-    refusals: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = Field(default_factory=dict)
 
 
 class Tinkerer:
@@ -204,8 +203,9 @@ class Tinkerer:
             child = proposal.child
             self.urza.submit_blueprint(child.ir)  # raises on refusal: the round stops, nothing half-written
             self.history.remember(child.ir, proposed_by_karn=True)
-            report.submitted.append(Submitted(child.blueprint_id, child.ir.name, child.parent_id, child.operator,
-                                              child.generation, child.detail, proposal.novelty_bonus))
+            report.submitted.append(Submitted(
+                blueprint_id=child.blueprint_id, name=child.ir.name, parent_id=child.parent_id, operator=child.operator,
+                generation=child.generation, detail=child.detail, novelty_bonus=proposal.novelty_bonus))
             log.info("child submitted", extra={"blueprint_id": child.blueprint_id, "parent_id": child.parent_id,
                                                "operator": child.operator, "generation": child.generation})
         return report

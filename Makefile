@@ -10,13 +10,14 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof bench bench-oona bench-kasmina bench-control bench-assets clean
+        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
+	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
 	@echo "make bench-oona     bus throughput vs the raw pulsar client"
 	@echo "make bench-kasmina  seed overheads and controller latency"
@@ -77,6 +78,9 @@ demo: dev
 
 proof: dev
 	$(PY) -m esper_recipes.proof
+
+evolve: dev
+	$(PY) -m esper_recipes.evolve
 
 bench: bench-oona bench-kasmina bench-control bench-assets
 

@@ -97,6 +97,20 @@ class ScaffoldSunset(StrictModel):
     min_diversity: NonNegativeFloat = 0.0
 
 
+class MutationRecord(StrictModel):
+    """How a blueprint was derived: the parent, the mutation operator applied to it and the generation.
+
+    Written by Karn into the child's IR and kept by Urza in the child's lineage. A blueprint without one
+    (human-designed, the seed library) is generation 0; a child is one generation after its parent.
+    """
+
+    parent_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    operator: Identifier = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    generation: PositiveInt
+    detail: str = Field(default="", max_length=1000, description="what the operator changed, in words")
+    proposer: Identifier = Field(default="karn", max_length=64)
+
+
 class BlueprintIR(StrictModel):
     """A declarative graph of standard layers with a fixed input/output interface.
 
@@ -116,6 +130,7 @@ class BlueprintIR(StrictModel):
     edges: list[IREdge] = Field(min_length=1, max_length=MAX_IR_EDGES)
     tags: list[Identifier] = Field(default_factory=list)
     parent_ids: list[Identifier] = Field(default_factory=list)
+    mutation: MutationRecord | None = None
     sunset: ScaffoldSunset | None = None
 
     @model_validator(mode="after")
@@ -152,7 +167,15 @@ class BlueprintIR(StrictModel):
         self.topological_order()  # raises on a cycle
         if (self.blueprint_class is BlueprintClass.SCAFFOLD) != (self.sunset is not None):
             raise ValueError("sunset metadata is required for class 'scaffold' and only for it")
+        if self.mutation is not None and self.mutation.parent_id not in self.parent_ids:
+            raise ValueError(f"the mutation record names parent {self.mutation.parent_id!r}, "
+                             f"which is not among parent_ids {self.parent_ids}")
         return self
+
+    @property
+    def generation(self) -> int:
+        """0 for a designed blueprint, else the generation its mutation record gives."""
+        return self.mutation.generation if self.mutation is not None else 0
 
     def topological_order(self) -> list[str]:
         """Node ids in an order where every node follows its inputs; raises ValueError on a cycle."""
@@ -178,8 +201,8 @@ class BlueprintIR(StrictModel):
     def ir_hash(self) -> str:
         """sha256 of the canonical JSON of everything that defines the computation.
 
-        Name, description, tags and lineage are left out: two submissions of the same graph are the
-        same blueprint, whatever they are called.
+        Name, description, tags and lineage (parents, mutation record) are left out: two submissions of the
+        same graph are the same blueprint, whatever they are called.
         """
         body = self.model_dump(mode="json", include={"blueprint_class", "input", "output", "nodes", "edges"})
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -251,6 +274,39 @@ class BlueprintRecord(StrictModel):
     parameter_count: NonNegativeInt = 0
     artifacts: list[CompiledKernelArtifact] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utc_now)
+
+
+class LineageRelative(StrictModel):
+    """A parent or child in a lineage listing; ``known`` is False for a parent never stored in this Urza."""
+
+    blueprint_id: Identifier
+    known: bool
+    name: str | None = None
+    blueprint_class: BlueprintClass | None = None
+    mutation: MutationRecord | None = Field(default=None, description="how this relative was made, if by mutation")
+
+
+class BlueprintLineage(StrictModel):
+    """A blueprint's place in the family tree: how it was made, its direct parents and its direct children."""
+
+    blueprint_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
+    mutation: MutationRecord | None = None
+    parents: list[LineageRelative] = Field(default_factory=list)
+    children: list[LineageRelative] = Field(default_factory=list)
+
+
+class PipelineBacklog(StrictModel):
+    """Work waiting in the asset pipeline, as Urza sees it: what a producer of blueprints watches to pace itself."""
+
+    compilation_pending: NonNegativeInt = Field(description="compilation jobs queued whose artifact is not yet "
+                                                            "COMPILED (or beyond) nor FAILED")
+    validation_pending: NonNegativeInt = Field(description="artifacts COMPILED or VALIDATING, not yet judged")
+    outbox_unsent: NonNegativeInt = Field(default=0, description="jobs written but not yet published to the bus")
+
+    @property
+    def total(self) -> int:
+        """Compilation and validation work not finished yet."""
+        return self.compilation_pending + self.validation_pending
 
 
 class KernelQuery(StrictModel):

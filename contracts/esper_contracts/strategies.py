@@ -133,3 +133,100 @@ def blueprint_ir_json(draw: st.DrawFn) -> dict[str, Any]:
     if scaffold:
         body["sunset"] = {"ttl_epochs": draw(st.integers(min_value=1, max_value=50))}
     return body
+
+
+_ACTIVATIONS = ["relu", "gelu", "silu", "tanh", "sigmoid"]
+
+
+def _divisors(n: int, at_most: int) -> list[int]:
+    return [d for d in range(1, min(n, at_most) + 1) if n % d == 0]
+
+
+class _Chain:
+    """Appends nodes to a JSON graph; ``project`` is a learned map of the feature axis for the layout."""
+
+    def __init__(self, layout: str) -> None:
+        self.layout = layout
+        self.nodes: list[dict[str, Any]] = []
+        self.edges: list[dict[str, Any]] = []
+
+    def add(self, op: str, *srcs: str, **attrs: Any) -> str:
+        node_id = f"n{len(self.nodes)}"
+        self.nodes.append({"id": node_id, "op": op, "attrs": attrs})
+        self.edges += [{"src": s, "dst": node_id, "port": i} for i, s in enumerate(srcs)]
+        return node_id
+
+    def project(self, src: str, fin: int, fout: int, **extra: Any) -> str:
+        if self.layout == "BCHW":
+            return self.add("conv2d", src, in_channels=fin, out_channels=fout, kernel_size=1, **extra)
+        return self.add("linear", src, in_features=fin, out_features=fout, **extra)
+
+
+def _block(draw: st.DrawFn, g: _Chain, x: str, f: int) -> str:
+    """One block of real layers on ``f`` features, from ``x``; returns the node producing its output."""
+    kinds = ["projection", "activation", "norm", "dropout", "scale"]
+    kinds += ["attention"] if g.layout == "BTD" else ["conv"] if g.layout == "BCHW" else []
+    kind = draw(st.sampled_from(kinds))
+    if kind == "projection":
+        hidden = draw(st.integers(min_value=1, max_value=2 * f))
+        h = g.add(draw(st.sampled_from(_ACTIVATIONS)), g.project(x, f, hidden))
+        return g.project(h, hidden, f, init=draw(st.sampled_from(["default", "zeros"])))
+    if kind == "activation":
+        return g.add(draw(st.sampled_from(_ACTIVATIONS)), x)
+    if kind == "norm":
+        choices = {"BD": ["layer_norm", "group_norm"], "BTD": ["layer_norm"], "BCHW": ["group_norm", "batch_norm2d"]}
+        op = draw(st.sampled_from(choices[g.layout]))
+        if op == "layer_norm":
+            return g.add(op, x, normalized_shape=f)
+        if op == "batch_norm2d":
+            return g.add(op, x, num_features=f)
+        return g.add(op, x, num_groups=draw(st.sampled_from(_divisors(f, 8))), num_channels=f)
+    if kind == "attention":
+        return g.add("multihead_attention", x, embed_dim=f, num_heads=draw(st.sampled_from(_divisors(f, 8))))
+    if kind == "conv":
+        groups = f if draw(st.booleans()) else 1
+        return g.add("conv2d", x, in_channels=f, out_channels=f, kernel_size=draw(st.sampled_from([1, 3, 5])),
+                     groups=groups)
+    if kind == "dropout":
+        return g.add("dropout", x, p=draw(st.sampled_from([0.0, 0.1, 0.3])))
+    return g.add("scale", x, value=draw(st.sampled_from([0.5, 1.0, 2.0])))
+
+
+@st.composite
+def buildable_blueprint_ir_json(draw: st.DrawFn, layouts: tuple[str, ...] = ("BD", "BTD", "BCHW"),
+                                max_features: int = 48) -> dict[str, Any]:
+    """A BlueprintIR (as JSON) that shape inference accepts: a chain of blocks of real layers.
+
+    Blocks are a projection pair through a hidden width, an activation, a normalisation, self-attention
+    (BTD), a plain or depthwise spatial convolution (BCHW), dropout or a constant scale; any block may be
+    wrapped in a residual add, and some graphs end with a projection to another output width. This is
+    the shape of the designs a mutation operator meets, which ``blueprint_ir_json`` (element-wise ops
+    only) does not cover.
+    """
+    layout = draw(st.sampled_from(list(layouts)))
+    features = draw(st.integers(min_value=1, max_value=max_features))
+    g = _Chain(layout)
+    x = "input"
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        out = _block(draw, g, x, features)
+        x = g.add("add", x, out) if draw(st.booleans()) else out
+    out_features = features
+    if draw(st.integers(min_value=0, max_value=4)) == 0:
+        out_features = draw(st.integers(min_value=1, max_value=max_features))
+        x = g.project(x, features, out_features)
+    g.edges.append({"src": x, "dst": "output", "port": 0})
+    scaffold = draw(st.integers(min_value=0, max_value=5)) == 0
+    body: dict[str, Any] = {
+        "name": draw(st.from_regex(r"[a-z][a-z0-9_-]{0,15}", fullmatch=True)),
+        "blueprint_class": "scaffold" if scaffold else draw(
+            st.sampled_from(["mlp", "conv", "attention", "low_rank", "normalization"])),
+        "input": {"layout": layout, "features": features},
+        "output": {"layout": layout, "features": out_features},
+        "nodes": g.nodes,
+        "edges": g.edges,
+        "tags": draw(st.lists(st.sampled_from(["residual", "capacity", "compact", "builtin"]), max_size=2,
+                              unique=True)),
+    }
+    if scaffold:
+        body["sunset"] = {"ttl_epochs": draw(st.integers(min_value=1, max_value=50))}
+    return body

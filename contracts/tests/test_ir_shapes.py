@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from esper_contracts import MAX_IR_PARAMETERS, BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
 from esper_contracts.ir_shapes import IRShapeError, infer_ir_shapes
+from esper_contracts.strategies import buildable_blueprint_ir_json
 
 
 def chain(layout: str, features: int, *ops: tuple[str, dict[str, Any]], out_features: int | None = None,
@@ -121,3 +123,11 @@ def test_output_shape_refuses_an_input_that_does_not_fit() -> None:
         shapes.output_shape((2, 8))
     with pytest.raises(IRShapeError, match="does not fit"):
         shapes.output_shape((2, 3, 7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=buildable_blueprint_ir_json())
+def test_generated_buildable_graphs_pass_shape_inference(body: dict) -> None:
+    ir = BlueprintIR.model_validate(body)
+    shapes = infer_ir_shapes(ir)
+    assert shapes.features[shapes.output_src] == ir.output.features

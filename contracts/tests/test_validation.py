@@ -113,6 +113,18 @@ def test_cyclic_ir_rejected() -> None:
         BlueprintIR.model_validate(ir)
 
 
+def test_mutation_record_is_lineage_not_computation() -> None:
+    parent = BlueprintIR.model_validate(_ir())
+    record = {"parent_id": parent.ir_hash(), "operator": "swap_activation", "generation": 2, "detail": "relu -> gelu"}
+    child = BlueprintIR.model_validate(_ir(parent_ids=[parent.ir_hash()], mutation=record))
+    assert child.generation == 2 and parent.generation == 0
+    assert child.ir_hash() == parent.ir_hash()  # same graph: lineage does not change what is computed
+    with pytest.raises(ValidationError, match="not among parent_ids"):
+        BlueprintIR.model_validate(_ir(mutation=record))
+    with pytest.raises(ValidationError, match="generation"):
+        BlueprintIR.model_validate(_ir(parent_ids=[parent.ir_hash()], mutation=record | {"generation": 0}))
+
+
 def test_ir_structure_errors_say_why() -> None:
     with pytest.raises(ValidationError, match="unknown node 'nope'"):
         BlueprintIR.model_validate(_ir(edges=[{"src": "input", "dst": "nope"}, {"src": "fc", "dst": "output"}]))

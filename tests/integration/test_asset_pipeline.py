@@ -13,9 +13,6 @@ broker are skipped by these workers (they belong to another hardware target's su
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -33,67 +30,11 @@ from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
 from esper_contracts import BlueprintIR, CompilationPipeline, KernelQuery, KernelStatus, SeedStage, TensorInterface
 from esper_kernels import CompiledKernel, UrzaKernelSource, builtin_blueprints
 
+from .serve import Proc, free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[2]
-ESPER = str(Path(sys.executable).with_name("esper"))
 S = KernelStatus
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """One ``esper serve <service>`` subprocess with its own log file."""
-
-    def __init__(self, service: str, env: dict[str, str], logs: Path) -> None:
-        self.service = service
-        self.env = env
-        self.port = int(env["ESPER_PORT"])
-        self.log = logs / f"{service}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self, wait_s: float = 180.0) -> Proc:
-        self.starts += 1
-        with self.log.open("ab") as out:
-            out.write(f"\n===== start {self.starts} =====\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen([ESPER, "serve", self.service], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.service} exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"{self.service} did not become healthy in {wait_s} s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, nothing is flushed or acknowledged."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def tail(self, lines: int = 60) -> str:
-        text_ = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text_.splitlines()[-lines:])
 
 
 @pytest.fixture
@@ -111,7 +52,7 @@ def platform(tmp_path: Path, pulsar_url: str, database_url: str, s3_config: dict
     blob_query = urlencode({"endpoint_url": s3_config["endpoint_url"], "access_key_id": s3_config["access_key"],
                             "secret_access_key": s3_config["secret_key"],
                             "region": s3_config.get("region", "us-east-1")})
-    urza_port = _free_port()
+    urza_port = free_port()
     urza_url = f"http://127.0.0.1:{urza_port}"
     urza = Proc("urza", base | {
         "ESPER_PORT": str(urza_port), "ESPER_DATA_DIR": str(tmp_path / "urza"), "ESPER_DATABASE_URL": database_url,
@@ -120,8 +61,8 @@ def platform(tmp_path: Path, pulsar_url: str, database_url: str, s3_config: dict
         "ESPER_BATCH_SIZE": "8", "ESPER_OUTBOX_INTERVAL_S": "0.5", "ESPER_SUBSCRIPTION": f"urza-{run}",
     }, tmp_path)
     worker_env = base | {"ESPER_URZA_URL": urza_url, "ESPER_HARDWARE": hardware, "ESPER_NACK_DELAY_MS": "500"}
-    tezzeret = Proc("tezzeret", worker_env | {"ESPER_PORT": str(_free_port())}, tmp_path)
-    urabrask = Proc("urabrask", worker_env | {"ESPER_PORT": str(_free_port()), "ESPER_BUDGET_S": "2"}, tmp_path)
+    tezzeret = Proc("tezzeret", worker_env | {"ESPER_PORT": str(free_port())}, tmp_path)
+    urabrask = Proc("urabrask", worker_env | {"ESPER_PORT": str(free_port()), "ESPER_BUDGET_S": "2"}, tmp_path)
     procs = [urza, tezzeret, urabrask]
     try:
         urza.start()

@@ -1,4 +1,5 @@
-"""Standalone mode: Urza, Tezzeret and Urabrask in this process, on SQLite, a blob folder and the memory bus.
+"""Standalone mode: Urza, Tezzeret and Urabrask (and Karn, if asked) in this process, on SQLite, a blob folder
+and the memory bus.
 
 :class:`LocalPlatform` starts the three asset services the same way ``esper serve`` does (found by name
 through the ``esper.services`` entry points, so the SDK imports none of their code), each behind its own
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,18 +109,20 @@ class LocalPlatform:
 
     ``pipelines``: what every blueprint is compiled for (``standard`` = AOTInductor, native code;
     ``fast`` = a torch.export program, seconds to build). ``sandbox``: Urabrask measures in a child
-    process, as in production (a kernel that crashes it is rejected, not the trainer).
+    process, as in production (a kernel that crashes it is rejected, not the trainer). ``karn``: also serve
+    Karn, the generative architect, with these settings (its store under ``data_dir/karn``); None: no Karn.
     """
 
     def __init__(self, data_dir: Path | str, *, pipelines: Iterable[CompilationPipeline | str] = ("standard",),
                  hardware: str = "cpu", sandbox: bool = True, profile_budget_s: float = 2.0,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, karn: Mapping[str, Any] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.pipelines = [CompilationPipeline(p) for p in pipelines]
         self.hardware = hardware
         self.sandbox = sandbox
         self.profile_budget_s = profile_budget_s
         self.start_timeout_s = start_timeout_s
+        self.karn_options = dict(karn) if karn is not None else None
         self.bus_url = f"memory://esper-standalone-{uuid.uuid4().hex[:12]}"
         self._served: dict[str, _ServedApp] = {}
         self._source: UrzaKernelSource | None = None
@@ -133,7 +136,8 @@ class LocalPlatform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _import_compiler_stack()
         try:
-            factories = {name: load_factory(name) for name in _SERVICES}
+            wanted = (*_SERVICES, "karn") if self.karn_options is not None else _SERVICES
+            factories = {name: load_factory(name) for name in wanted}
         except UnknownServiceError as exc:
             raise PlatformError(f"standalone mode needs the urza, tezzeret and urabrask packages: {exc}") from exc
         quiet = {"log_level": "WARNING", "bus_url": self.bus_url}
@@ -147,6 +151,9 @@ class LocalPlatform:
             self._serve("urabrask", factories["urabrask"](urza_url=urza_url, hardware=self.hardware,
                                                           sandbox=self.sandbox, budget_s=self.profile_budget_s,
                                                           nack_delay_ms=500, **quiet))
+            if self.karn_options is not None:
+                self._serve("karn", factories["karn"](**({"urza_url": urza_url, "data_dir": self.data_dir / "karn",
+                                                          "nack_delay_ms": 200} | self.karn_options | quiet)))
         except BaseException:
             self.stop()
             raise
@@ -163,7 +170,7 @@ class LocalPlatform:
         if self._source is not None:
             self._source.close()
             self._source = None
-        for name in reversed([n for n in _SERVICES if n in self._served]):
+        for name in reversed([n for n in (*_SERVICES, "karn") if n in self._served]):
             self._served.pop(name).stop()
         from esper_oona.memory_bus import drop_memory_broker
 
@@ -181,6 +188,13 @@ class LocalPlatform:
         if "urza" not in self._served:
             raise PlatformError("the platform is not started")
         return self._served["urza"].url
+
+    @property
+    def karn_url(self) -> str:
+        """Base URL of the in-process Karn (started with ``karn=...``)."""
+        if "karn" not in self._served:
+            raise PlatformError("Karn is not part of this platform (pass karn={} to LocalPlatform)")
+        return self._served["karn"].url
 
     def kernel_source(self, cache_mb: float = 256.0) -> UrzaKernelSource:
         """The KernelSource (for Kasmina) and KernelSelector (for Tamiyo) backed by this platform's Urza."""

@@ -18,19 +18,25 @@ from .blob import (
 )
 from .registry import BLOB_BACKENDS, open_blob_store, open_database, register_blob_backend
 from .sql import (
+    NAMING_CONVENTION,
     SQL_BACKENDS,
+    AutoId,
     Database,
     DatabaseURLError,
+    UtcDateTime,
     current_revision,
     head_revision,
     insert_ignore,
+    resolve_database_url,
     run_env,
+    schema_drift,
     upgrade,
 )
 
 __all__ = [
-    "BLOB_BACKENDS", "SQL_BACKENDS", "BlobConflictError", "BlobError", "BlobNotFoundError", "BlobStore",
-    "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore", "InvalidBlobKeyError", "check_key",
-    "content_key", "current_revision", "head_revision", "insert_ignore", "open_blob_store", "open_database",
-    "register_blob_backend", "run_env", "sha256_hex", "upgrade",
+    "BLOB_BACKENDS", "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "BlobConflictError", "BlobError",
+    "BlobNotFoundError", "BlobStore", "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore",
+    "InvalidBlobKeyError", "UtcDateTime", "check_key", "content_key", "current_revision", "head_revision",
+    "insert_ignore", "open_blob_store", "open_database", "register_blob_backend", "resolve_database_url", "run_env",
+    "schema_drift", "sha256_hex", "upgrade",
 ]

@@ -16,11 +16,13 @@ import httpx
 
 from esper_contracts import (
     BlueprintIR,
+    BlueprintLineage,
     BlueprintRecord,
     CompiledKernelArtifact,
     KernelNotFoundError,
     KernelQuery,
     KernelQueryResult,
+    PipelineBacklog,
     UrabraskValidationReport,
 )
 
@@ -167,3 +169,31 @@ class UrzaClient:
         if r.status_code != 200:
             raise self._fail(r, f"GET blueprint {blueprint_id}")
         return BlueprintRecord.model_validate_json(r.content)
+
+    def blueprints(self, *, limit: int = 100, offset: int = 0, layout: str | None = None,
+                   features: int | None = None) -> tuple[list[BlueprintRecord], int]:
+        """GET /api/v1/blueprints: one page of records, oldest first, and how many match in total."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        params |= {k: v for k, v in (("layout", layout), ("features", features)) if v is not None}
+        r = self._request("GET", "/api/v1/blueprints", params=params)
+        if r.status_code != 200:
+            raise self._fail(r, "list blueprints")
+        body = r.json()
+        return [BlueprintRecord.model_validate(item) for item in body["items"]], int(body["total"])
+
+    def lineage(self, blueprint_id: str) -> BlueprintLineage:
+        """GET /api/v1/blueprints/{id}/lineage: the mutation record, parents and children."""
+        r = self._request("GET", f"/api/v1/blueprints/{blueprint_id}/lineage")
+        if r.status_code == 404:
+            raise KernelNotFoundError(f"Urza has no blueprint {blueprint_id!r}")
+        if r.status_code != 200:
+            raise self._fail(r, f"GET lineage of {blueprint_id}")
+        return BlueprintLineage.model_validate_json(r.content)
+
+    # -- pipeline ---------------------------------------------------------------------------------------
+    def backlog(self) -> PipelineBacklog:
+        """GET /api/v1/pipeline/backlog: compilations and validations waiting."""
+        r = self._request("GET", "/api/v1/pipeline/backlog")
+        if r.status_code != 200:
+            raise self._fail(r, "GET pipeline backlog")
+        return PipelineBacklog.model_validate_json(r.content)

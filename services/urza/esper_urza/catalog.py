@@ -6,13 +6,18 @@ import logging
 from dataclasses import dataclass
 
 from esper_contracts import (
+    BlueprintClass,
     BlueprintIR,
+    BlueprintLineage,
     BlueprintRecord,
     CompilationJob,
     CompiledKernelArtifact,
     FieldReport,
     KernelQuery,
     KernelQueryResult,
+    KernelStatus,
+    LineageRelative,
+    PipelineBacklog,
     Topic,
 )
 
@@ -29,24 +34,8 @@ from .store.rows import artifact_from_row
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class LineageEntry:
-    """One relative in a lineage listing; ``known`` is False for a parent never submitted here."""
-
-    blueprint_id: str
-    known: bool
-    name: str | None = None
-    blueprint_class: str | None = None
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """A blueprint's parents (from its IR) and children (blueprints naming it as a parent)."""
-
-    blueprint_id: str
-    parents: list[LineageEntry]
-    children: list[LineageEntry]
+#: Artifacts compiled and not yet judged by Urabrask.
+AWAITING_VALIDATION = (KernelStatus.COMPILED, KernelStatus.VALIDATING)
 
 
 @dataclass(frozen=True)
@@ -114,22 +103,32 @@ class Catalog:
             return blueprint_rows.list_records(conn, limit=limit, offset=offset, blueprint_class=blueprint_class,
                                                name=name, layout=layout, features=features)
 
-    def lineage(self, blueprint_id: str) -> Lineage:
-        """Direct parents and children of a blueprint."""
+    def lineage(self, blueprint_id: str) -> BlueprintLineage:
+        """How a blueprint was made, and its direct parents and children (each with its own mutation record)."""
         with self.ctx.db.read() as conn:
             if blueprint_rows.blueprint_row(conn, blueprint_id) is None:
                 raise NotFound(f"no blueprint {blueprint_id!r}")
             parents = blueprint_rows.parents_of(conn, blueprint_id)
             children = blueprint_rows.children_of(conn, blueprint_id)
             known = blueprint_rows.summaries(conn, parents + children)
+            made = blueprint_rows.mutations_of(conn, [blueprint_id, *parents, *children])
 
-        def entry(bid: str) -> LineageEntry:
+        def entry(bid: str) -> LineageRelative:
             row = known.get(bid)
             if row is None:
-                return LineageEntry(blueprint_id=bid, known=False)
-            return LineageEntry(blueprint_id=bid, known=True, name=row.name, blueprint_class=row.blueprint_class)
+                return LineageRelative(blueprint_id=bid, known=False)
+            return LineageRelative(blueprint_id=bid, known=True, name=row.name,
+                                   blueprint_class=BlueprintClass(row.blueprint_class), mutation=made.get(bid))
 
-        return Lineage(blueprint_id, [entry(p) for p in parents], [entry(c) for c in children])
+        return BlueprintLineage(blueprint_id=blueprint_id, mutation=made.get(blueprint_id),
+                                parents=[entry(p) for p in parents], children=[entry(c) for c in children])
+
+    def backlog(self) -> PipelineBacklog:
+        """Work waiting in the pipeline: compilations not finished, artifacts not yet judged, jobs not yet sent."""
+        with self.ctx.db.read() as conn:
+            return PipelineBacklog(compilation_pending=artifact_rows.compilations_pending(conn, Topic.COMPILATION_JOBS),
+                                   validation_pending=artifact_rows.count_with_status(conn, AWAITING_VALIDATION),
+                                   outbox_unsent=outbox.backlog(conn))
 
     def compilation_jobs(self, blueprint_id: str) -> list[tuple[CompilationJob, bool]]:
         """The compilation jobs queued for a blueprint and whether each has reached the bus."""

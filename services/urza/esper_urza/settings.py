@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from sqlalchemy.engine import make_url
 
 from esper_contracts import MAX_IR_NODES, MAX_IR_PARAMETERS, CompilationPipeline, OpType, TensorInterface
 from esper_runtime import ServiceSettings
+from esper_storage import resolve_database_url
 
 
 class UrzaSettings(ServiceSettings):
@@ -62,12 +62,8 @@ class UrzaSettings(ServiceSettings):
     @property
     def resolved_database_url(self) -> str:
         """The database URL in use, with the default and the separately supplied password filled in."""
-        if self.database_url is None:
-            return f"sqlite:///{self.data_dir.expanduser().resolve() / 'urza.db'}"
-        url = make_url(self.database_url)
-        if self.database_password and url.password is None and not url.drivername.startswith("sqlite"):
-            url = url.set(password=self.database_password)
-        return url.render_as_string(hide_password=False)
+        return resolve_database_url(self.database_url, password=self.database_password,
+                                    default_file=self.data_dir / "urza.db")
 
     @property
     def resolved_blob_url(self) -> str:

@@ -8,7 +8,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from esper_contracts import BlueprintClass, FieldReport, Outcome
+from esper_contracts import (
+    BlueprintClass,
+    BlueprintIR,
+    BlueprintLineage,
+    FieldReport,
+    KernelNotFoundError,
+    MutationRecord,
+    Outcome,
+    PipelineBacklog,
+)
+from esper_urza_client import UrzaClient
 
 
 def _counts(client: TestClient) -> int:
@@ -205,6 +215,48 @@ def test_lineage_lists_parents_and_children(client: TestClient, kit: Any) -> Non
     assert view["parents"][0]["blueprint_class"] == BlueprintClass.MLP.value
     assert [c["blueprint_id"] for c in view["children"]] == [grandchild]
     assert client.get(f"/api/v1/blueprints/{parent}/lineage").json()["children"][0]["blueprint_id"] == child
+
+
+def test_lineage_carries_the_mutation_record(client: TestClient, kit: Any) -> None:
+    parent = kit.submit(kit.make_ir(features=8))
+    record = MutationRecord(parent_id=parent, operator="change_width", generation=1, detail="up: width 16 -> 24")
+    child = kit.submit(BlueprintIR.model_validate(kit.make_ir(features=16).model_dump() | {
+        "parent_ids": [parent], "mutation": record.model_dump()}))
+    view = BlueprintLineage.model_validate(client.get(f"/api/v1/blueprints/{child}/lineage").json())
+    assert view.mutation == record and view.parents[0].mutation is None
+    up = BlueprintLineage.model_validate(client.get(f"/api/v1/blueprints/{parent}/lineage").json())
+    assert [(c.blueprint_id, c.mutation) for c in up.children] == [(child, record)]
+    assert up.mutation is None  # a designed blueprint: generation 0, no record
+
+
+def test_the_urza_client_pages_blueprints_and_reads_lineage_and_backlog(client: TestClient, kit: Any) -> None:
+    urza = UrzaClient(http=client)
+    parent = kit.submit(kit.make_ir(features=8))
+    record = MutationRecord(parent_id=parent, operator="swap_activation", generation=1)
+    child = urza.submit_blueprint(BlueprintIR.model_validate(kit.make_ir(features=16).model_dump() | {
+        "parent_ids": [parent], "mutation": record.model_dump()}))
+    page, total = urza.blueprints(limit=1, offset=1)
+    assert total == 2 and [r.blueprint_id for r in page] == [child.blueprint_id]
+    assert [r.ir.input.features for r in urza.blueprints(features=8)[0]] == [8]
+    assert urza.lineage(child.blueprint_id).mutation == record
+    assert urza.backlog().compilation_pending == 4
+    with pytest.raises(KernelNotFoundError):
+        urza.lineage("f" * 64)
+
+
+def test_the_backlog_counts_compilations_and_validations_waiting(client: TestClient, kit: Any) -> None:
+    def backlog() -> PipelineBacklog:
+        return PipelineBacklog.model_validate(client.get("/api/v1/pipeline/backlog").json())
+
+    assert backlog().total == 0
+    a, b = kit.submit(kit.make_ir(features=8)), kit.submit(kit.make_ir(features=16))
+    assert backlog().compilation_pending == 4  # fast + standard for each
+    kit.compile(a, pipeline="fast")  # compiled: now waits for Urabrask
+    assert (backlog().compilation_pending, backlog().validation_pending) == (3, 1)
+    kit.post_result(kit.result(b, status="FAILED", pipeline="standard", error="no compiler"))
+    assert backlog().compilation_pending == 2
+    assert kit.validate(kit.artifact_id(a, "fast")).status_code == 200
+    assert (backlog().compilation_pending, backlog().validation_pending) == (2, 0)
 
 
 def _report(blueprint_id: str, report_id: str = "r1") -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """SQL databases by URL (SQLite, PostgreSQL) and programmatic Alembic migrations."""
 
-from .engine import SQL_BACKENDS, Database, DatabaseURLError, SqlBackend, parse_database_url
-from .migrate import current_revision, head_revision, run_env, upgrade
+from .engine import SQL_BACKENDS, Database, DatabaseURLError, SqlBackend, parse_database_url, resolve_database_url
+from .migrate import current_revision, head_revision, run_env, schema_drift, upgrade
 from .statements import insert_ignore
+from .types import NAMING_CONVENTION, AutoId, UtcDateTime
 
 __all__ = [
-    "SQL_BACKENDS", "Database", "DatabaseURLError", "SqlBackend", "current_revision", "head_revision",
-    "insert_ignore", "parse_database_url", "run_env", "upgrade",
+    "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "Database", "DatabaseURLError", "SqlBackend", "UtcDateTime",
+    "current_revision", "head_revision", "insert_ignore", "parse_database_url", "resolve_database_url", "run_env",
+    "schema_drift", "upgrade",
 ]

@@ -150,6 +150,20 @@ def parse_database_url(url: str | URL) -> tuple[SqlBackend, URL]:
     return backend, backend.normalise(parsed)
 
 
+def resolve_database_url(url: str | None, *, password: str | None = None, default_file: Path) -> str:
+    """The URL a service should open: ``sqlite:///<default_file>`` when none is set, and ``password`` filled in.
+
+    Deployments keep the password out of the URL (a secret, ``ESPER_DATABASE_PASSWORD``); it is only added
+    to a server URL that has none.
+    """
+    if url is None:
+        return f"sqlite:///{default_file.expanduser().resolve()}"
+    parsed = make_url(url)
+    if password and parsed.password is None and not parsed.drivername.startswith("sqlite"):
+        parsed = parsed.set(password=password)
+    return parsed.render_as_string(hide_password=False)
+
+
 class Database:
     """One database: an engine plus transaction helpers. Thread-safe; share one per process."""
 

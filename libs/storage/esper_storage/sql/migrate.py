@@ -91,6 +91,26 @@ def head_revision(migrations_package: str) -> str | None:
     return ScriptDirectory.from_config(cfg).get_current_head()
 
 
+def schema_drift(database: str | Database, migrations_package: str, metadata: MetaData,
+                 version_table: str | None = None) -> list[Any]:
+    """What differs between the database's schema and ``metadata`` (empty when the migrations build the models).
+
+    A service's test migrates a fresh database and asserts this is empty, so models and migrations cannot
+    drift apart unnoticed.
+    """
+    from alembic.autogenerate import compare_metadata
+
+    db = database if isinstance(database, Database) else Database(database)
+    try:
+        with db.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={
+                "compare_type": True, "version_table": version_table or default_version_table(migrations_package)})
+            return list(compare_metadata(ctx, metadata))
+    finally:
+        if db is not database:
+            db.dispose()
+
+
 def run_env(target_metadata: MetaData | None = None) -> None:
     """The body of a service's ``env.py``: run migrations on the connection :func:`upgrade` passed in.
 

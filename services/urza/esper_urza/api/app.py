@@ -10,6 +10,7 @@ from ..settings import UrzaSettings
 from .blueprints import router as blueprints_router
 from .errors import BodySizeLimit, ErrorBoundary, install_error_handlers
 from .kernels import router as kernels_router
+from .pipeline import router as pipeline_router
 
 
 def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSettings) -> None:
@@ -19,6 +20,7 @@ def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSe
     app.state.urza_settings = settings
     app.include_router(blueprints_router)
     app.include_router(kernels_router)
+    app.include_router(pipeline_router)
     install_error_handlers(app)
     # Added innermost first: ErrorBoundary wraps BodySizeLimit, so a 413 already carries a trace id.
     app.add_middleware(BodySizeLimit, max_json_bytes=settings.max_body_bytes,

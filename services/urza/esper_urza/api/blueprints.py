@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from esper_contracts import BlueprintClass, BlueprintIR, BlueprintRecord, FieldReport
+from esper_contracts import BlueprintClass, BlueprintIR, BlueprintLineage, BlueprintRecord, FieldReport
 
 from ..catalog import Catalog
 from ..errors import NotFound
@@ -20,8 +20,6 @@ from .schemas import (
     ErrorBody,
     FieldReportPage,
     FieldReportReceipt,
-    LineageEntryView,
-    LineageView,
 )
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -88,15 +86,11 @@ def get_blueprint(blueprint_id: str, catalog: CatalogDep) -> BlueprintRecord:
     return catalog.get(blueprint_id)
 
 
-@router.get("/{blueprint_id}/lineage", response_model=LineageView, dependencies=read)
-def get_lineage(blueprint_id: str, catalog: CatalogDep) -> LineageView:
-    """Parents (from the IR's ``parent_ids``) and children (blueprints naming this one as a parent)."""
-    lineage = catalog.lineage(blueprint_id)
-    return LineageView(
-        blueprint_id=lineage.blueprint_id,
-        parents=[LineageEntryView(**vars(p)) for p in lineage.parents],
-        children=[LineageEntryView(**vars(c)) for c in lineage.children],
-    )
+@router.get("/{blueprint_id}/lineage", response_model=BlueprintLineage, dependencies=read)
+def get_lineage(blueprint_id: str, catalog: CatalogDep) -> BlueprintLineage:
+    """How the blueprint was made (its mutation record), its parents (from the IR's ``parent_ids``) and its
+    children (blueprints naming it as a parent), each relative with its own mutation record."""
+    return catalog.lineage(blueprint_id)
 
 
 @router.get("/{blueprint_id}/jobs", response_model=list[CompilationJobView], dependencies=read)

@@ -41,23 +41,6 @@ class BlueprintCheck(BaseModel):
     stored: bool = Field(description="whether this IR is already stored here")
 
 
-class LineageEntryView(BaseModel):
-    """A relative in a lineage listing; ``known`` is false for a parent never submitted to this Urza."""
-
-    blueprint_id: str
-    known: bool
-    name: str | None = None
-    blueprint_class: str | None = None
-
-
-class LineageView(BaseModel):
-    """Direct parents (from the IR's parent_ids) and children (blueprints that name this one)."""
-
-    blueprint_id: str
-    parents: list[LineageEntryView]
-    children: list[LineageEntryView]
-
-
 class CompilationJobView(BaseModel):
     """A compilation job queued for a blueprint and whether it has reached the bus."""
 

@@ -10,12 +10,12 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from esper_contracts import KernelStatus
 from esper_storage import insert_ignore
 
-from .models import artifact_events, artifact_tags, artifacts, kernel_binaries
+from .models import artifact_events, artifact_tags, artifacts, kernel_binaries, outbox
 
 
 def artifact_row(conn: Connection, artifact_id: str, *, lock: bool = False) -> Any | None:
@@ -78,3 +78,29 @@ def insert_binary(conn: Connection, artifact_id: str, sha256: str, size_bytes: i
 def dumps_list(values: list[Any]) -> str:
     """JSON text of a list, the way list columns are stored."""
     return json.dumps(values, separators=(",", ":"))
+
+
+#: Statuses after which an artifact needs no more compiling.
+COMPILE_FINISHED = (KernelStatus.COMPILED, KernelStatus.VALIDATING, KernelStatus.VALIDATED, KernelStatus.REJECTED,
+                    KernelStatus.FAILED)
+
+
+def count_with_status(conn: Connection, statuses: tuple[KernelStatus, ...]) -> int:
+    """How many artifacts are in one of ``statuses``."""
+    return int(conn.execute(select(func.count()).select_from(artifacts)
+                            .where(artifacts.c.status.in_([s.value for s in statuses]))).scalar_one())
+
+
+def compilations_pending(conn: Connection, topic: str) -> int:
+    """Compilation jobs queued on ``topic`` whose (hardware, pipeline) artifact has not finished compiling.
+
+    Counted per blueprint (the job's message key): its jobs, less its distinct (hardware, pipeline)
+    artifacts that are compiled or failed.
+    """
+    jobs = {key: int(n) for key, n in conn.execute(
+        select(outbox.c.message_key, func.count()).where(outbox.c.topic == topic).group_by(outbox.c.message_key))}
+    done: dict[str, int] = {}
+    for row in conn.execute(select(artifacts.c.blueprint_id, artifacts.c.hardware, artifacts.c.pipeline).distinct()
+                            .where(artifacts.c.status.in_([s.value for s in COMPILE_FINISHED]))):
+        done[row.blueprint_id] = done.get(row.blueprint_id, 0) + 1
+    return sum(max(0, n - done.get(key, 0)) for key, n in jobs.items())

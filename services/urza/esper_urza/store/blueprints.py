@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from esper_contracts import BlueprintIR, BlueprintRecord, CompiledKernelArtifact
+from esper_contracts import BlueprintIR, BlueprintRecord, CompiledKernelArtifact, MutationRecord
 from esper_storage import insert_ignore
 
-from .models import artifacts, blueprint_parents, blueprints
+from .models import artifacts, blueprint_mutations, blueprint_parents, blueprints
 from .rows import artifact_from_row, blueprint_from_row
 
 
@@ -37,6 +37,12 @@ def insert_blueprint(conn: Connection, blueprint_id: str, ir: BlueprintIR, param
         insert_ignore(conn, blueprint_parents, [
             {"child_id": blueprint_id, "parent_id": p, "position": i} for i, p in enumerate(parents)
         ], ["child_id", "parent_id"])
+    if new and ir.mutation is not None:
+        m = ir.mutation
+        insert_ignore(conn, blueprint_mutations, {
+            "child_id": blueprint_id, "parent_id": m.parent_id, "operator": m.operator, "generation": m.generation,
+            "detail": m.detail, "proposer": m.proposer,
+        }, ["child_id"])
     return bool(new)
 
 
@@ -98,6 +104,15 @@ def children_of(conn: Connection, blueprint_id: str) -> list[str]:
     return list(conn.execute(select(blueprint_parents.c.child_id)
                              .where(blueprint_parents.c.parent_id == blueprint_id)
                              .order_by(blueprint_parents.c.child_id)).scalars())
+
+
+def mutations_of(conn: Connection, blueprint_ids: list[str]) -> dict[str, MutationRecord]:
+    """The mutation records of those of ``blueprint_ids`` that were made by mutation."""
+    if not blueprint_ids:
+        return {}
+    rows = conn.execute(select(blueprint_mutations).where(blueprint_mutations.c.child_id.in_(blueprint_ids)))
+    return {r.child_id: MutationRecord(parent_id=r.parent_id, operator=r.operator, generation=r.generation,
+                                       detail=r.detail, proposer=r.proposer) for r in rows}
 
 
 def summaries(conn: Connection, blueprint_ids: list[str]) -> dict[str, Any]:

@@ -7,57 +7,14 @@ and validation figures (latency, memory) as plain indexed columns, and tags live
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from sqlalchemy import BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    TypeDecorator,
-)
-from sqlalchemy.engine import Dialect
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timestamps stored in UTC and always read back timezone-aware (SQLite forgets the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: Urza stores aware UTC timestamps only")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# Autoincrementing 64-bit keys; SQLite only autoincrements an INTEGER PRIMARY KEY.
-AutoId = BigInteger().with_variant(Integer(), "sqlite")
+from esper_storage import NAMING_CONVENTION, AutoId, UtcDateTime
 
 HASH = 64  # a sha256 hex digest
 ARTIFACT_ID = 256
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 blueprints = Table(
     "blueprints", metadata,
@@ -83,6 +40,16 @@ blueprint_parents = Table(
     Column("parent_id", String(ARTIFACT_ID), primary_key=True),
     Column("position", Integer, nullable=False),
     Index(None, "parent_id"),
+)
+
+blueprint_mutations = Table(
+    "blueprint_mutations", metadata,
+    Column("child_id", String(HASH), ForeignKey("blueprints.blueprint_id", ondelete="CASCADE"), primary_key=True),
+    Column("parent_id", String(HASH), nullable=False, index=True),
+    Column("operator", String(64), nullable=False, index=True),
+    Column("generation", Integer, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("proposer", String(64), nullable=False, comment="who applied the mutation (karn)"),
 )
 
 artifacts = Table(

@@ -100,9 +100,9 @@ def propose(platform: LocalPlatform, iface: TensorInterface, count: int, tag: st
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(prog="python -m esper_recipes.evolve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generations", type=int, default=5, help="Karn generations after the built-in library")
+    parser.add_argument("--generations", type=int, default=6, help="Karn generations after the built-in library")
     parser.add_argument("--children", type=int, default=4, help="children Karn proposes per generation")
-    parser.add_argument("--episodes", type=int, default=3, help="training episodes per generation (seeds 0..n-1)")
+    parser.add_argument("--episodes", type=int, default=4, help="training episodes per generation (seeds 0..n-1)")
     parser.add_argument("--epochs", type=int, default=None, help="override tolaria.epochs of the evolve config")
     parser.add_argument("--seed", type=int, default=0, help="seed of Karn's random draws")
     parser.add_argument("--out", type=Path, default=Path("runs/evolve"))

@@ -178,11 +178,13 @@ def draw(generations: Sequence[Generation], path: Path, title: str) -> None:
     for node in nodes:
         x, y = pos[node.blueprint_id]
         label = node.name if node.generation == 0 else (node.operator or "").replace("_", " ")
+        if node.outcomes:  # chosen by Tamiyo: how often it fossilized out of how often it was grafted
+            label += f" ({node.outcomes.count('FOSSILIZED')}/{len(node.outcomes)})"
         tree.annotate(label, (x, y), xytext=(6, 3), textcoords="offset points", fontsize=6.5)
     tree.set_xlabel("generation (0 = built-in library)")
     tree.set_yticks([])
     tree.set_xticks(sorted({n.generation for n in nodes}))
-    tree.set_title("lineage: every child Karn proposed, edge from its parent")
+    tree.set_title("lineage: every child Karn proposed, edge from its parent; (fossilized/grafted)")
     tree.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, fontsize=8, frameon=False)
 
     xs = [g.index for g in generations]

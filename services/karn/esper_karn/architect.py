@@ -1,10 +1,13 @@
 """One proposal round of the Tinkerer: pick good parents, pick operators, keep the most promising children.
 
 For every child wanted, Karn drafts a few candidates. Each draft draws a parent by Thompson sampling on the
-parent's own record (validated, chosen, fossilized), draws an operator from the mutation policy for that
-parent's kind, and applies it. A candidate's score is the mean of the two draws plus the diversity
-sampler's novelty bonus; the best-scoring draft that is new to the library becomes the child, and counts as
-part of the library when the next child's novelty is judged. Everything here is pure: the caller supplies
+parent's own record (validated, chosen, fossilized) among the parents Tamiyo has tested in the field, except
+with probability ``explore`` (or when none is tested), when it draws among the untested ones: with many
+untested designs, an argmax over all their uninformed draws would almost never return to a design known to
+be good. It then draws an operator from the mutation policy for that parent's kind, and applies it. A
+candidate's score is the mean of the two draws plus the diversity sampler's novelty bonus; the best-scoring
+draft that is new to the library becomes the child, and counts as part of the library when the next
+child's novelty is judged. Everything here is pure: the caller supplies
 the library, the outcomes and the random generator, and decides what to do with the children.
 """
 
@@ -26,11 +29,16 @@ from .rewards import Evidence
 
 @dataclass(frozen=True)
 class Parent:
-    """A blueprint that may be mutated, with the evidence of its own record."""
+    """A blueprint that may be mutated, with the evidence of its own record.
+
+    ``tested``: Tamiyo has grafted it at least once (it has field reports), so its record says more than
+    "it validated".
+    """
 
     blueprint_id: str
     ir: BlueprintIR
     evidence: Evidence
+    tested: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,13 @@ class Architect:
 
     def __init__(self, *, operators: Mapping[str, MutationOperator] | None = None,
                  sampler: DiversitySampler | None = None, drafts_per_child: int = 4,
-                 max_parameters: int = MAX_IR_PARAMETERS, attempts: int = 4) -> None:
+                 max_parameters: int = MAX_IR_PARAMETERS, attempts: int = 4, explore: float = 0.25) -> None:
         self.operators = dict(operators or OPERATORS)
         self.sampler = sampler or DiversitySampler()
         self.drafts_per_child = drafts_per_child
         self.max_parameters = max_parameters
         self.attempts = attempts
+        self.explore = explore
 
     def propose(self, parents: Sequence[Parent], library: Mapping[str, FeatureVector],
                 arms: Mapping[ArmKey, Evidence], count: int, rng: random.Random,
@@ -106,8 +115,11 @@ class Architect:
 
     def _draft(self, parents: Sequence[Parent], bandit: ThompsonBandit, rng: random.Random, tags: tuple[str, ...],
                refused: set[tuple[str, str]], refusals: Counter[str]) -> tuple[Child, str, float, float] | None:
-        draws = [(rng.betavariate(1 + p.evidence.successes, 1 + p.evidence.failures), i)
-                 for i, p in enumerate(parents)]
+        tested = [i for i, p in enumerate(parents) if p.tested]
+        untested = [i for i, p in enumerate(parents) if not p.tested]
+        pool = untested if not tested or (untested and rng.random() < self.explore) else tested
+        draws = [(rng.betavariate(1 + parents[i].evidence.successes, 1 + parents[i].evidence.failures), i)
+                 for i in pool]
         parent_draw, index = max(draws)
         parent = parents[index]
         kind = parent_kind(parent.ir)

@@ -43,7 +43,8 @@ class ThompsonBandit:
         self.pooling = pooling
         self._pooled: dict[str, Evidence] = {}
         for (_kind, op), ev in self.evidence.items():
-            self._pooled.setdefault(op, Evidence()).__iadd__(ev)
+            pooled = self._pooled.setdefault(op, Evidence())
+            pooled += ev
 
     def posterior(self, kind: str, operator: str) -> ArmPosterior:
         """Beta(prior + pooled share + successes, prior + pooled share + failures) of one arm."""

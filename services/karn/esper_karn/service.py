@@ -46,13 +46,15 @@ class KarnService(Service):
         self._client = UrzaClient(s.urza_url, token=s.urza_token) if urza is None else None
         self.urza: UrzaPort = urza if urza is not None else self._client  # type: ignore[assignment]
         architect = Architect(sampler=DiversitySampler(tolerance=s.novelty_tolerance, scale=s.novelty_scale),
-                              drafts_per_child=s.drafts_per_child, max_parameters=s.max_parameters)
+                              drafts_per_child=s.drafts_per_child, max_parameters=s.max_parameters,
+                              explore=s.explore_untested)
         self.tinkerer = Tinkerer(self.history, self.urza, architect=architect,
                                  pacing=Pacing(s.max_pipeline_backlog, s.max_unresolved_children),
                                  rng=random.Random(s.seed), children_per_round=s.children_per_round)
         self.listener = KarnListener(self.history, on_news=self._on_news)
         self._subscriptions: list[Any] = []
-        self._demand = 0
+        self._demand = 0  # new field reports not yet answered by a round
+        self._demand_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
@@ -64,7 +66,8 @@ class KarnService(Service):
               registry=self.registry).set_function(lambda: float(self._demand))
 
     def _on_news(self, report: FieldReport) -> None:
-        self._demand += 1
+        with self._demand_lock:
+            self._demand += 1
         self._wake.set()
 
     def on_start(self) -> None:
@@ -84,7 +87,9 @@ class KarnService(Service):
         while not self._stop.is_set():
             self._wake.wait(self.karn_settings.round_interval_s)
             self._wake.clear()
-            if self._stop.is_set() or self._demand <= 0:
+            with self._demand_lock:
+                answering = self._demand
+            if self._stop.is_set() or answering <= 0:
                 continue
             try:
                 report = self.tinkerer.run_round()
@@ -92,8 +97,9 @@ class KarnService(Service):
                 log.exception("proposal round failed")
                 continue
             self.children_submitted.inc(len(report.submitted))
-            if report.submitted or report.parents == 0:
-                self._demand = 0
+            if report.submitted or report.parents == 0:  # reports that arrived during the round stay pending
+                with self._demand_lock:
+                    self._demand -= answering
             log.info("round done", extra={"submitted": len(report.submitted), "reason": report.reason})
 
     def on_stop(self) -> None:

@@ -33,6 +33,8 @@ class KarnSettings(ServiceSettings):
     max_pipeline_backlog: int = Field(default=8, ge=1, description="Urza's compilations + validations waiting "
                                                                    "above which Karn submits nothing")
     max_unresolved_children: int = Field(default=8, ge=1, description="Karn's own children not yet judged, at most")
+    explore_untested: float = Field(default=0.25, ge=0, le=1, description="chance a draft mutates a parent "
+                                                                        "Tamiyo has not tested yet")
     drafts_per_child: int = Field(default=6, ge=1, le=64, description="candidates drafted for each child chosen")
     max_parameters: int = Field(default=5_000_000, ge=1, le=MAX_IR_PARAMETERS, description="largest child")
     novelty_tolerance: float = Field(default=0.05, ge=0, le=1, description="relative diversity fall ignored")

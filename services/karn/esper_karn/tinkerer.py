@@ -145,8 +145,8 @@ class Tinkerer:
                 continue
             parent = library.get(entry.parent_id or "")
             kind = parent.kind if parent is not None else entry.kind
-            arms.setdefault((kind, entry.operator), Evidence()).__iadd__(evidence(found[entry.blueprint_id],
-                                                                                   self.weights))
+            arm = arms.setdefault((kind, entry.operator), Evidence())
+            arm += evidence(found[entry.blueprint_id], self.weights)
         return arms
 
     def policy(self) -> ThompsonBandit:
@@ -167,7 +167,8 @@ class Tinkerer:
                 continue
             ir = self.history.ir(entry.blueprint_id)
             if ir is not None:
-                chosen.append(Parent(entry.blueprint_id, ir, evidence(outcome, self.weights)))
+                chosen.append(Parent(entry.blueprint_id, ir, evidence(outcome, self.weights),
+                                     tested=bool(outcome.outcomes)))
         return chosen
 
     # --- a round -----------------------------------------------------------------------------------------

@@ -107,6 +107,20 @@ def test_good_parents_and_good_operators_are_chosen_more() -> None:
     assert sum(p.child.operator == "swap_activation" for p in result.proposals) >= 3
 
 
+def test_tested_parents_are_preferred_and_untested_ones_still_explored() -> None:
+    good, plain = residual_mlp(), low_rank()
+    others = [residual_mlp(hidden=h) for h in (4, 24, 32, 48, 64, 96)]
+    parents = [Parent(good.ir_hash(), good, Evidence(9.5, 6.0), tested=True)]
+    parents += [Parent(p.ir_hash(), p, Evidence(1.0, 0.0)) for p in (plain, *others)]
+    result = Architect(explore=0.25, drafts_per_child=1).propose(parents, {}, {}, 40, random.Random(5))
+    from_good = sum(p.child.parent_id == good.ir_hash() for p in result.proposals)
+    # One tested parent against seven untested ones, each looking perfect on paper (validated, never
+    # culled): the tested one still gets most children (those its distinct mutations allow), the
+    # untested ones about a quarter of the drafts.
+    assert from_good / len(result.proposals) > 0.6
+    assert from_good < len(result.proposals)
+
+
 def test_a_collapsed_library_pays_for_novel_children() -> None:
     parents = _parents()
     sampler = DiversitySampler()

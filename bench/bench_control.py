@@ -10,6 +10,11 @@ Run: ``.venv/bin/python bench/bench_control.py`` (well under three minutes on 2 
   regions' reports really cross the coordinator service (heartbeat handler, fan-in 10) and the memory bus.
 * ``tamiyo_decision_p99_ms_10k_seeds``: p99 of one Tamiyo cycle (zones, Tamiyo-Prime, minting, proposals,
   allocations, the heuristic policy over a 10k-seed packet) without transport.
+* ``tamiyo_packet_bytes_{1k,100k}``: the JSON size of the packet Tamiyo receives in distributed mode, where the
+  trainer's Narset host sends regions, not seeds (``packet_for_tamiyo``: every region's seed count, the live
+  seeds, four dormant candidates per region), for 1k and 100k seeds over 100 regions (goal: equal within 10%).
+* ``tamiyo_decision_p99_ms_100k_seeds``: p99 of one Tamiyo cycle on those summary packets of a 100k-seed model
+  (goal < 5).
 
 Latencies are the CPU time of the deciding thread (``time.thread_time``): on a shared 2-core machine the
 wall clock's tail is the scheduler's, not the decision's. The wall-clock figures are printed as well
@@ -46,7 +51,7 @@ from esper_contracts import (
 from esper_narset_coordinator.schemas import Heartbeat, RegionRegistration, RegionSpec
 from esper_narset_coordinator.service import create_service as create_coordinator
 from esper_narset_worker.pricing import SlotGeometry
-from esper_narset_worker.summary import summarize_region
+from esper_narset_worker.summary import packet_for_tamiyo, summarize_region
 from esper_narset_worker.worker import Boundary, BudgetLedger, NarsetWorker
 from esper_oona import connect
 from esper_policy import TamiyoConfig, build_policy
@@ -214,8 +219,13 @@ class OneKernel:
         return KernelQueryResult(artifacts=[self.artifact], total=1)
 
 
-def bench_tamiyo(seeds: int = 10_000, regions: int = 100) -> dict[str, float]:
-    """Time ``TamiyoController.on_packet`` on 10k-seed packets (plus domain summaries and a proposal per window)."""
+def bench_tamiyo(seeds: int = 10_000, regions: int = 100, summary: int | None = None) -> dict[str, float]:
+    """Time ``TamiyoController.on_packet`` on ``seeds``-seed packets (plus domain summaries and a proposal per window).
+
+    With ``summary``, each packet is first reduced as the Narset host sends it in distributed mode (that many
+    dormant candidates per region); the reduction runs in the trainer, so it is not timed. ``bytes`` is the
+    mean JSON size of the packets Tamiyo received.
+    """
     controller = TamiyoController(build_policy, RiskFilter(OneKernel()),
                                   TamiyoConfig(warmup_epochs=2, plateau_patience_epochs=2), LLM)
     names = region_names(regions)
@@ -223,8 +233,10 @@ def bench_tamiyo(seeds: int = 10_000, regions: int = 100) -> dict[str, float]:
     packets = []
     for epoch in range(1, WINDOWS + 1):
         seeds_list = [t for r in names for t in telemetry(r, per_region, epoch, epoch)]
-        packets.append(SystemStatePacket(run_id="bench", epoch=epoch, train_loss=1.0, val_loss=1.0 - 0.0001 * epoch,
-                                         val_accuracy=0.5, seeds=seeds_list))
+        packet = SystemStatePacket(run_id="bench", epoch=epoch, train_loss=1.0, val_loss=1.0 - 0.0001 * epoch,
+                                   val_accuracy=0.5, seeds=seeds_list)
+        packets.append(packet if summary is None else packet_for_tamiyo(packet, summary))
+    size = statistics.mean(len(p.model_dump_json()) for p in packets)
     watch = Stopwatch()
     for packet in packets:
         for d in LLM.domains:
@@ -237,7 +249,7 @@ def bench_tamiyo(seeds: int = 10_000, regions: int = 100) -> dict[str, float]:
                                                             expected_roi=0.5))
         with watch:
             controller.on_packet(packet)
-    return watch.summary(skip=3)
+    return watch.summary(skip=3) | {"bytes": size}
 
 
 def main() -> None:
@@ -246,6 +258,8 @@ def main() -> None:
     narset = bench_narset()
     messages = [bench_messages(n) for n in (1_000, 10_000, 100_000)]
     tamiyo = bench_tamiyo()
+    regions_1k = bench_tamiyo(1_000, summary=4)
+    regions_100k = bench_tamiyo(100_000, summary=4)
 
     table = Table(title="Esper control plane")
     for column in ("measurement", "setting", "result"):
@@ -263,6 +277,9 @@ def main() -> None:
     table.add_row("Tamiyo cycle (CPU)", "10k-seed packet, 100 regions, 4 domains",
                   f"p50 {tamiyo['p50']:.3f} ms, p99 {tamiyo['p99']:.3f} ms, max {tamiyo['max']:.3f} ms")
     table.add_row("Tamiyo cycle (wall)", "", f"p50 {tamiyo['wall_p50']:.3f} ms, p99 {tamiyo['wall_p99']:.3f} ms")
+    for label, r in (("1k", regions_1k), ("100k", regions_100k)):
+        table.add_row(f"Tamiyo on region summaries, {label} seeds", "100 regions, 4 candidates each",
+                      f"packet {r['bytes']:,.0f} bytes; cycle p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms (CPU)")
     console.print(table)
     console.print(f"total benchmark time {time.perf_counter() - started:.1f} s")
     print(f"narset_decision_p50_ms_10k_seeds: {narset['p50']:.4f}")
@@ -273,6 +290,9 @@ def main() -> None:
     for m, label in zip(messages, ("1k", "10k", "100k"), strict=True):
         print(f"tamiyo_msgs_per_window_{label}: {m['per_window']}")
     print(f"tamiyo_decision_p99_ms_10k_seeds: {tamiyo['p99']:.4f}")
+    print(f"tamiyo_packet_bytes_1k: {regions_1k['bytes']:.0f}")
+    print(f"tamiyo_packet_bytes_100k: {regions_100k['bytes']:.0f}")
+    print(f"tamiyo_decision_p99_ms_100k_seeds: {regions_100k['p99']:.4f}")
 
 
 if __name__ == "__main__":

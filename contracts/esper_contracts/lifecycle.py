@@ -133,6 +133,9 @@ class SystemStatePacket(StrictModel):
     hardware: Identifier | None = None
     metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)
     seeds: list[SeedTelemetry] = Field(default_factory=list)
+    #: Set by a trainer that sends Tamiyo a summary: every region's seed count, while ``seeds`` holds only the live
+    #: seeds and each region's best dormant candidates, so the packet does not grow with the model.
+    seeds_per_region: dict[Identifier, NonNegativeInt] = Field(default_factory=dict)
     #: Tamiyo's state to resume this run from, sent by the trainer after a rollback, a resume, or when Tamiyo
     #: answered ``controller_state_required`` (it restarted): "Tolaria saves host and Tamiyo in lockstep".
     controller_state: dict[str, JsonValue] | None = None

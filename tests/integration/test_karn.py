@@ -25,11 +25,10 @@ import httpx
 import pytest
 
 from esper_contracts import BlueprintLineage, FieldReport, KernelStatus, Outcome, TensorInterface
+from esper_devtools.processes import Proc, free_port
 from esper_kernels import builtin_blueprints
 from esper_oona import connect
 from esper_urza_client import UrzaClient
-
-from .serve import Proc, free_port
 
 S = KernelStatus
 COMPILED_OR_LATER = frozenset({S.COMPILED, S.VALIDATING, S.VALIDATED, S.REJECTED})

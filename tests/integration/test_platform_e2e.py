@@ -34,10 +34,9 @@ from esper.standalone import slot_interfaces
 from esper.tasks import spirals
 from esper.train import default_host
 from esper_contracts import KernelStatus
+from esper_devtools.processes import ESPER, ROOT, Proc, free_port
 from esper_kernels import LocalKernelLibrary, builtin_blueprints
 from esper_urza_client import UrzaClient
-
-from .serve import ESPER, ROOT, Proc, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 

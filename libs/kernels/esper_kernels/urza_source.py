@@ -82,6 +82,11 @@ class UrzaKernelSource:
         self.integrity_failures = 0
         self.on_integrity_error: list[IntegrityCallback] = []
         if prewarm_loaders:
+            # Dynamo itself is imported here, on the caller's thread: a first import of it on two threads at once
+            # (the prewarm thread, and the trainer building its optimizer) fails half-initialised. Its import is
+            # paid by any optimizer anyway; the loaders' own imports then warm up in the background.
+            import torch._dynamo  # noqa: F401
+
             threading.Thread(target=prewarm, name="esper-kernel-prewarm", daemon=True).start()
 
     # -- KernelSource -----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from esper_oona import Bus, Subscription
 from .allocator import AllocatorConfig
 from .coordinator_link import CoordinatorLink, LocalCoordinator
 from .pricing import SlotGeometry
-from .summary import loss_trend
+from .summary import loss_trend, packet_for_tamiyo
 from .worker import Boundary, BudgetLedger, NarsetWorker, WorkerConfig, WorkerOutput
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ class HostConfig:
     decision_timeout_s: float = 30.0  # how long a boundary waits for Tamiyo's answer
     allocation_wait_s: float = 2.0  # how long it waits for this cycle's allocations after the answer
     heartbeat_interval_s: float | None = 5.0  # liveness beats between boundaries (epochs outlast timeouts)
+    #: Tamiyo gets a summary packet with this many dormant candidates per region (None: every seed's telemetry).
+    candidates_per_region: int | None = 4
 
 
 class NarsetHost:
@@ -189,6 +191,8 @@ class NarsetHost:
         Tamiyo answers that it holds no state for the run (it restarted), the packet is sent again with it.
         Each answer's state is kept, so the next checkpoint holds the state matching the commands applied.
         """
+        if self.config.candidates_per_region is not None:
+            packet = packet_for_tamiyo(packet, self.config.candidates_per_region)
         if self._push_tamiyo_state and self._tamiyo_state is not None:
             packet = packet.model_copy(update={"controller_state": self._tamiyo_state})
         signal = self._ask_tamiyo(packet)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from esper_contracts import ACTIVE_STAGES, AllocatorInputs, HealthSummaryReport, SeedStage, SeedTelemetry
+from esper_contracts import (
+    ACTIVE_STAGES,
+    AllocatorInputs,
+    HealthSummaryReport,
+    SeedStage,
+    SeedTelemetry,
+    SystemStatePacket,
+)
+from esper_policy.heuristic import unhealthiness
 
 PROGRESS_AT_FULL = 0.02  # a 2% loss drop per window counts as healthy progress (1.0)
 TREND_AT_FULL_INSTABILITY = 0.05  # a 5% loss rise per window counts as fully unstable
@@ -79,3 +87,26 @@ def summarize_region(
         budget_spent=budget_spent,
         source_reports=0,
     )
+
+
+def packet_for_tamiyo(packet: SystemStatePacket, candidates_per_region: int) -> SystemStatePacket:
+    """What Tamiyo reads in distributed mode: regions, not seeds ("Tamiyo-Prime reads summaries").
+
+    Every region's seed count, every seed that is not DORMANT or FOSSILIZED (those Tamiyo steers or waits on),
+    and each region's ``candidates_per_region`` sickest dormant seeds (the ones the heuristic would grow first).
+    Its size depends on the regions and the live seeds, not on how many seeds the model has.
+    """
+    counts: dict[str, int] = {}
+    dormant: dict[str, list[SeedTelemetry]] = {}
+    kept: list[SeedTelemetry] = []
+    for t in packet.seeds:
+        counts[t.layer_id] = counts.get(t.layer_id, 0) + 1
+        if t.stage is SeedStage.DORMANT:
+            dormant.setdefault(t.layer_id, []).append(t)
+        elif t.stage is not SeedStage.FOSSILIZED:
+            kept.append(t)
+    for seeds in dormant.values():
+        scores = unhealthiness(seeds)
+        best = sorted(range(len(seeds)), key=lambda i: -scores[i])[:candidates_per_region]
+        kept += [seeds[i] for i in sorted(best)]
+    return packet.model_copy(update={"seeds": kept, "seeds_per_region": counts})

@@ -144,8 +144,10 @@ def test_a_boundary_asks_tamiyo_then_publishes_every_regions_decision_and_health
 
     assert signal.epoch == 1 and signal.commands == [] and signal.reason == "scripted"
     (heartbeat,) = tamiyo.packets
-    assert heartbeat.payload == sent and heartbeat.producer == "trainer"
-    assert [e.payload for e in states.wait_received(1)] == [sent]
+    # Tamiyo reads a summary: every seed here (a region's best candidates are all of its two), plus the counts.
+    summary = sent.model_copy(update={"seeds_per_region": dict.fromkeys(REGIONS, 2)})
+    assert heartbeat.payload == summary and heartbeat.producer == "trainer"
+    assert [e.payload for e in states.wait_received(1)] == [summary]
     allocated = decisions.wait_for(3)
     assert sorted(d.region_id for d in allocated) == list(REGIONS) and {d.window for d in allocated} == {1}
     # Without a coordinator there is no telemetry tree: region reports go straight to Tamiyo.

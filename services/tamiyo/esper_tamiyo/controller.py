@@ -186,6 +186,8 @@ class TamiyoController:
             stages[stage] = stages.get(stage, 0) + 1
             if stage in ACTIVE_STAGES:
                 live.append((t.layer_id, t.blueprint_id or ""))
+        if packet.seeds_per_region:  # a summary packet: its seeds are a sample, the counts are complete
+            counts = dict(packet.seeds_per_region)
         for layer_id, n in counts.items():
             self.regions[layer_id] = Region(layer_id, self.domains.domain_of(layer_id), n)
         out: list[Outgoing] = []

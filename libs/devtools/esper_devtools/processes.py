@@ -1,4 +1,4 @@
-"""Running services as separate processes for integration tests: ``esper serve <name>`` with its own log."""
+"""Services as separate processes (integration tests, benchmarks): ``esper serve <name>`` with its own log."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+#: The repository root (services run from it, as ``make`` would run them).
+ROOT = Path(__file__).resolve().parents[3]
 ESPER = str(Path(sys.executable).with_name("esper"))
 
 

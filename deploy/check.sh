@@ -3,7 +3,7 @@
 # chart with `helm lint --strict`, every rendered manifest against the Kubernetes schemas, and the rendered
 # KEDA ScaledObjects against KEDA's own Go API (deploy/keda-check).
 # helm and keda-check are built from their Go modules once per machine and cached (no prebuilt binary
-# downloads here). `deploy/check.sh tools` only builds them and prints the folder they are in.
+# downloads here). `deploy/check.sh tools` only builds them and prints their two paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="${ESPER_TOOLS_DIR:-$HOME/.cache/esper/tools/bin}"
@@ -22,8 +22,9 @@ KEDA_CHECK="$TOOLS/keda-check-$stamp"
 if [[ ! -x "$KEDA_CHECK" ]]; then
   echo "deploy-check: building keda-check against $(grep -o 'kedacore/keda/v2 v[^ ]*' deploy/keda-check/go.mod)" \
        "(first time on this machine, several minutes)" >&2
-  (cd deploy/keda-check && GOFLAGS=-mod=readonly go build -o "$TOOLS/.keda-check.new" .)
-  rm -f "$TOOLS"/keda-check-* && mv "$TOOLS/.keda-check.new" "$KEDA_CHECK"
+  new=$(mktemp "$TOOLS/.keda-check.XXXXXX")   # concurrent first runs do not overwrite each other's binary
+  (cd deploy/keda-check && GOFLAGS=-mod=readonly go build -o "$new" .)
+  rm -f "$TOOLS"/keda-check-* && mv "$new" "$KEDA_CHECK"
 fi
 if [[ "${1:-}" == tools ]]; then
   printf '%s\n%s\n' "$HELM" "$KEDA_CHECK"; exit 0

@@ -219,9 +219,12 @@ def _assemble(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path,
         library: KernelSource = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
         model = wrap(host, config.kasmina, library)
         return model, build_policy(config.tamiyo, library)  # type: ignore[arg-type]
-    from .standalone import LocalPlatform, prepare_kernels, slot_interfaces
+    from .standalone import LocalPlatform, PlatformError, prepare_kernels, slot_interfaces
 
-    local = LocalPlatform(run_dir.parent / "platform").start()
+    try:
+        local = LocalPlatform(run_dir.parent / "platform").start()
+    except PlatformError as exc:
+        raise ConfigError(f"{exc}; train with --kernels eager, or join a platform (a platform: section)") from None
     closers.append(local.stop)
     say(f"standalone platform (Urza, Tezzeret, Urabrask) in {run_dir.parent / 'platform'}")
     probe = wrap(copy.deepcopy(host), config.kasmina, LocalKernelLibrary())  # its slots, without wrapping twice

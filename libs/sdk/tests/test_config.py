@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from esper import ConfigError, EsperConfig, load_config
+from esper import ConfigError, EsperConfig, load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "recipes" / "configs"
 
@@ -72,3 +72,18 @@ def test_missing_file_and_bad_yaml_and_wrong_shape(tmp_path: Path) -> None:
 def test_shipped_demo_configs_load(name: str) -> None:
     config = load_config(CONFIGS / name)
     assert config.tamiyo.policy == "heuristic"
+
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+
+
+@pytest.mark.parametrize("source", ["compose", "helm"])
+def test_the_trainer_run_configs_the_deployments_ship_are_valid(source: str) -> None:
+    import yaml
+
+    if source == "compose":
+        data = yaml.safe_load((DEPLOY / "compose" / "trainer-spirals.yaml").read_text())
+    else:
+        data = yaml.safe_load((DEPLOY / "helm" / "esper" / "values.yaml").read_text())["trainer"]["config"]
+    config = parse_config(data, source)
+    assert config.tolaria.task == "spirals"  # the task the trainer image can build without scikit-learn

@@ -12,7 +12,7 @@ Run: ``.venv/bin/python bench/bench_control.py`` (well under three minutes on 2 
   allocations, the heuristic policy over a 10k-seed packet) without transport.
 * ``tamiyo_packet_bytes_{1k,100k}``: the JSON size of the packet Tamiyo receives in distributed mode, where the
   trainer's Narset host sends regions, not seeds (``packet_for_tamiyo``: every region's seed count, the live
-  seeds, four dormant candidates per region), for 1k and 100k seeds over 100 regions (goal: equal within 10%).
+  seeds, two dormant candidates per region), for 1k and 100k seeds over 100 regions (goal: equal within 10%).
 * ``tamiyo_decision_p99_ms_100k_seeds``: p99 of one Tamiyo cycle on those summary packets of a 100k-seed model
   (goal < 5).
 
@@ -258,8 +258,8 @@ def main() -> None:
     narset = bench_narset()
     messages = [bench_messages(n) for n in (1_000, 10_000, 100_000)]
     tamiyo = bench_tamiyo()
-    regions_1k = bench_tamiyo(1_000, summary=4)
-    regions_100k = bench_tamiyo(100_000, summary=4)
+    regions_1k = bench_tamiyo(1_000, summary=2)
+    regions_100k = bench_tamiyo(100_000, summary=2)
 
     table = Table(title="Esper control plane")
     for column in ("measurement", "setting", "result"):
@@ -278,7 +278,7 @@ def main() -> None:
                   f"p50 {tamiyo['p50']:.3f} ms, p99 {tamiyo['p99']:.3f} ms, max {tamiyo['max']:.3f} ms")
     table.add_row("Tamiyo cycle (wall)", "", f"p50 {tamiyo['wall_p50']:.3f} ms, p99 {tamiyo['wall_p99']:.3f} ms")
     for label, r in (("1k", regions_1k), ("100k", regions_100k)):
-        table.add_row(f"Tamiyo on region summaries, {label} seeds", "100 regions, 4 candidates each",
+        table.add_row(f"Tamiyo on region summaries, {label} seeds", "100 regions, 2 candidates each",
                       f"packet {r['bytes']:,.0f} bytes; cycle p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms (CPU)")
     console.print(table)
     console.print(f"total benchmark time {time.perf_counter() - started:.1f} s")

@@ -62,7 +62,7 @@ class HostConfig:
     allocation_wait_s: float = 2.0  # how long it waits for this cycle's allocations after the answer
     heartbeat_interval_s: float | None = 5.0  # liveness beats between boundaries (epochs outlast timeouts)
     #: Tamiyo gets a summary packet with this many dormant candidates per region (None: every seed's telemetry).
-    candidates_per_region: int | None = 4
+    candidates_per_region: int | None = 2
 
 
 class NarsetHost:

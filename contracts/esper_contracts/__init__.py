@@ -55,6 +55,17 @@ from .enums import (
 )
 from .envelope import SCHEMA_VERSION, Envelope
 from .errors import KernelNotFoundError
+from .families import (
+    BUILTIN_FAMILIES,
+    FAMILIES,
+    BlueprintFamily,
+    Design,
+    IRBuilder,
+    builtin_blueprints,
+    family,
+    fixed_function_blueprint,
+)
+from .ids import ArtifactId, SeedId, blueprint_id_of
 from .lifecycle import (
     ACTIVE_STAGES,
     LEGAL_TRANSITIONS,
@@ -64,7 +75,9 @@ from .lifecycle import (
     KasminaControlCommand,
     SeedTelemetry,
     SystemStatePacket,
+    field_report,
     is_legal_transition,
+    validation_metric,
 )
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
 from .topics import TOPICS, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
@@ -82,6 +95,8 @@ __all__ = [
     "ACTIVE_STAGES",
     "ALL_MODELS",
     "ARTIFACT_ID_PATTERN",
+    "BUILTIN_FAMILIES",
+    "FAMILIES",
     "LEGAL_TRANSITIONS",
     "MAX_IR_NODES",
     "MAX_IR_PARAMETERS",
@@ -92,8 +107,10 @@ __all__ = [
     "AllocationCommand",
     "AllocatorInputs",
     "AlphaSchedule",
+    "ArtifactId",
     "Assignment",
     "BlueprintClass",
+    "BlueprintFamily",
     "BlueprintIR",
     "BlueprintRecord",
     "CommandType",
@@ -101,11 +118,13 @@ __all__ = [
     "CompilationPipeline",
     "CompiledKernelArtifact",
     "ControlMode",
+    "Design",
     "Envelope",
     "FieldReport",
     "GraftingStrategy",
     "HealthSummaryReport",
     "Heartbeat",
+    "IRBuilder",
     "IREdge",
     "IRNode",
     "ImportanceReport",
@@ -130,6 +149,7 @@ __all__ = [
     "RiskThresholds",
     "ScaffoldRequest",
     "ScaffoldSunset",
+    "SeedId",
     "SeedStage",
     "SeedTelemetry",
     "StrategicOpportunityProposal",
@@ -143,10 +163,16 @@ __all__ = [
     "WorkerAssignment",
     "WorkerQuota",
     "artifact_id",
+    "blueprint_id_of",
+    "builtin_blueprints",
     "dead_letter_topic",
+    "family",
+    "field_report",
+    "fixed_function_blueprint",
     "is_legal_transition",
     "new_id",
     "payload_model",
     "topic_spec",
     "utc_now",
+    "validation_metric",
 ]

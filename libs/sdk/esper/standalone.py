@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface
-from esper_kernels import UrzaKernelSource, builtin_blueprints
+from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface, builtin_blueprints
+from esper_kernels import UrzaKernelSource
 
 log = logging.getLogger(__name__)
 

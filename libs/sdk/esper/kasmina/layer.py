@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
-from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedStage, SeedTelemetry
+from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedId, SeedStage, SeedTelemetry, blueprint_id_of
 from esper_kernels import KernelSource
 
 from .blending import STRATEGIES, ChunkLayout, alpha_at, blend, chunk_bounds
@@ -168,7 +168,7 @@ class KasminaLayer(HostAttributeFallback):
         """Apply one lifecycle command at boundary ``epoch``; returns None, or why it was refused."""
         self.begin_boundary(epoch)
         i = cmd.seed_index
-        where = f"{self.layer_id}[{i}]"
+        where = SeedId(self.layer_id, i)
         if i >= self.seed_state.n:
             return f"{where}: no such seed; layer {self.layer_id!r} has {self.seed_state.n} seed(s)"
         facts = self._facts(i)
@@ -392,7 +392,7 @@ class KasminaLayer(HostAttributeFallback):
                 gradient_norm=finite(st.get(F.GRAD_NORM, i), 0.0),
                 activation_sparsity=finite(st.get(F.SPARSITY, i), 0.0, 1.0),
                 is_ready_for_transition=bool(st.get(F.READY, i)),
-                kernel_artifact_id=kernel, blueprint_id=kernel[:64] if kernel else None,
+                kernel_artifact_id=kernel, blueprint_id=blueprint_id_of(kernel),
                 execution_latency_us=finite(st.get(F.LATENCY_US_SUM, i) / lat_n, 0.0) if lat_n else 0.0,
                 error_count=int(st.get(F.ERROR_COUNT, i)),
                 embargo_until_epoch=embargo if stage is S.CULLED and embargo >= 0 else None,
@@ -467,7 +467,7 @@ class KasminaLayer(HostAttributeFallback):
         for i in state["attached"]:
             kernel = self.kernel_id(i)
             if kernel is None:
-                raise ValueError(f"{self.layer_id}[{i}]: checkpoint has a seed module but no kernel id")
+                raise ValueError(f"{SeedId(self.layer_id, i)}: checkpoint has a seed module but no kernel id")
             if callable(register):
                 register(self.chunks.interface(i))
             module = build_kernel(self.kernels, kernel, device, dtype)

@@ -43,9 +43,13 @@ from esper_contracts import (
     FieldReport,
     KasminaControlCommand,
     Outcome,
+    SeedId,
     SeedStage,
     SeedTelemetry,
     SystemStatePacket,
+    blueprint_id_of,
+    field_report,
+    validation_metric,
 )
 from esper_policy import ControlPolicy
 
@@ -333,7 +337,7 @@ class TolariaTrainer:
         failures: dict[str, str] = {}
         for event in drain_events(self.model):
             if event.kind in (EventKind.RUNTIME_ERROR, EventKind.LOAD_FAILED):
-                seed_id = f"{event.slot}[{event.seed_index}]"
+                seed_id = SeedId(event.slot, event.seed_index)
                 failures[seed_id] = f"kernel error: {event.message}"[:2000]
                 self._event(epoch, "kernel_error", seed=seed_id, message=event.message, error_kind=event.kind.value)
                 self._say(f"epoch {epoch:3d}  {seed_id}  kernel error: {event.message}")
@@ -367,7 +371,7 @@ class TolariaTrainer:
     def _transition(self, epoch: int, layer_id: str, index: int, new_stage: SeedStage, metrics: Mapping[str, Any],
                     reason: str, kernel: str | None) -> None:
         """Log one seed's move to ``new_stage`` (if it moved) and record it in the lineage."""
-        seed_id = f"{layer_id}[{index}]"
+        seed_id = SeedId(layer_id, index)
         old = self._stages.get(seed_id, (layer_id, index, S.DORMANT.value))[2]
         new = new_stage.value
         self._stages[seed_id] = (layer_id, index, new)
@@ -376,7 +380,7 @@ class TolariaTrainer:
         name = self.blueprint_names(kernel) if kernel else None
         metric_view = {k: metrics.get(k) for k in ("val_loss", "val_accuracy", "train_loss")}
         self.lineage.record(seed_id=seed_id, layer_id=layer_id, seed_index=index, old=old, new=new, epoch=epoch,
-                            metrics=metric_view, blueprint_id=kernel[:64] if kernel else None, blueprint_name=name,
+                            metrics=metric_view, blueprint_id=blueprint_id_of(kernel), blueprint_name=name,
                             kernel_artifact_id=kernel, reason=reason)
         self._event(epoch, "transition", seed=seed_id, old=old, new=new, blueprint=name, kernel=kernel, reason=reason)
         shown = f"  {name}" if new == S.GERMINATED.value and name else ""
@@ -388,15 +392,14 @@ class TolariaTrainer:
         germ = next((g for g in reversed(self.lineage.germinations) if g.seed_id == seed_id), None)
 
         def score(m: Mapping[str, Any]) -> float:
-            acc, loss = m.get("val_accuracy"), m.get("val_loss")
-            return float(acc) if acc is not None else -float(loss or 0.0)
+            return validation_metric(m.get("val_accuracy"), m.get("val_loss"))
 
-        return FieldReport(
-            blueprint_id=(germ.blueprint_id if germ else None) or "unknown",
+        return field_report(
+            seed_id=seed_id, outcome=outcome, run_id=self.run_id, epoch=self.epoch,
+            blueprint_id=germ.blueprint_id if germ else None,
             kernel_artifact_id=germ.kernel_artifact_id if germ else None,
-            seed_id=seed_id, run_id=self.run_id,
+            germinated_epoch=germ.germinated_epoch if germ else None,
             pre_metric=score(germ.metrics_before) if germ else 0.0, post_metric=score(metrics),
-            outcome=outcome, epochs_active=max(0, self.epoch - germ.germinated_epoch) if germ else 0,
         )
 
     def _record_report(self, epoch: int, report: FieldReport) -> None:

@@ -74,8 +74,10 @@ from esper_contracts import (
     SeedStage,
     TensorInterface,
     UrabraskValidationReport,
+    artifact_id,
+    builtin_blueprints,
 )
-from esper_kernels import UrzaKernelSource, builtin_blueprints
+from esper_kernels import UrzaKernelSource
 from esper_tezzeret.pipelines import CompiledOutput, compile_artifact
 from esper_urza_client import UrzaClient
 
@@ -166,7 +168,7 @@ def populate_urza(data_dir: Path, library: Library) -> dict[str, list[float]]:
             service.catalog.submit(ir)
             for hardware, pipeline, tags in arts:
                 toolchain = f"{rng.getrandbits(64):016x}"
-                aid = f"{ir.ir_hash()}-{hardware}-{pipeline.value}-{toolchain}"
+                aid = artifact_id(ir.ir_hash(), hardware, pipeline, toolchain)
                 data = os.urandom(64)
                 info, _ = service.ledger.store_binary(aid, data, hashlib.sha256(data).hexdigest())
                 service.ledger.record_compilation(CompiledKernelArtifact(
@@ -226,11 +228,9 @@ def store(client: UrzaClient, out: CompiledOutput) -> None:
     assert out.manifest is not None
     client.submit_blueprint(out.manifest.ir)
     client.put_binary(out.artifact_id, out.blob, out.sha256)
-    _h, hardware, pipeline, toolchain = out.artifact_id.rsplit("-", 3)
-    client.post_compilation(CompiledKernelArtifact(
-        artifact_id=out.artifact_id, blueprint_id=out.manifest.blueprint_id, hardware=hardware,
-        pipeline=P(pipeline), toolchain_hash=toolchain, status=KernelStatus.COMPILED, input_shape=SHAPE,
-        sha256=out.sha256, size_bytes=len(out.blob), compile_time_s=out.compile_time_s))
+    client.post_compilation(CompiledKernelArtifact.for_id(
+        out.artifact_id, status=KernelStatus.COMPILED, input_shape=SHAPE, sha256=out.sha256,
+        size_bytes=len(out.blob), compile_time_s=out.compile_time_s))
 
 
 #: What Tamiyo asks when a seed is to germinate: kernels for its chunk interface, with tags, on its hardware.
@@ -484,10 +484,8 @@ def urabrask_cv(kernels: dict[CompilationPipeline, CompiledOutput]) -> dict[str,
     out: dict[str, Any] = {}
     try:
         for pipeline, k in kernels.items():
-            _h, hardware, _p, toolchain = k.artifact_id.rsplit("-", 3)
-            record = CompiledKernelArtifact(artifact_id=k.artifact_id, blueprint_id=_h, hardware=hardware,
-                                            pipeline=pipeline, toolchain_hash=toolchain,
-                                            status=KernelStatus.VALIDATING, input_shape=SHAPE, sha256=k.sha256)
+            record = CompiledKernelArtifact.for_id(k.artifact_id, status=KernelStatus.VALIDATING, input_shape=SHAPE,
+                                                   sha256=k.sha256)
             out[pipeline.value] = sandbox.evaluate(record, k.blob, 1e-4, "cpu", ProfileSettings())
     finally:
         sandbox.close()

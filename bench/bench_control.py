@@ -36,6 +36,7 @@ from rich.table import Table
 
 from esper_contracts import (
     AllocationCommand,
+    ArtifactId,
     CommandType,
     CompiledKernelArtifact,
     HealthSummaryReport,
@@ -61,7 +62,7 @@ from esper_tamiyo.kernels import RiskFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 LLM = load_domains(ROOT / "recipes" / "configs" / "domains-llm.yaml")
-ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+ART = ArtifactId("a" * 64, "cpu", "eager", "b" * 12)
 WINDOWS = 30
 TAMIYO_TOPICS = ("telemetry.system.state", "telemetry.health.summaries", "control.proposals",
                  "control.scaffold.requests", "control.policy.updates", "innovation.field_reports")

@@ -59,6 +59,17 @@ from .enums import (
 )
 from .envelope import SCHEMA_VERSION, Envelope
 from .errors import KernelNotFoundError
+from .families import (
+    BUILTIN_FAMILIES,
+    FAMILIES,
+    BlueprintFamily,
+    Design,
+    IRBuilder,
+    builtin_blueprints,
+    family,
+    fixed_function_blueprint,
+)
+from .ids import ArtifactId, SeedId, blueprint_id_of
 from .lifecycle import (
     ACTIVE_STAGES,
     LEGAL_TRANSITIONS,
@@ -68,7 +79,9 @@ from .lifecycle import (
     KasminaControlCommand,
     SeedTelemetry,
     SystemStatePacket,
+    field_report,
     is_legal_transition,
+    validation_metric,
 )
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
 from .topics import TOPICS, Topic, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
@@ -87,6 +100,8 @@ __all__ = [
     "ACTIVE_STAGES",
     "ALL_MODELS",
     "ARTIFACT_ID_PATTERN",
+    "BUILTIN_FAMILIES",
+    "FAMILIES",
     "LEGAL_TRANSITIONS",
     "MAX_IR_NODES",
     "MAX_IR_PARAMETERS",
@@ -97,8 +112,10 @@ __all__ = [
     "AllocationCommand",
     "AllocatorInputs",
     "AlphaSchedule",
+    "ArtifactId",
     "Assignment",
     "BlueprintClass",
+    "BlueprintFamily",
     "BlueprintIR",
     "BlueprintLineage",
     "BlueprintRecord",
@@ -107,11 +124,13 @@ __all__ = [
     "CompilationPipeline",
     "CompiledKernelArtifact",
     "ControlMode",
+    "Design",
     "Envelope",
     "FieldReport",
     "GraftingStrategy",
     "HealthSummaryReport",
     "Heartbeat",
+    "IRBuilder",
     "IREdge",
     "IRNode",
     "ImportanceReport",
@@ -139,6 +158,7 @@ __all__ = [
     "RiskThresholds",
     "ScaffoldRequest",
     "ScaffoldSunset",
+    "SeedId",
     "SeedStage",
     "SeedTelemetry",
     "StrategicOpportunityProposal",
@@ -153,10 +173,16 @@ __all__ = [
     "WorkerAssignment",
     "WorkerQuota",
     "artifact_id",
+    "blueprint_id_of",
+    "builtin_blueprints",
     "dead_letter_topic",
+    "family",
+    "field_report",
+    "fixed_function_blueprint",
     "is_legal_transition",
     "new_id",
     "payload_model",
     "topic_spec",
     "utc_now",
+    "validation_metric",
 ]

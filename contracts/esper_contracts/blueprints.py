@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -22,6 +21,7 @@ from .base import (
     utc_now,
 )
 from .enums import BlueprintClass, CompilationPipeline, KernelStatus
+from .ids import ARTIFACT_ID_PATTERN, ArtifactId
 
 #: Hard size limits of a BlueprintIR: a blueprint is a small kernel, not a model.
 MAX_IR_NODES = 256
@@ -209,15 +209,9 @@ class BlueprintIR(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-ARTIFACT_ID_PATTERN = r"^[0-9a-f]{64}-[a-z0-9_]+-(eager|fast|standard|aggressive)-[0-9a-f]{12,64}$"
-
-
-def artifact_id(ir_hash: str, hardware: str, pipeline: CompilationPipeline, toolchain_hash: str) -> str:
+def artifact_id(ir_hash: str, hardware: str, pipeline: CompilationPipeline, toolchain_hash: str) -> ArtifactId:
     """Build ``<ir-hash>-<hardware>-<pipeline>-<toolchain-hash>``; raises ValueError if malformed."""
-    value = f"{ir_hash}-{hardware}-{pipeline.value}-{toolchain_hash}"
-    if not re.match(ARTIFACT_ID_PATTERN, value):
-        raise ValueError(f"malformed artifact id {value!r}")
-    return value
+    return ArtifactId(ir_hash, hardware, pipeline, toolchain_hash)
 
 
 class UrabraskValidationReport(StrictModel):
@@ -264,6 +258,16 @@ class CompiledKernelArtifact(StrictModel):
     tags: list[Identifier] = Field(default_factory=list)
     validation: UrabraskValidationReport | None = None
     created_at: datetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def for_id(cls, artifact_id: str, **fields: Any) -> Self:
+        """The artifact ``artifact_id`` names: blueprint, hardware, pipeline and toolchain read from the id.
+
+        ``fields`` give the rest (``input_shape`` at least); raises ValueError for a malformed id.
+        """
+        aid = ArtifactId.parse(artifact_id)
+        return cls(artifact_id=aid, blueprint_id=aid.blueprint_id, hardware=aid.hardware, pipeline=aid.pipeline,
+                   toolchain_hash=aid.toolchain_hash, **fields)
 
 
 class BlueprintRecord(StrictModel):
@@ -328,6 +332,31 @@ class KernelQuery(StrictModel):
         if both:
             raise ValueError(f"tags both required and excluded: {sorted(both)}")
         return self
+
+    def matches(self, artifact: CompiledKernelArtifact, *, blueprint_class: BlueprintClass,
+                interface: TensorInterface) -> bool:
+        """Whether ``artifact`` passes every filter of this query (sorting and ``limit`` aside).
+
+        The one matching rule: Urza's SQL (``esper_urza.store.kernel_query``) answers exactly this, which
+        a conformance test checks on random artifacts and queries. ``blueprint_class`` and ``interface`` are
+        the artifact's blueprint's (its class and input interface); an artifact does not carry them.
+
+        Hardware matches exactly, for eager artifacts too: the hardware in an artifact id is where it was
+        built and measured, and a query naming hardware asks for kernels validated there. (The in-process
+        library once let eager artifacts match any hardware; a CPU measurement says nothing about an H100.)
+        """
+        if self.status is not None and artifact.status is not self.status:
+            return False
+        if self.hardware is not None and artifact.hardware != self.hardware:
+            return False
+        if self.blueprint_class is not None and blueprint_class is not self.blueprint_class:
+            return False
+        if self.interface is not None and interface != self.interface:
+            return False
+        if self.pipeline is not None and artifact.pipeline is not self.pipeline:
+            return False
+        tags = set(artifact.tags)
+        return tags.issuperset(self.tags_required) and tags.isdisjoint(self.tags_excluded)
 
 
 class KernelQueryResult(StrictModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Self
 
 from pydantic import Field, JsonValue, model_validator
@@ -18,6 +19,7 @@ from .base import (
 )
 from .blueprints import TensorInterface
 from .enums import CommandType, GraftingStrategy, Outcome, SeedStage
+from .ids import SeedId, blueprint_id_of
 
 #: Every legal move of the lifecycle state machine. Kasmina enforces it; Tamiyo plans with it.
 #: CULLED is reachable from every stage where a kernel is live, so a regression can always be cut;
@@ -80,6 +82,11 @@ class KasminaControlCommand(StrictModel):
             raise ValueError(f"target_stage is only meaningful for ADVANCE, not {self.command.value}")
         return self
 
+    @property
+    def seed_id(self) -> SeedId:
+        """The id of the seed the command is for: ``<layer path>[<index>]``."""
+        return SeedId._checked_parts(self.layer_id, self.seed_index)
+
 
 class SeedTelemetry(StrictModel):
     """Per-seed health report emitted by Kasmina at each epoch end."""
@@ -109,9 +116,9 @@ class SeedTelemetry(StrictModel):
     )
 
     @property
-    def seed_id(self) -> str:
+    def seed_id(self) -> SeedId:
         """Human-readable id of the seed: ``<layer path>[<index>]``."""
-        return f"{self.layer_id}[{self.seed_index}]"
+        return SeedId._checked_parts(self.layer_id, self.seed_index)
 
 
 class SystemStatePacket(StrictModel):
@@ -139,6 +146,11 @@ class SystemStatePacket(StrictModel):
     #: Tamiyo's state to resume this run from, sent by the trainer after a rollback, a resume, or when Tamiyo
     #: answered ``controller_state_required`` (it restarted): "Tolaria saves host and Tamiyo in lockstep".
     controller_state: dict[str, JsonValue] | None = None
+
+    @property
+    def validation_metric(self) -> float:
+        """This epoch's validation metric, higher is better (see :func:`validation_metric`)."""
+        return validation_metric(self.val_accuracy, self.val_loss)
 
 
 class AdaptationSignal(StrictModel):
@@ -168,3 +180,39 @@ class FieldReport(StrictModel):
     outcome: Outcome
     epochs_active: NonNegativeInt = 0
     eval_metrics: dict[Identifier, FiniteFloat] = Field(default_factory=dict)
+
+
+def validation_metric(val_accuracy: float | None, val_loss: float | None) -> float:
+    """The one metric adaptations are judged by, higher is better: validation accuracy, else minus the loss.
+
+    Accuracy is used whenever it was measured (classification); otherwise minus the validation loss, so that
+    "higher is better" holds for every task. Raises ValueError when neither was measured.
+    """
+    if val_accuracy is not None:
+        return float(val_accuracy)
+    if val_loss is None:
+        raise ValueError("no validation metric: neither val_accuracy nor val_loss was measured")
+    return -float(val_loss)
+
+
+def field_report(*, seed_id: str, outcome: Outcome, kernel_artifact_id: str | None, pre_metric: float,
+                 post_metric: float, epoch: int, germinated_epoch: int | None, blueprint_id: str | None = None,
+                 run_id: str | None = None, eval_metrics: Mapping[str, float] | None = None) -> FieldReport:
+    """The field report that closes one adaptation; every writer of FieldReports builds them here.
+
+    ``pre_metric`` is the baseline the seed had to beat and ``post_metric`` the metric at its end, both
+    from :func:`validation_metric`. Without an explicit ``blueprint_id`` the blueprint is read from the
+    kernel's artifact id, else it is ``"unknown"``. ``epochs_active`` counts the epochs since germination
+    (0 for a seed that never germinated, ``germinated_epoch=None``).
+    """
+    return FieldReport(
+        blueprint_id=blueprint_id or blueprint_id_of(kernel_artifact_id) or "unknown",
+        kernel_artifact_id=kernel_artifact_id,
+        seed_id=seed_id,
+        run_id=run_id,
+        pre_metric=pre_metric,
+        post_metric=post_metric,
+        outcome=outcome,
+        epochs_active=0 if germinated_epoch is None else max(0, epoch - germinated_epoch),
+        eval_metrics=dict(eval_metrics or {}),
+    )

@@ -10,6 +10,7 @@ from esper_contracts import (
     AllocationCommand,
     BlueprintIR,
     CommandType,
+    CompilationPipeline,
     Envelope,
     KasminaControlCommand,
     KernelQuery,
@@ -138,8 +139,6 @@ def test_ir_structure_errors_say_why() -> None:
 
 
 def test_artifact_ids() -> None:
-    from esper_contracts import CompilationPipeline
-
     good = artifact_id("a" * 64, "cpu", CompilationPipeline.FAST, "b" * 16)
     assert good.endswith("-cpu-fast-" + "b" * 16)
     with pytest.raises(ValueError, match="malformed artifact id"):
@@ -147,7 +146,7 @@ def test_artifact_ids() -> None:
 
 
 def test_rejected_report_needs_reason() -> None:
-    aid = "a" * 64 + "-cpu-fast-" + "b" * 16
+    aid = artifact_id("a" * 64, "cpu", CompilationPipeline.FAST, "b" * 16)
     with pytest.raises(ValidationError, match="rejection_reason"):
         UrabraskValidationReport(artifact_id=aid, hardware="cpu", passed=False)
 

@@ -27,9 +27,17 @@ import torch
 
 from esper.kasmina import kasmina_layers, wrap
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
-from esper_contracts import BlueprintIR, CompilationPipeline, KernelQuery, KernelStatus, SeedStage, TensorInterface
+from esper_contracts import (
+    BlueprintIR,
+    CompilationPipeline,
+    KernelQuery,
+    KernelStatus,
+    SeedStage,
+    TensorInterface,
+    builtin_blueprints,
+)
 from esper_devtools.processes import Proc, free_port
-from esper_kernels import CompiledKernel, UrzaKernelSource, builtin_blueprints
+from esper_kernels import CompiledKernel, UrzaKernelSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 

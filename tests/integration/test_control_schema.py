@@ -14,7 +14,7 @@ from esper_narset_worker import pricing as narset_pricing
 from esper_tamiyo import domains
 from esper_tamiyo import kernels as tamiyo_kernels
 
-ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+ART = esper_contracts.ArtifactId("a" * 64, "cpu", "eager", "b" * 12)
 
 
 def test_coordinator_bodies_are_the_shared_contracts() -> None:

@@ -33,7 +33,7 @@ from esper.kasmina import KasminaConfig, wrap
 from esper.standalone import slot_interfaces
 from esper.tasks import spirals
 from esper.train import default_host
-from esper_contracts import KernelStatus
+from esper_contracts import ArtifactId, KernelStatus
 from esper_devtools.processes import ESPER, ROOT, Proc, free_port
 from esper_kernels import LocalKernelLibrary, builtin_blueprints
 from esper_urza_client import UrzaClient
@@ -199,7 +199,7 @@ def test_a_blueprint_goes_from_urza_to_fossilized_in_a_run_that_survives_a_tamiy
     # The restarted Tamiyo asked for the trainer's checkpointed state and continued from it.
     assert "resending epoch" in out, out
     urza = UrzaClient(platform.urza_url)
-    blueprint_id = next(iter(kernel_ids)).split("-", 1)[0]
+    blueprint_id = ArtifactId.parse(next(iter(kernel_ids))).blueprint_id
     reports = urza.http.get(f"/api/v1/blueprints/{blueprint_id}/field-reports").json()
     assert any(r["outcome"] == "FOSSILIZED" for r in reports["items"]), reports
     urza.close()

@@ -20,10 +20,10 @@ from botocore.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect
 
-from esper_contracts import TensorInterface, UrabraskValidationReport
+from esper_contracts import TensorInterface, UrabraskValidationReport, family
 from esper_oona import connect
 from esper_oona.memory_bus import drop_memory_broker
-from esper_urza.library import library_blueprints, residual_mlp
+from esper_urza.library import library_blueprints
 from esper_urza.service import create_service
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,8 @@ def make_urza(database_url: str, blob_url: str, bus_url: str, tmp_path: Any) -> 
 
 
 def _ir(features: int = 24) -> dict[str, Any]:
-    return residual_mlp(TensorInterface(layout="BD", features=features)).model_dump(mode="json")
+    ir = family("residual_mlp").blueprint(TensorInterface(layout="BD", features=features), origin="test", expansion=2)
+    return ir.model_dump(mode="json")
 
 
 def _result(blueprint_id: str, data: bytes, status: str = "COMPILED", pipeline: str = "fast") -> dict[str, Any]:

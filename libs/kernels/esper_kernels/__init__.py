@@ -13,7 +13,6 @@ artifacts) and Urabrask (which loads and measures them), so none of them needs t
 * ``library`` / ``urza_source`` — the kernel sources Kasmina and Tamiyo use (in process, or Urza).
 """
 
-from .builtins import FAMILIES, BlueprintFamily, builtin_blueprints, fixed_function_blueprint
 from .cache import KernelCache, sha256_hex
 from .container import (
     AOTI_PIPELINES,
@@ -49,12 +48,12 @@ from .programs import WeightsAsInputs, export_backward, export_forward
 from .urza_source import UrzaKernelSource
 
 __all__ = [
-    "AOTI_PIPELINES", "EAGER_HARDWARE", "FAMILIES", "INTERPRETER_VERSION", "KERNEL_FORMAT_VERSION",
-    "BlueprintFamily", "CompiledKernel", "IRModule", "IRValidationError", "KernelArtifact", "KernelCache",
+    "AOTI_PIPELINES", "EAGER_HARDWARE", "INTERPRETER_VERSION", "KERNEL_FORMAT_VERSION",
+    "CompiledKernel", "IRModule", "IRValidationError", "KernelArtifact", "KernelCache",
     "KernelFormatError", "KernelHardwareError", "KernelIntegrityError", "KernelManifest", "KernelNotFoundError",
     "KernelSource", "LocalKernelLibrary", "UrzaKernelSource", "WeightsAsInputs", "build_module",
-    "builtin_blueprints", "canonical_ir_bytes", "check_cpu_isa", "check_hardware", "cleanup_tmp",
-    "export_backward", "export_forward", "fixed_function_blueprint", "host_cpu_isa", "ir_parameter_count",
+    "canonical_ir_bytes", "check_cpu_isa", "check_hardware", "cleanup_tmp",
+    "export_backward", "export_forward", "host_cpu_isa", "ir_parameter_count",
     "load_artifact", "load_compiled", "local_hardware", "open_kernel_artifact", "pack_kernel_artifact", "prewarm",
     "read_manifest", "reference_module", "representative_shape", "sha256_hex", "toolchain_hash", "unpack_weights",
 ]

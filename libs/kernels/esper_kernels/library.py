@@ -25,15 +25,15 @@ from esper_contracts import (
     KernelStatus,
     TensorInterface,
     artifact_id,
+    builtin_blueprints,
 )
 
-from .builtins import builtin_blueprints
 from .cache import KernelCache, sha256_hex
 from .errors import KernelNotFoundError
 from .interpreter import INTERPRETER_VERSION, build_module, ir_parameter_count
 
-#: Hardware segment of eager artifact ids. An eager artifact is interpreted PyTorch, so it runs on any
-#: device; queries for a specific hardware still match it.
+#: Hardware segment of eager artifact ids. An eager artifact is interpreted PyTorch and Kasmina loads it on
+#: any device, but a query naming hardware matches it only for this one, as Urza does (KernelQuery.matches).
 EAGER_HARDWARE = "cpu"
 
 
@@ -178,22 +178,14 @@ class LocalKernelLibrary:
 
     # -- KernelSelector ---------------------------------------------------------------------------------
     def query(self, q: KernelQuery) -> KernelQueryResult:
-        """Filter by interface, hardware, status, class, pipeline and tags; sort; limit."""
+        """Filter as Urza does (:meth:`KernelQuery.matches`); sort; limit."""
         if q.interface is not None:
             self.register_interface(q.interface)
         with self._lock:
             candidates = list(self._meta.values())
             irs = dict(self._irs)
-        required, excluded = set(q.tags_required), set(q.tags_excluded)
-        hits = [
-            m for m in candidates
-            if (q.interface is None or irs[m.artifact_id].input == q.interface)
-            and (q.status is None or m.status is q.status)
-            and (q.blueprint_class is None or irs[m.artifact_id].blueprint_class is q.blueprint_class)
-            and (q.pipeline is None or m.pipeline is q.pipeline)
-            and (q.hardware is None or m.hardware == q.hardware or m.pipeline is CompilationPipeline.EAGER)
-            and required <= set(m.tags) and not (excluded & set(m.tags))
-        ]
+        hits = [m for m in candidates if q.matches(m, blueprint_class=irs[m.artifact_id].blueprint_class,
+                                                   interface=irs[m.artifact_id].input)]
         hits.sort(key=lambda m: self._sort_key(m, q.sort_by))
         return KernelQueryResult(artifacts=hits[: q.limit], total=len(hits))
 

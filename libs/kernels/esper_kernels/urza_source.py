@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from esper_contracts import (
+    ArtifactId,
     BlueprintIR,
     CompilationPipeline,
     CompiledKernelArtifact,
@@ -48,12 +49,12 @@ log = logging.getLogger(__name__)
 IntegrityCallback = Callable[[str, str], None]
 
 
-def _pipeline_of(artifact_id: str) -> CompilationPipeline:
-    """The pipeline segment of ``<ir-hash>-<hardware>-<pipeline>-<toolchain-hash>``."""
+def _parse(artifact_id: str) -> ArtifactId:
+    """``artifact_id`` parsed; an id Urza cannot hold is a kernel that cannot be found."""
     try:
-        return CompilationPipeline(artifact_id.rsplit("-", 2)[1])
-    except (IndexError, ValueError):
-        raise KernelNotFoundError(f"{artifact_id!r} is not an artifact id") from None
+        return ArtifactId.parse(artifact_id)
+    except ValueError as exc:
+        raise KernelNotFoundError(str(exc)) from None
 
 
 class UrzaKernelSource:
@@ -114,7 +115,7 @@ class UrzaKernelSource:
             if hit is not None:
                 return hit
             data, sha256 = self._blob(artifact_id)
-            if _pipeline_of(artifact_id) is CompilationPipeline.EAGER:
+            if _parse(artifact_id).pipeline is CompilationPipeline.EAGER:
                 return build_module(BlueprintIR.model_validate_json(data))
             self._pause()
             artifact = open_kernel_artifact(data, sha256, digest_checked=True)  # _blob verified these bytes
@@ -213,7 +214,7 @@ class UrzaKernelSource:
 
         Tolaria names kernels in its logs and lineage with it.
         """
-        blueprint_id = artifact_id.split("-", 1)[0]
+        blueprint_id = _parse(artifact_id).blueprint_id
         with self._lock:
             ir = self._irs.get(blueprint_id)
         if ir is None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper_contracts import BlueprintClass, BlueprintIR, IREdge, IRNode, OpType, TensorInterface
-from esper_kernels import (
-    FAMILIES,
-    IRValidationError,
-    build_module,
+from esper_contracts import (
+    BUILTIN_FAMILIES,
+    BlueprintClass,
+    BlueprintIR,
+    IREdge,
+    IRNode,
+    OpType,
+    TensorInterface,
     builtin_blueprints,
     fixed_function_blueprint,
-    ir_parameter_count,
 )
+from esper_kernels import IRValidationError, build_module, ir_parameter_count
 
 SHAPES = {"BD": (5, 12), "BTD": (3, 7, 12), "BCHW": (2, 12, 5, 6)}
 
@@ -46,7 +49,7 @@ def test_builtins_build_and_keep_shape(layout: str) -> None:
 
 
 def test_five_families_cover_every_layout() -> None:
-    names = {fam.name for fam in FAMILIES}
+    names = {fam.name for fam in BUILTIN_FAMILIES}
     assert names == {"residual_mlp", "bottleneck", "depthwise_conv", "low_rank_adapter", "attention_head"}
     built = {ir.tags[0] for lay in SHAPES for ir in builtin_blueprints(TensorInterface(layout=lay, features=8))}
     assert built == names

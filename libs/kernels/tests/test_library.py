@@ -11,6 +11,7 @@ import torch
 
 from esper_contracts import (
     ARTIFACT_ID_PATTERN,
+    ArtifactId,
     BlueprintClass,
     CompilationPipeline,
     CompiledKernelArtifact,
@@ -18,14 +19,15 @@ from esper_contracts import (
     KernelSelector,
     KernelStatus,
     TensorInterface,
+    fixed_function_blueprint,
 )
 from esper_kernels import (
+    EAGER_HARDWARE,
     KernelCache,
     KernelIntegrityError,
     KernelNotFoundError,
     KernelSource,
     LocalKernelLibrary,
-    fixed_function_blueprint,
     sha256_hex,
     toolchain_hash,
 )
@@ -78,8 +80,11 @@ def test_library_satisfies_both_protocols_and_ids_follow_the_schema() -> None:
     for aid in ids:
         meta = lib.metadata(aid)
         assert re.match(ARTIFACT_ID_PATTERN, aid)
-        assert aid.startswith(meta.blueprint_id) and meta.blueprint_id == lib.blueprint(aid).ir_hash()
-        assert aid.endswith(f"-cpu-eager-{toolchain_hash()}") and meta.pipeline is CompilationPipeline.EAGER
+        parsed = ArtifactId.parse(aid)
+        assert parsed.blueprint_id == meta.blueprint_id == lib.blueprint(aid).ir_hash()
+        assert (parsed.hardware, parsed.pipeline, parsed.toolchain_hash) == ("cpu", CompilationPipeline.EAGER,
+                                                                              toolchain_hash())
+        assert meta.pipeline is CompilationPipeline.EAGER
         assert meta.status is KernelStatus.VALIDATED and meta.sha256 is not None
 
 
@@ -128,7 +133,9 @@ def test_query_filters_sorts_and_limits() -> None:
     limited = lib.query(KernelQuery(interface=BTD16, limit=2))
     assert limited.total == 4 and len(limited.artifacts) == 2
     assert lib.query(KernelQuery(interface=BD16, status=KernelStatus.REJECTED)).total == 0
-    assert lib.query(KernelQuery(interface=BD16, hardware="h100")).total == 3  # eager runs anywhere
+    # Hardware matches exactly, as in Urza: eager artifacts are labelled with EAGER_HARDWARE.
+    assert lib.query(KernelQuery(interface=BD16, hardware=EAGER_HARDWARE)).total == 3
+    assert lib.query(KernelQuery(interface=BD16, hardware="h100")).total == 0
     assert lib.query(KernelQuery(interface=TensorInterface(layout="BD", features=17))).total == 3
 
 
@@ -151,7 +158,7 @@ def test_tampered_artifact_bytes_fail_to_load() -> None:
 
 def test_unknown_artifact_is_reported() -> None:
     with pytest.raises(KernelNotFoundError, match="unknown kernel artifact"):
-        LocalKernelLibrary().load("f" * 64 + "-cpu-eager-" + "0" * 16)
+        LocalKernelLibrary().load(ArtifactId("f" * 64, "cpu", "eager", "0" * 16))
 
 
 def test_library_is_shared_by_copies_and_survives_pickling() -> None:

@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper_contracts import BlueprintIR, CompilationPipeline, TensorInterface, artifact_id
+from esper_contracts import (
+    BlueprintIR,
+    CompilationPipeline,
+    TensorInterface,
+    artifact_id,
+    builtin_blueprints,
+    fixed_function_blueprint,
+)
 from esper_kernels import (
     CompiledKernel,
     KernelFormatError,
@@ -26,11 +33,9 @@ from esper_kernels import (
     KernelManifest,
     WeightsAsInputs,
     build_module,
-    builtin_blueprints,
     check_cpu_isa,
     export_backward,
     export_forward,
-    fixed_function_blueprint,
     load_compiled,
     open_kernel_artifact,
     pack_kernel_artifact,

@@ -5,7 +5,7 @@ A policy reads a :class:`~esper_contracts.SystemStatePacket` at each epoch bound
 serve the same :class:`ControlPolicy` interface over the bus.
 """
 
-from .base import Adaptation, PolicyBase, artifact_name, next_stage, packet_metric
+from .base import Adaptation, PolicyBase, artifact_name, next_stage
 from .baselines import NullPolicy, RandomGerminationPolicy
 from .config import TamiyoConfig
 from .heuristic import HeuristicPolicy, PlateauDetector, unhealthiness
@@ -37,6 +37,5 @@ __all__ = [
     "build_policy",
     "kernel_risk",
     "next_stage",
-    "packet_metric",
     "unhealthiness",
 ]

@@ -6,7 +6,7 @@ Subclasses decide *when* and *where* to germinate and *whether* a seed passes it
 walks the packet, moves seeds through the readiness-driven stages and keeps the books.
 
 The packet's metric is "higher is better": validation accuracy when Tolaria reports one, otherwise
-minus the validation loss.
+minus the validation loss (``SystemStatePacket.validation_metric``, the rule every field report uses).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from esper_contracts import (
     SeedStage,
     SeedTelemetry,
     SystemStatePacket,
+    field_report,
 )
 
 from .config import TamiyoConfig
@@ -60,11 +61,6 @@ def next_stage(stage: SeedStage, trainable: bool | None) -> SeedStage | None:
     if stage is SeedStage.FINE_TUNING:
         return SeedStage.FOSSILIZED
     return _READY_NEXT.get(stage)
-
-
-def packet_metric(packet: SystemStatePacket) -> float:
-    """Validation metric of a packet, higher is better (accuracy if reported, else -loss)."""
-    return packet.val_accuracy if packet.val_accuracy is not None else -packet.val_loss
 
 
 def artifact_name(artifact: CompiledKernelArtifact) -> str:
@@ -111,7 +107,7 @@ class PolicyBase:
         """Steer every live seed, release expired embargoes, then maybe germinate one or more slots."""
         self._epoch = packet.epoch
         self._hardware = packet.hardware
-        metric = packet_metric(packet)
+        metric = packet.validation_metric
         self._observe(packet, metric)
         commands: list[KasminaControlCommand] = []
         dormant: list[SeedTelemetry] = []
@@ -168,7 +164,7 @@ class PolicyBase:
         Tolaria reports the outcome through ``observe_outcomes``.
         """
         if t.stage in (SeedStage.EVALUATING, SeedStage.FINE_TUNING):
-            rec.scores.append(packet_metric(packet))
+            rec.scores.append(packet.validation_metric)
             cfg = self.config
             wanted = cfg.evaluation_epochs if t.stage is SeedStage.EVALUATING else cfg.fine_tuning_epochs
             if rec.boundaries_in_stage < wanted:
@@ -216,7 +212,7 @@ class PolicyBase:
         self, t: SeedTelemetry, rec: Adaptation, packet: SystemStatePacket, outcome: Outcome, reason: str
     ) -> KasminaControlCommand:
         """Fossilize or cull a seed, writing its field report now (the command is legal by construction)."""
-        self._report(rec, packet_metric(packet), outcome, packet)
+        self._report(rec, packet.validation_metric, outcome, packet)
         if outcome is Outcome.FOSSILIZED:
             return self._advance(t, SeedStage.FOSSILIZED, reason)
         return KasminaControlCommand(
@@ -238,25 +234,17 @@ class PolicyBase:
         eval_metrics = {"baseline": rec.baseline}
         if packet is not None:
             eval_metrics["val_loss"] = packet.val_loss
-        self._reports.append(
-            FieldReport(
-                blueprint_id=rec.blueprint_id,
-                kernel_artifact_id=rec.kernel_id,
-                seed_id=rec.seed_id,
-                run_id=packet.run_id if packet is not None else None,
-                pre_metric=rec.baseline,
-                post_metric=post,
-                outcome=outcome,
-                epochs_active=max(0, self._epoch - rec.germinated_epoch),
-                eval_metrics=eval_metrics,
-            )
-        )
+        self._reports.append(field_report(
+            seed_id=rec.seed_id, outcome=outcome, blueprint_id=rec.blueprint_id, kernel_artifact_id=rec.kernel_id,
+            run_id=packet.run_id if packet is not None else None, pre_metric=rec.baseline, post_metric=post,
+            epoch=self._epoch, germinated_epoch=rec.germinated_epoch, eval_metrics=eval_metrics,
+        ))
 
     def _forget(self, t: SeedTelemetry, packet: SystemStatePacket) -> None:
         """Close the books on a seed that left the active stages without a command from this policy."""
         outcome = {SeedStage.FOSSILIZED: Outcome.FOSSILIZED, SeedStage.ROLLED_BACK: Outcome.ROLLED_BACK,
                    SeedStage.CANCELLED: Outcome.CANCELLED}.get(t.stage, Outcome.CULLED)
-        self._report(self._live[t.seed_id], packet_metric(packet), outcome, packet)
+        self._report(self._live[t.seed_id], packet.validation_metric, outcome, packet)
 
     def _release(self, t: SeedTelemetry) -> list[KasminaControlCommand]:
         """Return a culled or cancelled slot to DORMANT once its embargo is over."""

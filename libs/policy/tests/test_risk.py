@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper_contracts import UrabraskValidationReport
+from esper_contracts import ArtifactId, UrabraskValidationReport
 from esper_policy import kernel_risk
 
-ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+ART = ArtifactId("a" * 64, "cpu", "eager", "b" * 12)
 
 
 def report(passed: bool = True, drift: float = 0.0, cv: float = 0.0) -> UrabraskValidationReport:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface
-from esper_kernels import UrzaKernelSource, builtin_blueprints
+from esper_contracts import BlueprintIR, CompilationPipeline, KernelStatus, TensorInterface, builtin_blueprints
+from esper_kernels import UrzaKernelSource
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -19,6 +19,7 @@ from esper.kasmina import collect_telemetry, drain_events, kasmina_layers, wait_
 from esper.kasmina.telemetry import EventKind
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
 from esper_contracts import (
+    ArtifactId,
     BlueprintIR,
     CompilationPipeline,
     CompiledKernelArtifact,
@@ -26,13 +27,13 @@ from esper_contracts import (
     KernelStatus,
     SeedStage,
     TensorInterface,
+    builtin_blueprints,
 )
 from esper_kernels import (
     CompiledKernel,
     KernelIntegrityError,
     KernelNotFoundError,
     UrzaKernelSource,
-    builtin_blueprints,
     open_kernel_artifact,
     reference_module,
 )
@@ -62,10 +63,8 @@ def store(client: UrzaClient, ir: BlueprintIR, shape: list[int]) -> str:
     out = compile_artifact(ir, CompilationPipeline.FAST, "cpu", shape)
     client.submit_blueprint(ir)
     client.put_binary(out.artifact_id, out.blob, out.sha256)
-    _h, hardware, pipeline, toolchain = out.artifact_id.rsplit("-", 3)
-    client.post_compilation(CompiledKernelArtifact(
-        artifact_id=out.artifact_id, blueprint_id=ir.ir_hash(), hardware=hardware, toolchain_hash=toolchain,
-        pipeline=CompilationPipeline(pipeline), status=KernelStatus.COMPILED, input_shape=shape, sha256=out.sha256,
+    client.post_compilation(CompiledKernelArtifact.for_id(
+        out.artifact_id, status=KernelStatus.COMPILED, input_shape=shape, sha256=out.sha256,
         size_bytes=len(out.blob), compile_time_s=1.0))
     return out.artifact_id
 
@@ -137,7 +136,7 @@ def test_unknown_or_unbuilt_kernels_raise_not_found(source: UrzaKernelSource) ->
     ir = bottleneck(16)
     source.client.submit_blueprint(ir)
     with pytest.raises(KernelNotFoundError):
-        source.load(f"{ir.ir_hash()}-cpu-fast-0123456789abcdef")
+        source.load(ArtifactId(ir.ir_hash(), "cpu", "fast", "0123456789abcdef"))
 
 
 def test_the_loaded_cache_stays_within_its_megabytes(urza_http: TestClient) -> None:
@@ -197,7 +196,7 @@ def test_a_kernel_that_cannot_be_loaded_culls_its_seed(source: UrzaKernelSource)
     source.client.submit_blueprint(ir)
     model = wrap(mlp(), fast_config(), source)
     d = Driver(model, torch.randn(16, 8))
-    d.to_stage("0", 0, f"{ir.ir_hash()}-cpu-fast-0123456789abcdef", S.LOADING)
+    d.to_stage("0", 0, ArtifactId(ir.ir_hash(), "cpu", "fast", "0123456789abcdef"), S.LOADING)
     wait_for_loads(model)
     tel: list[Any] = collect_telemetry(model, d.epoch)
     assert tel[0].stage is S.CULLED and tel[0].error_count == 1

@@ -27,8 +27,8 @@ from esper.kasmina import (
 )
 from esper.kasmina.lifecycle import MODULE_STAGES
 from esper.kasmina.testing import SUCCESS_PATH, Driver, advance, cmd, fast_config, kernel_for, mlp, train_steps
-from esper_contracts import LEGAL_TRANSITIONS, CommandType, CompiledKernelArtifact, SeedStage
-from esper_kernels import KernelSource, LocalKernelLibrary, fixed_function_blueprint
+from esper_contracts import LEGAL_TRANSITIONS, CommandType, CompiledKernelArtifact, SeedStage, fixed_function_blueprint
+from esper_kernels import KernelSource, LocalKernelLibrary
 
 S = SeedStage
 BROKEN = "broken-kernel"

@@ -25,8 +25,9 @@ from esper_contracts import (
     OpType,
     SeedStage,
     TensorInterface,
+    builtin_blueprints,
 )
-from esper_kernels import CompiledKernel, builtin_blueprints
+from esper_kernels import CompiledKernel
 
 BD16 = TensorInterface(layout="BD", features=16)  # layer "0" of the test MLP has 16 output features
 

@@ -241,7 +241,7 @@ class NarsetHost:
             commands.setdefault(c.layer_id, []).append(c)
         with self._cond:
             rejected, self._rejected = self._rejected, {}
-        metric = packet.val_accuracy if packet.val_accuracy is not None else -packet.val_loss
+        metric = packet.validation_metric
         return Boundary(window=packet.epoch, epoch=packet.epoch, run_id=packet.run_id, trend=trend, metric=metric,
                         seeds=seeds, commands=commands, rejected_proposals=rejected)
 

@@ -35,6 +35,7 @@ from esper_contracts import (
     SeedStage,
     SeedTelemetry,
     StrategicOpportunityProposal,
+    field_report,
 )
 
 from .allocator import Allocator, AllocatorConfig, growth_permitted, pressures
@@ -206,13 +207,13 @@ class NarsetWorker:
         decision = self.allocator.step(region_id, allocator_inputs(seeds, b.trend), b.window, pool)
         out.decisions.append(decision)
 
-        dormant = {t.seed_id for t in seeds if t.stage is SeedStage.DORMANT}
+        dormant: set[str] = {t.seed_id for t in seeds if t.stage is SeedStage.DORMANT}
         # A GERMINATE and every later command for the same seed form a bundle paid for together: moving a
         # seed to LOADING only makes sense once its germination has been bought. Everything else is free,
         # since it moves or ends an adaptation that was already paid for.
         bundles: dict[str, list[KasminaControlCommand]] = {}
         for cmd in b.commands.get(region_id, ()):
-            seed_id = _seed_id(cmd)
+            seed_id: str = cmd.seed_id
             if seed_id in bundles:
                 bundles[seed_id].append(cmd)
             elif cmd.command is CommandType.GERMINATE:
@@ -237,7 +238,7 @@ class NarsetWorker:
         smoothed = decision.smoothed_inputs
         need, _ = pressures(smoothed.progress, smoothed.stability, smoothed.efficiency, self.allocator.config)
         for w in queue:
-            seed_id = _seed_id(w.command)
+            seed_id = w.command.seed_id
             price = self._price(w.command, geometry)
             if growth_permitted(decision.x_T, self.allocator.config) and ledger.try_spend(region_id, price):
                 self.waiting.pop(seed_id, None)
@@ -279,8 +280,8 @@ class NarsetWorker:
             region_id=region_id,
             epoch=b.epoch,
             opportunity=(f"{region_id} needs repair (need {need:.2f}); Tamiyo chose to germinate "
-                         f"{_seed_id(cmd)} but the region's allocation is {short:.3f} ATP short of its price"),
-            plan=[f"GERMINATE {_seed_id(cmd)} with kernel {cmd.kernel_artifact_id}", "graft with a staged alpha ramp"],
+                         f"{cmd.seed_id} but the region's allocation is {short:.3f} ATP short of its price"),
+            plan=[f"GERMINATE {cmd.seed_id} with kernel {cmd.kernel_artifact_id}", "graft with a staged alpha ramp"],
             ask=short * self.config.proposal_margin,
             expected_roi=max(0.01, need),
             mitigations=["alpha ramps from 0, so the host is untouched until grafting",
@@ -308,20 +309,8 @@ class NarsetWorker:
                                     int(w["since_window"]), w["proposal_id"]) for s, w in state["waiting"].items()}
 
 
-def _seed_id(cmd: KasminaControlCommand) -> str:
-    return f"{cmd.layer_id}[{cmd.seed_index}]"
-
-
 def _cancelled(cmd: KasminaControlCommand, b: Boundary) -> FieldReport:
     """The report that tells Tamiyo a germination it decided never happened."""
-    return FieldReport(
-        blueprint_id=cmd.blueprint_id or cmd.kernel_artifact_id or "unknown",
-        kernel_artifact_id=cmd.kernel_artifact_id,
-        seed_id=_seed_id(cmd),
-        run_id=b.run_id,
-        pre_metric=b.metric,
-        post_metric=b.metric,
-        outcome=Outcome.CANCELLED,
-        epochs_active=0,
-        eval_metrics={},
-    )
+    return field_report(seed_id=cmd.seed_id, outcome=Outcome.CANCELLED, blueprint_id=cmd.blueprint_id,
+                        kernel_artifact_id=cmd.kernel_artifact_id, run_id=b.run_id, pre_metric=b.metric,
+                        post_metric=b.metric, epoch=b.epoch, germinated_epoch=None)

@@ -6,6 +6,7 @@ import pytest
 
 from esper_contracts import (
     AllocationCommand,
+    ArtifactId,
     CommandType,
     KasminaControlCommand,
     Outcome,
@@ -17,7 +18,7 @@ from esper_narset_worker.pricing import SlotGeometry, adaptation_cost, kernel_ri
 from esper_narset_worker.summary import allocator_inputs, loss_trend, summarize_region
 from esper_narset_worker.worker import Boundary, BudgetLedger, NarsetWorker, WorkerConfig
 
-ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+ART = ArtifactId("a" * 64, "cpu", "eager", "b" * 12)
 
 
 def geometry() -> SlotGeometry:

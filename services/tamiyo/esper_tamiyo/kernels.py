@@ -14,7 +14,14 @@ from pathlib import Path
 
 import httpx
 
-from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult
+from esper_contracts import (
+    BlueprintClass,
+    BlueprintRecord,
+    CompiledKernelArtifact,
+    KernelQuery,
+    KernelQueryResult,
+    TensorInterface,
+)
 from esper_policy import KernelSelector, kernel_risk
 from esper_urza_client import UrzaClient, UrzaError
 
@@ -59,30 +66,23 @@ class UrzaKernels:
 
 
 class FileKernels:
-    """A fixed catalogue: a JSON list of CompiledKernelArtifact, filtered like Urza would."""
+    """A fixed catalogue: a JSON list of BlueprintRecords, each a blueprint's IR and its compiled artifacts.
+
+    The records are those Urza serves (``GET /api/v1/blueprints/{id}``): the IR gives each artifact the
+    class and interface a query filters on, so the file answers with Urza's rule (``KernelQuery.matches``).
+    """
 
     def __init__(self, path: str | Path) -> None:
         data = json.loads(Path(path).read_text())
-        self.artifacts = [CompiledKernelArtifact.model_validate(a) for a in data]
+        records = [BlueprintRecord.model_validate(r) for r in data]
+        self.entries: list[tuple[CompiledKernelArtifact, BlueprintClass, TensorInterface]] = [
+            (a, r.ir.blueprint_class, r.ir.input) for r in records for a in r.artifacts
+        ]
 
     def query(self, query: KernelQuery) -> KernelQueryResult:
-        """Artifacts matching status, tags, pipeline and interface features, in file order."""
-        found = [a for a in self.artifacts if _matches(a, query)]
+        """The artifacts matching ``query``, in file order."""
+        found = [a for a, cls, iface in self.entries if query.matches(a, blueprint_class=cls, interface=iface)]
         return KernelQueryResult(artifacts=found[: query.limit], total=len(found))
-
-
-def _matches(a: CompiledKernelArtifact, q: KernelQuery) -> bool:
-    tags = set(a.tags)
-    if q.status is not None and a.status is not q.status:
-        return False
-    if q.hardware is not None and a.hardware != q.hardware:
-        return False
-    if q.pipeline is not None and a.pipeline is not q.pipeline:
-        return False
-    if not set(q.tags_required) <= tags or tags & set(q.tags_excluded):
-        return False
-    # A file catalogue only knows the flattened input shape: its last entry is the feature size.
-    return q.interface is None or a.input_shape[-1] == q.interface.features
 
 
 class NoKernels:

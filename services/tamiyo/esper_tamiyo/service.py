@@ -43,7 +43,8 @@ class TamiyoSettings(ServiceSettings):
     policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
     urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
     urza_token: str | None = Field(default=None, description="Urza's bearer token (ESPER_URZA_TOKEN, from a Secret)")
-    kernels_file: Path | None = Field(default=None, description="A JSON list of kernel artifacts (instead of Urza)")
+    kernels_file: Path | None = Field(default=None, description="A JSON list of Urza's BlueprintRecords, each "
+                                      "with its compiled artifacts (instead of Urza)")
     allocator_pool: float = Field(default=1.5, gt=0, description="Energy per region for Narset's allocator")
     emergency_tranche_fraction: float = Field(default=0.5, gt=0, le=1)
     ring_radius: int = Field(default=1, ge=0, description="Embargo ring: neighbouring regions on each side")

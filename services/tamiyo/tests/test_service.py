@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from esper_contracts import (
+    ArtifactId,
     CompiledKernelArtifact,
     KernelQuery,
     KernelQueryResult,
@@ -27,7 +28,7 @@ from esper_contracts import (
 from esper_oona import connect
 from esper_tamiyo.service import create_service
 
-ART = "a" * 64 + "-cpu-eager-" + "b" * 12
+ART = ArtifactId("a" * 64, "cpu", "eager", "b" * 12)
 
 
 class OneKernel:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from esper_contracts import BlueprintIR, CompilationPipeline, artifact_id
+from esper_contracts import ArtifactId, BlueprintIR, CompilationPipeline, artifact_id
 from esper_contracts.ir_shapes import DYNAMIC_AXES, FEATURE_AXIS
 from esper_kernels import (
     AOTI_PIPELINES,
@@ -183,7 +183,7 @@ PIPELINES: dict[CompilationPipeline,
 
 
 def plan_artifact_id(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: str, input_shape: list[int],
-                     device: str) -> str:
+                     device: str) -> ArtifactId:
     """The id the artifact will have, known before compiling (the id is deterministic)."""
     if pipeline is CompilationPipeline.EAGER:
         return artifact_id(ir.ir_hash(), hardware, pipeline, eager_toolchain_hash())
@@ -218,7 +218,7 @@ def compile_artifact(ir: BlueprintIR, pipeline: CompilationPipeline, hardware: s
     elapsed = time.perf_counter() - t0
     manifest = KernelManifest(
         artifact_id=aid, blueprint_id=ir.ir_hash(), pipeline=pipeline, hardware=hardware,
-        toolchain_hash=aid.rsplit("-", 1)[1], device="cuda" if device == "cuda" else "cpu",
+        toolchain_hash=aid.toolchain_hash, device="cuda" if device == "cuda" else "cpu",
         cpu_isa=cpu_isa,
         compute_capability="{}.{}".format(*torch.cuda.get_device_capability()) if device == "cuda" else "",
         input_shape=list(input_shape), dynamic_axes=dynamic, torch_version=torch.__version__, ir=ir,

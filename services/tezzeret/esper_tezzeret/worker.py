@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from esper_contracts import CompilationJob, CompiledKernelArtifact, Envelope, KernelStatus, Topic
+from esper_contracts import ArtifactId, CompilationJob, CompiledKernelArtifact, Envelope, KernelStatus, Topic
 from esper_kernels import KernelNotFoundError
 from esper_urza_client import BinaryConflictError, UrzaClient
 
@@ -145,11 +145,10 @@ class CompileWorker:
     def _result(self, job: CompilationJob, aid: str, status: KernelStatus, *, sha256: str | None = None,
                 compile_time_s: float | None = None, size_bytes: int | None = None,
                 error: str | None = None) -> CompiledKernelArtifact:
-        _ir_hash, _hw, _pipeline, toolchain = aid.rsplit("-", 3)
         return CompiledKernelArtifact(
             artifact_id=aid, blueprint_id=job.blueprint_id, hardware=self.hardware, pipeline=job.pipeline,
-            toolchain_hash=toolchain, status=status, input_shape=job.input_shape, sha256=sha256,
-            size_bytes=size_bytes, compile_time_s=compile_time_s,
+            toolchain_hash=ArtifactId.parse(aid).toolchain_hash, status=status, input_shape=job.input_shape,
+            sha256=sha256, size_bytes=size_bytes, compile_time_s=compile_time_s,
             error=error[-_MAX_ERROR:] if error else None,
         )
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from esper_contracts import BlueprintIR, KernelStatus, TensorInterface
-from esper_kernels import KernelNotFoundError, builtin_blueprints
+from esper_contracts import BlueprintIR, KernelStatus, TensorInterface, builtin_blueprints
+from esper_kernels import KernelNotFoundError
 from esper_oona import Bus, connect
 from esper_oona.testing import Collector, wait_for
 from esper_urza_client import UrzaClient

@@ -20,14 +20,9 @@ from esper_contracts import (
     KernelStatus,
     OpType,
     TensorInterface,
-)
-from esper_kernels import (
-    KernelNotFoundError,
     builtin_blueprints,
-    open_kernel_artifact,
-    pack_kernel_artifact,
-    sha256_hex,
 )
+from esper_kernels import KernelNotFoundError, open_kernel_artifact, pack_kernel_artifact, sha256_hex
 from esper_oona import Bus, connect
 from esper_oona.testing import wait_for
 from esper_tezzeret.pipelines import compile_artifact
@@ -109,11 +104,9 @@ class Kit:
         """Submit the blueprint, upload the bytes and report COMPILED (Urza then queues the ValidationJob)."""
         urza.submit_blueprint(ir)
         urza.put_binary(aid, blob, sha)
-        _ir_hash, hardware, pipeline, toolchain = aid.rsplit("-", 3)
-        urza.post_compilation(CompiledKernelArtifact(
-            artifact_id=aid, blueprint_id=ir.ir_hash(), hardware=hardware, pipeline=CompilationPipeline(pipeline),
-            toolchain_hash=toolchain, status=KernelStatus.COMPILED, input_shape=shape or [8, ir.input.features],
-            sha256=sha, size_bytes=len(blob), compile_time_s=0.5))
+        urza.post_compilation(CompiledKernelArtifact.for_id(
+            aid, status=KernelStatus.COMPILED, input_shape=shape or [8, ir.input.features], sha256=sha,
+            size_bytes=len(blob), compile_time_s=0.5))
 
 
 @pytest.fixture

@@ -25,10 +25,8 @@ from esper_urabrask.profiler import PeakMemory, ProfileSettings, measure_latency
 
 
 def record(aid: str, blob: bytes, sha: str, shape: list[int]) -> CompiledKernelArtifact:
-    ir_hash, hardware, pipeline, toolchain = aid.rsplit("-", 3)
-    return CompiledKernelArtifact(artifact_id=aid, blueprint_id=ir_hash, hardware=hardware,
-                                  pipeline=CompilationPipeline(pipeline), toolchain_hash=toolchain,
-                                  status=KernelStatus.VALIDATING, input_shape=shape, sha256=sha, size_bytes=len(blob))
+    return CompiledKernelArtifact.for_id(aid, status=KernelStatus.VALIDATING, input_shape=shape, sha256=sha,
+                                         size_bytes=len(blob))
 
 
 def test_latency_of_a_known_duration_is_measured_and_consistent() -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import IO, Any
 
 from sqlalchemy import Connection
 
-from esper_contracts import ARTIFACT_ID_PATTERN, CompiledKernelArtifact, KernelStatus, Topic, UrabraskValidationReport
-from esper_contracts import artifact_id as make_artifact_id
+from esper_contracts import ArtifactId, CompiledKernelArtifact, KernelStatus, Topic, UrabraskValidationReport
 from esper_storage import BlobConflictError, content_key, sha256_hex
 
 from .context import UrzaContext
@@ -74,14 +72,14 @@ class Ledger:
         The bytes must hash to ``claimed_sha256`` (BadRequest otherwise); an artifact is immutable, so other
         bytes for an artifact that already has some raise Conflict.
         """
-        self._check_id(artifact_id)
+        blueprint_id = self._parse_id(artifact_id).blueprint_id
         actual = sha256_hex(data)
         if claimed_sha256 != actual:
             raise BadRequest(f"X-Content-SHA256 is {claimed_sha256} but the body's sha256 is {actual} "
                              f"({len(data)} bytes); the upload was corrupted or the header is wrong")
         with self.ctx.db.read() as conn:
-            if blueprint_rows.blueprint_row(conn, artifact_id[:64]) is None:
-                raise NotFound(f"artifact {artifact_id!r} belongs to blueprint {artifact_id[:64]!r}, which is unknown")
+            if blueprint_rows.blueprint_row(conn, blueprint_id) is None:
+                raise NotFound(f"artifact {artifact_id!r} belongs to blueprint {blueprint_id!r}, which is unknown")
             existing = rows.binary_row(conn, artifact_id)
         if existing is not None:
             return self._same_binary(existing, actual), False
@@ -126,7 +124,7 @@ class Ledger:
             raise BadRequest(f"a compilation result carries one of {sorted(s.value for s in COMPILATION_STATUSES)}, "
                              f"not {art.status.value}; validation outcomes come from validation reports")
         try:
-            expected = make_artifact_id(art.blueprint_id, art.hardware, art.pipeline, art.toolchain_hash)
+            expected = ArtifactId(art.blueprint_id, art.hardware, art.pipeline, art.toolchain_hash)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         if art.artifact_id != expected:
@@ -298,7 +296,8 @@ class Ledger:
         raise Conflict(f"artifact {artifact_id}: lost {_ATTEMPTS} races with concurrent writers; retry")
 
     @staticmethod
-    def _check_id(artifact_id: str) -> None:
-        if not re.match(ARTIFACT_ID_PATTERN, artifact_id):
-            raise BadRequest(f"malformed artifact id {artifact_id!r}: expected <ir-hash>-<hardware>-<pipeline>-"
-                             f"<toolchain-hash> ({ARTIFACT_ID_PATTERN})")
+    def _parse_id(artifact_id: str) -> ArtifactId:
+        try:
+            return ArtifactId.parse(artifact_id)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from esper_contracts import BlueprintIR, TensorInterface
+from esper_contracts import ArtifactId, BlueprintIR, TensorInterface, family
 from esper_oona import Bus, connect
 from esper_oona.testing import Collector
-from esper_urza.library import residual_mlp
 from esper_urza.service import UrzaService, create_service
 
 TOOLCHAIN = "ab12cd34ef56"
@@ -66,8 +65,9 @@ class UrzaKit:
 
     @staticmethod
     def make_ir(features: int = 32, layout: str = "BD", **changes: Any) -> BlueprintIR:
-        """A valid residual MLP blueprint; ``changes`` override top-level IR fields."""
-        ir = residual_mlp(TensorInterface(layout=layout, features=features))  # type: ignore[arg-type]
+        """A valid residual MLP blueprint (hidden width 2 x features); ``changes`` override top-level IR fields."""
+        iface = TensorInterface(layout=layout, features=features)  # type: ignore[arg-type]
+        ir = family("residual_mlp").blueprint(iface, origin="library", expansion=2)
         return ir.model_copy(update=changes) if changes else ir
 
     @staticmethod
@@ -86,7 +86,7 @@ class UrzaKit:
     def artifact_id(blueprint_id: str, pipeline: str = "fast", hardware: str = "cpu",
                     toolchain: str = TOOLCHAIN) -> str:
         """``<ir-hash>-<hardware>-<pipeline>-<toolchain>``."""
-        return f"{blueprint_id}-{hardware}-{pipeline}-{toolchain}"
+        return ArtifactId(blueprint_id, hardware, pipeline, toolchain)
 
     @classmethod
     def result(cls, blueprint_id: str, data: bytes = b"kernel", *, pipeline: str = "fast", hardware: str = "cpu",
@@ -124,8 +124,9 @@ class UrzaKit:
     def report(self, artifact_id: str, *, passed: bool = True, latency: float = 1.0, memory: float = 10.0,
                tags: list[str] | None = None, **extra: Any) -> dict[str, Any]:
         """An UrabraskValidationReport body."""
-        body: dict[str, Any] = {"artifact_id": artifact_id, "hardware": artifact_id.split("-")[1], "passed": passed,
-                                "latency_ms_mean": latency, "memory_mb_peak": memory, "tags": tags or []}
+        body: dict[str, Any] = {"artifact_id": artifact_id, "hardware": ArtifactId.parse(artifact_id).hardware,
+                                "passed": passed, "latency_ms_mean": latency, "memory_mb_peak": memory,
+                                "tags": tags or []}
         if not passed:
             body["rejection_reason"] = "numerical drift 3e-2 over tolerance 1e-4"
         body.update(extra)

@@ -95,7 +95,7 @@ def test_compiled_result_queues_validation_and_moves_to_validating(client: TestC
     assert artifact["status"] == "VALIDATING"
     assert artifact["sha256"] == hashlib.sha256(b"kernel-bytes").hexdigest()
     assert artifact["blob_uri"].startswith("file://")
-    assert artifact["tags"] == ["residual_mlp", "residual", "capacity", "library"]  # design tags come first
+    assert artifact["tags"] == ["residual_mlp", "library", "residual", "mlp", "capacity"]  # design tags come first
     (job,) = jobs.wait_for(1)
     assert (job.artifact_id, job.blueprint_id, job.hardware) == (artifact["artifact_id"], bid, "cpu")
     again = kit.post_result(kit.result(bid, b"kernel-bytes"))

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from esper_contracts import TensorInterface
-from esper_urza.library import attention_head, depthwise_conv_block, low_rank_adapter
+from esper_contracts import ArtifactId, TensorInterface, family
 from esper_urza.store.models import artifact_tags, artifacts, blueprints
 
 
@@ -19,8 +18,9 @@ from esper_urza.store.models import artifact_tags, artifacts, blueprints
 def population(client: TestClient, kit: Any) -> dict[str, str]:
     """Six artifacts over three blueprints, in various states, with known figures and tags."""
     mlp = kit.submit(kit.make_ir(features=32))
-    lora = kit.submit(low_rank_adapter(TensorInterface(layout="BD", features=32), rank=4))
-    conv = kit.submit(depthwise_conv_block(TensorInterface(layout="BCHW", features=16)))
+    lora = kit.submit(family("low_rank_adapter").blueprint(TensorInterface(layout="BD", features=32), origin="test",
+                                                           rank=4))
+    conv = kit.submit(family("depthwise_conv").blueprint(TensorInterface(layout="BCHW", features=16), origin="test"))
     names: dict[str, str] = {}
 
     def make(name: str, blueprint: str, pipeline: str, hardware: str = "cpu", latency: float | None = None,
@@ -111,7 +111,8 @@ def _fill(urza: Any, n_blueprints: int = 1000, per_blueprint: int = 5) -> None:
     bp_rows, art_rows, tag_rows = [], [], []
     for i in range(n_blueprints):
         features = rng.choice([32, 64, 128, 256])
-        ir = attention_head(TensorInterface(layout="BTD", features=features), heads=rng.choice([1, 2, 4, 8]))
+        ir = family("attention_head").blueprint(TensorInterface(layout="BTD", features=features), origin="test",
+                                                heads=rng.choice([1, 2, 4, 8]))
         ir = ir.model_copy(update={"name": f"bulk-{i}", "nodes": [*ir.nodes]})
         bid = f"{i:064x}"
         layout = rng.choice(["BD", "BTD", "BCHW"])
@@ -123,7 +124,7 @@ def _fill(urza: Any, n_blueprints: int = 1000, per_blueprint: int = 5) -> None:
         for j in range(per_blueprint):
             hardware = ["cpu", "h100", "a100", "cpu", "h100"][j]
             pipeline = ["fast", "standard", "fast", "aggressive", "standard"][j]
-            aid = f"{bid}-{hardware}-{pipeline}-{j:012x}"
+            aid = ArtifactId(bid, hardware, pipeline, f"{j:012x}")
             tags = rng.sample(_TAGS, k=rng.randint(1, 3))
             status = rng.choice(_STATUSES)
             measured = status in ("VALIDATED", "REJECTED")

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from esper_contracts import BlueprintClass
-from esper_urza.library import library_blueprints, low_rank_adapter
+from esper_contracts import BlueprintClass, TensorInterface, family
+from esper_urza.library import library_blueprints
 from esper_urza.shapes import check_blueprint
 
 
@@ -19,7 +19,7 @@ def test_library_has_10_to_20_valid_distinct_blueprints() -> None:
     for ir in irs:
         assert ir.input == ir.output, ir.name  # a seed stands in for the activation it receives
         assert check_blueprint(ir).parameter_count > 0, ir.name
-        assert ir.tags[-1] == "library", ir.name
+        assert ir.tags[1] == "library", ir.name  # [family, origin, ...]
     assert len({ir.tags[0] for ir in irs}) >= 8  # the first tag names the family, as Tamiyo displays it
 
 
@@ -34,10 +34,9 @@ def test_library_covers_every_family_and_interface() -> None:
 
 
 def test_builders_are_parameterised_by_features() -> None:
-    from esper_contracts import TensorInterface
-
-    small = low_rank_adapter(TensorInterface(layout="BD", features=16), rank=2)
-    large = low_rank_adapter(TensorInterface(layout="BD", features=512), rank=2)
+    lora = family("low_rank_adapter")
+    small = lora.blueprint(TensorInterface(layout="BD", features=16), origin="library", rank=2)
+    large = lora.blueprint(TensorInterface(layout="BD", features=512), origin="library", rank=2)
     assert check_blueprint(small).parameter_count == 2 * 16 * 2
     assert check_blueprint(large).parameter_count == 2 * 512 * 2
     assert small.ir_hash() != large.ir_hash()

@@ -22,12 +22,12 @@ from .model import (
     wrap,
 )
 from .state import StateField
-from .telemetry import EventKind, SeedEvent, SeedTransition, seed_id
+from .telemetry import EventKind, SeedEvent, SeedTransition
 
 __all__ = [
     "ChunkLayout", "EventKind", "GraftedModule", "KasminaConfig", "KasminaLayer", "SeedEvent", "SeedFacts",
     "SeedTransition", "StateField", "alpha_at", "apply_commands", "begin_boundary", "blend", "chunk_bounds",
     "collect_telemetry", "drain_events", "drain_transitions", "host_parameter_count", "kasmina_layers",
-    "reconstruction_loss", "resolve_command", "seed_id", "seed_parameter_count", "seed_parameters", "seed_stages",
+    "reconstruction_loss", "resolve_command", "seed_parameter_count", "seed_parameters", "seed_stages",
     "unwrap", "wait_for_loads", "wrap",
 ]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedStage, SeedTelemetry
+from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedId, SeedStage, SeedTelemetry, blueprint_id_of
 from esper_kernels import KernelSource
 
 from .blending import STRATEGIES, ChunkLayout, alpha_at, blend, chunk_bounds
@@ -40,7 +40,7 @@ from .grafted import GraftedModule, HostAttributeFallback
 from .lifecycle import MODULE_STAGES, TRAINED_STAGES, SeedFacts, resolve_command
 from .loader import build_kernel, submit_load
 from .state import SeedStateTable, StateField
-from .telemetry import EventKind, HealthAccumulator, SeedEvent, SeedTransition, finite, recon_estimate, seed_id
+from .telemetry import EventKind, HealthAccumulator, SeedEvent, SeedTransition, finite, recon_estimate
 
 _RELEASE_STAGES = frozenset({SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.ROLLED_BACK, SeedStage.DORMANT})
 #: Stages a failed kernel is culled from at the next boundary (a FOSSILIZED seed is permanent: it stays the
@@ -177,7 +177,7 @@ class KasminaLayer(HostAttributeFallback):
         """Apply one lifecycle command at boundary ``epoch``; returns None, or why it was refused."""
         self.begin_boundary(epoch)
         i = cmd.seed_index
-        where = seed_id(self.layer_id, i)
+        where = SeedId(self.layer_id, i)
         if i >= self.seed_state.n:
             return f"{where}: no such seed; layer {self.layer_id!r} has {self.seed_state.n} seed(s)"
         facts = self._facts(i)
@@ -404,7 +404,7 @@ class KasminaLayer(HostAttributeFallback):
                 gradient_norm=finite(st.get(StateField.GRAD_NORM, i), 0.0),
                 activation_sparsity=finite(st.get(StateField.SPARSITY, i), 0.0, 1.0),
                 is_ready_for_transition=bool(st.get(StateField.READY, i)),
-                kernel_artifact_id=kernel, blueprint_id=kernel[:64] if kernel else None,
+                kernel_artifact_id=kernel, blueprint_id=blueprint_id_of(kernel),
                 execution_latency_us=finite(st.get(StateField.LATENCY_US_SUM, i) / lat_n, 0.0) if lat_n else 0.0,
                 error_count=int(st.get(StateField.ERROR_COUNT, i)),
                 embargo_until_epoch=embargo if stage is SeedStage.CULLED and embargo >= 0 else None,
@@ -485,7 +485,7 @@ class KasminaLayer(HostAttributeFallback):
         for i in state["attached"]:
             kernel = self.kernel_id(i)
             if kernel is None:
-                raise ValueError(f"{seed_id(self.layer_id, i)}: checkpoint has a seed module but no kernel id")
+                raise ValueError(f"{SeedId(self.layer_id, i)}: checkpoint has a seed module but no kernel id")
             self.kernels.register_interface(self.chunks.interface(i))
             module = build_kernel(self.kernels, kernel, device, dtype)
             module.train(self.training)

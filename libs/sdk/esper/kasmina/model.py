@@ -149,13 +149,13 @@ def apply_commands(model: nn.Module, commands: list[KasminaControlCommand], epoc
     for cmd in commands:
         target = layers.get(cmd.layer_id)
         if target is None:
-            errors.append(f"{cmd.layer_id}[{cmd.seed_index}]: {cmd.command.value} refused: unknown slot "
+            errors.append(f"{cmd.seed_id}: {cmd.command.value} refused: unknown slot "
                           f"{cmd.layer_id!r}")
             continue
         try:
             error = target.apply_command(cmd, epoch)
         except Exception as exc:  # a bug must not take the training run down with it
-            error = f"{cmd.layer_id}[{cmd.seed_index}]: {cmd.command.value} failed: {type(exc).__name__}: {exc}"
+            error = f"{cmd.seed_id}: {cmd.command.value} failed: {type(exc).__name__}: {exc}"
         if error:
             errors.append(error)
     return errors

@@ -24,17 +24,12 @@ from enum import StrEnum
 import numpy as np
 import torch
 
-from esper_contracts import SeedStage
+from esper_contracts import SeedId, SeedStage
 
 from .blending import ChunkLayout
 
 _CORR_UNITS = 16
 RECON_DECAY = 0.9
-
-
-def seed_id(layer_id: str, seed_index: int) -> str:
-    """The readable id of a seed, ``<layer path>[<index>]`` (the format of ``SeedTelemetry.seed_id``)."""
-    return f"{layer_id}[{seed_index}]"
 
 
 class EventKind(StrEnum):
@@ -60,7 +55,7 @@ class SeedEvent:
     @property
     def seed_id(self) -> str:
         """``<layer path>[<index>]``."""
-        return seed_id(self.slot, self.seed_index)
+        return SeedId(self.slot, self.seed_index)
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,7 @@ class SeedTransition:
     @property
     def seed_id(self) -> str:
         """``<layer path>[<index>]``."""
-        return seed_id(self.layer_id, self.seed_index)
+        return SeedId(self.layer_id, self.seed_index)
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,12 @@ from esper_contracts import (
     FieldReport,
     KasminaControlCommand,
     Outcome,
+    SeedId,
     SeedStage,
     SystemStatePacket,
+    blueprint_id_of,
+    field_report,
+    validation_metric,
 )
 from esper_kernels import local_hardware
 from esper_policy import ControlPolicy
@@ -62,7 +66,6 @@ from ..kasmina import (
     host_parameter_count,
     kasmina_layers,
     reconstruction_loss,
-    seed_id,
     seed_parameter_count,
     seed_parameters,
     seed_stages,
@@ -372,7 +375,7 @@ class TolariaTrainer:
         name = self.blueprint_names(kernel) if kernel else None
         metric_view = {k: metrics.get(k) for k in ("val_loss", "val_accuracy", "train_loss")}
         self.lineage.record(seed_id=sid, layer_id=move.layer_id, seed_index=move.seed_index, old=old, new=new,
-                            epoch=epoch, metrics=metric_view, blueprint_id=kernel[:64] if kernel else None,
+                            epoch=epoch, metrics=metric_view, blueprint_id=blueprint_id_of(kernel),
                             blueprint_name=name, kernel_artifact_id=kernel, reason=reason)
         self._event(epoch, "transition", seed=sid, old=old, new=new, blueprint=name, kernel=kernel, reason=reason)
         shown = f"  {name}" if move.new is SeedStage.GERMINATED and name else ""
@@ -384,15 +387,14 @@ class TolariaTrainer:
         germ = next((g for g in reversed(self.lineage.germinations) if g.seed_id == seed_id), None)
 
         def score(m: Mapping[str, Any]) -> float:
-            acc, loss = m.get("val_accuracy"), m.get("val_loss")
-            return float(acc) if acc is not None else -float(loss or 0.0)
+            return validation_metric(m.get("val_accuracy"), m.get("val_loss"))
 
-        return FieldReport(
-            blueprint_id=(germ.blueprint_id if germ else None) or "unknown",
+        return field_report(
+            seed_id=seed_id, outcome=outcome, run_id=self.run_id, epoch=self.epoch,
+            blueprint_id=germ.blueprint_id if germ else None,
             kernel_artifact_id=germ.kernel_artifact_id if germ else None,
-            seed_id=seed_id, run_id=self.run_id,
+            germinated_epoch=germ.germinated_epoch if germ else None,
             pre_metric=score(germ.metrics_before) if germ else 0.0, post_metric=score(metrics),
-            outcome=outcome, epochs_active=max(0, self.epoch - germ.germinated_epoch) if germ else 0,
         )
 
     def _record_report(self, epoch: int, report: FieldReport) -> None:
@@ -489,7 +491,8 @@ class TolariaTrainer:
         # A seed live at failure is live in the checkpoint too (commands only land at boundaries), unless the
         # newest checkpoint was corrupt and an older one was used: such a seed is locked in the policy only.
         restored_live = set(self._live_seeds())
-        where = {seed_id(layer_id, i): (layer_id, i) for layer_id, i, _ in seed_stages(self.model)}
+        where: dict[str, tuple[str, int]] = {SeedId(layer_id, i): (layer_id, i)
+                                              for layer_id, i, _ in seed_stages(self.model)}
         lock = [KasminaControlCommand(layer_id=where[sid][0], seed_index=where[sid][1],
                                       command=CommandType.ADVANCE, target_stage=SeedStage.ROLLED_BACK,
                                       issued_at_epoch=self.epoch, reason=f"rollback: {reason}"[:2000])
@@ -506,7 +509,7 @@ class TolariaTrainer:
 
     def _live_seeds(self) -> list[str]:
         """Seeds whose stage holds a kernel now (GERMINATED .. FINE_TUNING), in model order."""
-        return [seed_id(layer_id, i) for layer_id, i, stage in seed_stages(self.model) if stage in ACTIVE_STAGES]
+        return [SeedId(layer_id, i) for layer_id, i, stage in seed_stages(self.model) if stage in ACTIVE_STAGES]
 
     def _epoch_record(self, epoch: int, metrics: dict[str, float], elapsed: float) -> dict[str, Any]:
         host, seeds = host_parameter_count(self.model), seed_parameter_count(self.model)

@@ -49,7 +49,8 @@ def insert_validation_report(conn: Connection, report: UrabraskValidationReport,
     """Store a validation report once per (artifact, measurement time); False for a repeat."""
     return insert_ignore(conn, validation_reports, {
         "artifact_id": report.artifact_id, "measured_at": report.measured_at,
-        "blueprint_id": ArtifactId.parse(report.artifact_id).blueprint_id, "hardware": report.hardware, "passed": report.passed,
+        "blueprint_id": ArtifactId.parse(report.artifact_id).blueprint_id, "hardware": report.hardware,
+        "passed": report.passed,
         "latency_ms_p50": report.latency_ms_p50, "memory_mb_peak": report.memory_mb_peak,
         "report_json": report.model_dump_json(), "received_at": now,
     }, ["artifact_id", "measured_at"]) == 1

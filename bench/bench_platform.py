@@ -30,10 +30,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from esper_contracts import KernelStatus, SystemStatePacket, TensorInterface
+from esper_contracts import KernelStatus, SystemStatePacket, TensorInterface, builtin_blueprints
 from esper_devtools.infra import endpoints
 from esper_devtools.processes import ESPER, Proc, free_port
-from esper_kernels import builtin_blueprints
 from esper_narset_worker import HostConfig, HttpCoordinator, NarsetHost
 from esper_narset_worker.platform import PlatformController
 from esper_oona import connect

@@ -98,12 +98,6 @@ class SeedId(str):
         return str.__new__(cls, f"{layer_id}[{seed_index}]")
 
     @classmethod
-    def _checked_parts(cls, layer_id: str, seed_index: int) -> Self:
-        # For contract models whose fields already passed validation (a non-empty stripped layer id and an
-        # index >= 0): the policy reads seed ids of every seed at every boundary, so skip checking twice.
-        return str.__new__(cls, f"{layer_id}[{seed_index}]")
-
-    @classmethod
     def parse(cls, value: str) -> Self:
         """``value`` as a SeedId; raises ValueError (naming the value) if it is not ``<layer>[<index>]``."""
         m = _SEED_ID.match(value) if isinstance(value, str) else None

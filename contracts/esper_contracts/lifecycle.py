@@ -85,7 +85,7 @@ class KasminaControlCommand(StrictModel):
     @property
     def seed_id(self) -> SeedId:
         """The id of the seed the command is for: ``<layer path>[<index>]``."""
-        return SeedId._checked_parts(self.layer_id, self.seed_index)
+        return str.__new__(SeedId, f"{self.layer_id}[{self.seed_index}]")
 
 
 class SeedTelemetry(StrictModel):
@@ -118,7 +118,9 @@ class SeedTelemetry(StrictModel):
     @property
     def seed_id(self) -> SeedId:
         """Human-readable id of the seed: ``<layer path>[<index>]``."""
-        return SeedId._checked_parts(self.layer_id, self.seed_index)
+        # Both parts are validated fields, and the policy reads this for every seed at every boundary:
+        # build the id without checking them again.
+        return str.__new__(SeedId, f"{self.layer_id}[{self.seed_index}]")
 
 
 class SystemStatePacket(StrictModel):

@@ -24,9 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from esper_contracts import BlueprintLineage, FieldReport, KernelStatus, Outcome, TensorInterface
+from esper_contracts import BlueprintLineage, FieldReport, KernelStatus, Outcome, TensorInterface, builtin_blueprints
 from esper_devtools.processes import Proc, free_port
-from esper_kernels import builtin_blueprints
 from esper_oona import connect
 from esper_urza_client import UrzaClient
 

@@ -33,9 +33,9 @@ from esper.kasmina import KasminaConfig, wrap
 from esper.standalone import slot_interfaces
 from esper.tasks import spirals
 from esper.train import default_host
-from esper_contracts import ArtifactId, KernelStatus
+from esper_contracts import ArtifactId, KernelStatus, builtin_blueprints
 from esper_devtools.processes import ESPER, ROOT, Proc, free_port
-from esper_kernels import LocalKernelLibrary, builtin_blueprints
+from esper_kernels import LocalKernelLibrary
 from esper_urza_client import UrzaClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]

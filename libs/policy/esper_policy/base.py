@@ -113,9 +113,9 @@ class PolicyBase:
         dormant: list[SeedTelemetry] = []
         live = 0
         for t in packet.seeds:  # one pass; cheap attribute reads only, so 1000 seeds cost well under a ms
-            stage = t.stage
+            stage, sid = t.stage, t.seed_id
             if stage in ACTIVE_STAGES:
-                rec = self._live.get(t.seed_id) or self._adopt(t, metric)
+                rec = self._live.get(sid) or self._adopt(t, metric)
                 if t.kernel_trainable is not None:
                     rec.trainable = t.kernel_trainable
                 if rec.stage != stage.value:
@@ -124,10 +124,10 @@ class PolicyBase:
                 cmd = self._steer(t, rec, packet, metric)
                 if cmd is not None:
                     commands.append(cmd)
-                if t.seed_id in self._live:
+                if sid in self._live:
                     live += 1
                 continue
-            if self._live and t.seed_id in self._live:  # it ended without this policy's command
+            if self._live and sid in self._live:  # it ended without this policy's command
                 self._forget(t, packet)
             if stage is SeedStage.DORMANT:
                 dormant.append(t)

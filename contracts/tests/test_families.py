@@ -24,10 +24,16 @@ BTD12 = TensorInterface(layout="BTD", features=12)
 BCHW16 = TensorInterface(layout="BCHW", features=16)
 
 
+def _dump(ir: BlueprintIR) -> dict[str, object]:
+    """The whole IR as JSON, less ``mutation``: Karn's lineage field came after the pins, and is None for every
+    built-in (left out, the pins still say that nothing else about the built-ins changed)."""
+    assert ir.mutation is None
+    return ir.model_dump(mode="json", exclude={"mutation"})
+
+
 def _canonical_sha(ir: BlueprintIR) -> str:
-    """sha256 of the whole IR's canonical JSON: the bytes of its eager artifact."""
-    return hashlib.sha256(json.dumps(ir.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-                          ).hexdigest()
+    """sha256 of the whole IR's canonical JSON (the bytes of its eager artifact, before ``mutation``)."""
+    return hashlib.sha256(json.dumps(_dump(ir), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # (ir_hash, sha256 of the whole canonical IR), computed from the SDK's built-ins before they moved here
@@ -73,7 +79,7 @@ def test_every_builtin_ir_for_small_interfaces_is_unchanged() -> None:
     for layout in ("BD", "BTD", "BCHW"):
         for features in range(1, 65):
             for ir in builtin_blueprints(TensorInterface(layout=layout, features=features)):  # type: ignore[arg-type]
-                digest.update(json.dumps(ir.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode())
+                digest.update(json.dumps(_dump(ir), sort_keys=True, separators=(",", ":")).encode())
     assert digest.hexdigest() == "cd9f3f424385d522c7c351d127de1d1116afddbf69f0042c8430d11aeb5de5f0"  # e15fcd5
 
 

@@ -122,6 +122,8 @@ def test_installed_commands_join_esper_and_a_bad_one_is_only_a_warning(
         "def other() -> None:\n"
         "    pass\n"
         "not_an_app = 42\n"
+        "def single(name: str = 'world') -> None:\n"
+        "    print(f'single {name}')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     target = typer.Typer()
@@ -135,14 +137,17 @@ def test_installed_commands_join_esper_and_a_bad_one_is_only_a_warning(
         ("broken", "esper_no_such_module:app"),
         ("odd", "esper_test_plugin:not_an_app"),
         ("serve", "esper_test_plugin:hello"),
+        ("single", "esper_test_plugin:single"),
     ]]
-    assert cli.add_installed_commands(target, points) == ["hello"]
+    assert cli.add_installed_commands(target, points) == ["hello", "single"]
     warnings = capsys.readouterr().err
     assert "skipping command 'broken'" in warnings and "No module named 'esper_no_such_module'" in warnings
-    assert "skipping command 'odd'" in warnings and "is not a typer.Typer" in warnings
+    assert "skipping command 'odd'" in warnings and "is neither a typer.Typer nor a function" in warnings
     assert "skipping command 'serve'" in warnings and "is already a command" in warnings
     out = CliRunner().invoke(target, ["hello", "greet"])
     assert out.exit_code == 0 and "hello from a plugin" in out.output
+    out = CliRunner().invoke(target, ["single", "--name", "esper"])  # a function is one command, not a group
+    assert out.exit_code == 0 and "single esper" in out.output
 
 
 def test_infra_control_is_not_part_of_the_runtime() -> None:

@@ -52,8 +52,8 @@ class TolariaConfig(BaseModel):
     device: str = "cpu"
     hardware: str | None = Field(
         default=None, pattern=r"^[a-z0-9_]+$", description="The hardware label of the compiled kernels this "
-        "trainer asks for (default: detected here, e.g. cpu_avx512 or cuda_sm90; Urza and the worker pools must "
-        "use the same label)")
+        "trainer asks for (Urza and the worker pools must use the same label); esper train on a platform "
+        "defaults to the one detected here (e.g. cpu_avx512, cuda_sm90); None: any")
     task: str | None = Field(
         default=None, description="What to train on when the trainer is given no data: a built-in task "
         "(spirals) or 'package.module:factory' returning an esper.tasks.TaskData")

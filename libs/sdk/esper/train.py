@@ -37,7 +37,7 @@ from rich.console import Console
 from torch import nn
 
 from esper_contracts import KernelStatus
-from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource
+from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource, local_hardware
 from esper_policy import ControlPolicy, build_policy
 
 from .config import ConfigError, EsperConfig, PlatformConfig, load_config
@@ -160,6 +160,8 @@ def run_training(config: EsperConfig, *, resume: Path | None = None, kernels: st
         tolaria = tolaria.model_copy(update={"run_id": f"train-{time.strftime('%Y%m%d-%H%M%S')}"})
     if quiet:
         tolaria = tolaria.model_copy(update={"progress_bar": False, "log_lines": False})
+    if config.platform is not None and tolaria.hardware is None:  # the platform's kernels must run on this device
+        tolaria = tolaria.model_copy(update={"hardware": local_hardware(torch.device(tolaria.device).type)})
     task = load_task(tolaria.task or "spirals", tolaria.seed)
     torch.manual_seed(tolaria.seed)
     host = build_host(config, task)

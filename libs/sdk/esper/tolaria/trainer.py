@@ -51,7 +51,6 @@ from esper_contracts import (
     field_report,
     validation_metric,
 )
-from esper_kernels import local_hardware
 from esper_policy import ControlPolicy
 
 from ..config import TolariaConfig
@@ -184,7 +183,7 @@ class TolariaTrainer:
         self.config = cfg = config or TolariaConfig()
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
-        self.hardware = cfg.hardware or local_hardware(self.device.type)  # which compiled kernels run here
+        self.hardware = cfg.hardware  # the label of the compiled kernels Tamiyo may choose (None: any)
         self.model = model.to(self.device)
         self.controller = controller
         if train_data is None or val_data is None:

@@ -15,6 +15,12 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+#: The largest value a stored integer column holds everywhere (PostgreSQL ``integer``). Counts, sizes and
+#: versions that land in such a column are bounded by it here, so an overflow is a 400 naming the field,
+#: not a database error, and the OpenAPI schema says so.
+MAX_INT32 = 2**31 - 1
+NonNegativeInt32 = Annotated[int, Field(ge=0, le=MAX_INT32)]
+PositiveInt32 = Annotated[int, Field(ge=1, le=MAX_INT32)]
 Correlation = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
 
 

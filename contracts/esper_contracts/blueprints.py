@@ -16,7 +16,9 @@ from .base import (
     Identifier,
     NonNegativeFloat,
     NonNegativeInt,
+    NonNegativeInt32,
     PositiveInt,
+    PositiveInt32,
     StrictModel,
     new_id,
     utc_now,
@@ -68,7 +70,7 @@ class TensorInterface(StrictModel):
     """
 
     layout: Literal["BD", "BTD", "BCHW"]
-    features: PositiveInt
+    features: PositiveInt32
 
 
 class IRNode(StrictModel):
@@ -84,14 +86,14 @@ class IREdge(StrictModel):
 
     src: Identifier
     dst: Identifier
-    port: NonNegativeInt = 0
+    port: NonNegativeInt32 = 0
 
 
 class ScaffoldSunset(StrictModel):
     """When and how a scaffold blueprint retires (required for class ``scaffold``)."""
 
-    ttl_epochs: PositiveInt
-    wean_epochs: PositiveInt = 1
+    ttl_epochs: PositiveInt32
+    wean_epochs: PositiveInt32 = 1
     max_jitter: NonNegativeFloat = 0.05
     max_drift: NonNegativeFloat = 0.05
     min_diversity: NonNegativeFloat = 0.0
@@ -106,7 +108,7 @@ class MutationRecord(StrictModel):
 
     parent_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
     operator: Identifier = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
-    generation: PositiveInt
+    generation: PositiveInt32
     detail: str = Field(default="", max_length=1000, description="what the operator changed, in words")
     proposer: Identifier = Field(default="karn", max_length=64)
 
@@ -121,7 +123,7 @@ class BlueprintIR(StrictModel):
     """
 
     name: Identifier = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    version: PositiveInt = 1
+    version: PositiveInt32 = 1
     blueprint_class: BlueprintClass
     description: str = Field(default="", max_length=4000)
     input: TensorInterface
@@ -235,7 +237,7 @@ class UrabraskValidationReport(StrictModel):
     power_watts_avg: NonNegativeFloat | None = None
     precision_drift_vs_fp32: NonNegativeFloat = 0.0
     measurement_cv: NonNegativeFloat = 0.0
-    repeats: NonNegativeInt = 0
+    repeats: NonNegativeInt32 = 0
     tags: list[Identifier] = Field(default_factory=list)
     measured_at: datetime = Field(default_factory=utc_now)
 
@@ -255,7 +257,7 @@ class CompiledKernelArtifact(StrictModel):
     pipeline: CompilationPipeline
     toolchain_hash: Identifier
     status: KernelStatus = KernelStatus.PENDING
-    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
+    input_shape: list[PositiveInt32] = Field(min_length=1, max_length=8)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size_bytes: NonNegativeInt | None = None
     blob_uri: str | None = None
@@ -358,8 +360,8 @@ class CompilationJob(StrictModel):
     ir: BlueprintIR
     pipeline: CompilationPipeline
     hardware: Identifier
-    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
-    max_attempts: PositiveInt = 3
+    input_shape: list[PositiveInt32] = Field(min_length=1, max_length=8)
+    max_attempts: PositiveInt32 = 3
 
 
 class ValidationJob(StrictModel):

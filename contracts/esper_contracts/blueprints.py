@@ -20,6 +20,7 @@ from .base import (
     PositiveInt,
     PositiveInt32,
     StrictModel,
+    Text,
     new_id,
     utc_now,
 )
@@ -58,7 +59,7 @@ class OpType(StrEnum):
 #: How many inputs each op takes.
 OP_ARITY: dict[OpType, int] = {op: 1 for op in OpType} | {OpType.ADD: 2, OpType.MUL: 2}
 
-AttrValue = int | float | bool | str | list[int]
+AttrValue = int | float | bool | Text | list[int]
 
 
 class TensorInterface(StrictModel):
@@ -109,7 +110,7 @@ class MutationRecord(StrictModel):
     parent_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
     operator: Identifier = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
     generation: PositiveInt32
-    detail: str = Field(default="", max_length=1000, description="what the operator changed, in words")
+    detail: Text = Field(default="", max_length=1000, description="what the operator changed, in words")
     proposer: Identifier = Field(default="karn", max_length=64)
 
 
@@ -125,7 +126,7 @@ class BlueprintIR(StrictModel):
     name: Identifier = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     version: PositiveInt32 = 1
     blueprint_class: BlueprintClass
-    description: str = Field(default="", max_length=4000)
+    description: Text = Field(default="", max_length=4000)
     input: TensorInterface
     output: TensorInterface
     nodes: list[IRNode] = Field(min_length=1, max_length=MAX_IR_NODES)
@@ -228,7 +229,7 @@ class UrabraskValidationReport(StrictModel):
     artifact_id: Identifier = Field(pattern=ARTIFACT_ID_PATTERN)
     hardware: Identifier
     passed: bool
-    rejection_reason: str | None = Field(default=None, max_length=4000)
+    rejection_reason: Text | None = Field(default=None, max_length=4000)
     latency_ms_mean: NonNegativeFloat = 0.0
     latency_ms_p50: NonNegativeFloat = 0.0
     latency_ms_p99: NonNegativeFloat = 0.0
@@ -260,9 +261,9 @@ class CompiledKernelArtifact(StrictModel):
     input_shape: list[PositiveInt32] = Field(min_length=1, max_length=8)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size_bytes: NonNegativeInt | None = None
-    blob_uri: str | None = None
+    blob_uri: Text | None = None
     compile_time_s: NonNegativeFloat | None = None
-    error: str | None = Field(default=None, max_length=20000)
+    error: Text | None = Field(default=None, max_length=20000)
     tags: list[Identifier] = Field(default_factory=list)
     validation: UrabraskValidationReport | None = None
     created_at: datetime = Field(default_factory=utc_now)
@@ -283,7 +284,7 @@ class LineageRelative(StrictModel):
 
     blueprint_id: Identifier
     known: bool
-    name: str | None = None
+    name: Text | None = None
     blueprint_class: BlueprintClass | None = None
     mutation: MutationRecord | None = Field(default=None, description="how this relative was made, if by mutation")
 

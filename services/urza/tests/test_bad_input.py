@@ -68,3 +68,35 @@ def test_the_openapi_schema_states_the_bounds(client: TestClient) -> None:
     assert params["features"]["anyOf"][0]["maximum"] == MAX_INT32
     interface = schema["components"]["schemas"]["TensorInterface"]["properties"]["features"]
     assert interface["maximum"] == MAX_INT32
+
+
+@pytest.mark.parametrize("where", ["tag", "description", "attr", "parent"])
+def test_a_nul_character_in_any_stored_string_is_refused_up_front(client: TestClient, kit: Any, collect: Any,
+                                                                 where: str) -> None:
+    jobs = collect("compilation.jobs")
+    body = kit.ir_json(kit.make_ir())
+    if where == "tag":
+        body["tags"] = ["ok", "bad\x00tag"]
+    elif where == "description":
+        body["description"] = "text\x00"
+    elif where == "attr":
+        body["nodes"][0]["attrs"]["note"] = "x\x00"
+    else:
+        body["parent_ids"] = ["p\x00"]
+    for path in ("/api/v1/blueprints/check", "/api/v1/blueprints"):
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert "NUL character" in response.json()["detail"]
+    assert client.get("/api/v1/blueprints").json()["total"] == 0
+    assert jobs.wait_for(1, timeout_s=0.3) == []
+
+
+def test_a_nul_character_in_a_filter_or_a_status_reason_is_a_400(client: TestClient, kit: Any) -> None:
+    response = client.get("/api/v1/blueprints", params={"name": "a\x00"})
+    assert response.status_code == 400 and "NUL character" in response.json()["detail"]
+    query = client.post("/api/v1/kernels/query", json={"tags_required": ["a\x00"]})
+    assert query.status_code == 400 and "NUL character" in query.json()["detail"]
+    blueprint_id = kit.submit(kit.make_ir())
+    artifact_id = kit.artifact_id(blueprint_id)
+    failed = client.post(f"/api/v1/kernels/{artifact_id}/status", json={"status": "FAILED", "reason": "boom\x00"})
+    assert failed.status_code == 400 and "NUL character" in failed.json()["detail"]

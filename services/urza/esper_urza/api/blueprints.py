@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 
 from esper_contracts import BlueprintClass, BlueprintIR, BlueprintLineage, BlueprintRecord, FieldReport
-from esper_contracts.base import MAX_INT32
+from esper_contracts.base import MAX_INT32, Text
 
 from ..catalog import Catalog
 from ..errors import NotFound

@@ -153,6 +153,9 @@ class BlueprintIR(StrictModel):
             if e.src != INPUT_NODE and e.src not in known:
                 raise ValueError(f"edge from unknown node {e.src!r}")
             if e.dst == OUTPUT_NODE:
+                # 'output' takes one input: any other port would be ignored, yet change the IR's hash
+                if e.port != 0:
+                    raise ValueError(f"'output' takes 1 input; edge targets port {e.port}")
                 into_output += 1
                 continue
             if e.dst not in known:

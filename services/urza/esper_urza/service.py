@@ -52,6 +52,12 @@ class UrzaService(Service):
         sent = Gauge("esper_urza_outbox_sent", "Jobs published since start", registry=self.registry)
         sent.set_function(lambda: float(self.dispatcher.sent))
 
+    def body_limit(self, scope: Any) -> int:
+        """Kernel binaries (``PUT .../binary``) get their own, larger limit; every other body is JSON."""
+        if scope["method"] == "PUT" and str(scope.get("path", "")).endswith("/binary"):
+            return self.urza_settings.max_binary_bytes
+        return self.urza_settings.max_body_bytes
+
     def on_start(self) -> None:
         """Migrate, seed the library, send what an earlier run left unsent, then start consuming."""
         s = self.urza_settings

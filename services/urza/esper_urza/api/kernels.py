@@ -125,7 +125,7 @@ async def put_kernel_binary(
         raise BadRequest(f"header X-Content-SHA256 must be the lowercase hex sha256 of the body, "
                          f"got {x_content_sha256!r}")
     data = bytearray()
-    async for chunk in request.stream():  # the size limit is enforced by the BodySizeLimit middleware
+    async for chunk in request.stream():  # size and read time: esper_runtime's BodyGuard
         data.extend(chunk)
     info, created = await run_in_threadpool(ledger.store_binary, artifact_id, bytes(data),
                                             x_content_sha256.strip().lower())

@@ -18,6 +18,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from esper_storage import DatabaseUnavailable
+
 from ..errors import BadRequest, BlueprintRejected, Conflict, IllegalTransition, NotFound
 
 log = logging.getLogger("esper_urza.api")
@@ -79,6 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, mapped(404))
     app.add_exception_handler(Conflict, mapped(409))
     app.add_exception_handler(IllegalTransition, mapped(409))
+    # The database down or stalled: say so (and that a retry may work), rather than "internal error".
+    app.add_exception_handler(DatabaseUnavailable, mapped(503))
 
 
 class ErrorBoundary:

@@ -39,7 +39,7 @@ class UrzaService(Service):
         self.db = open_database(settings.resolved_database_url)
         self.blobs = open_blob_store(settings.resolved_blob_url)
         self.dispatcher = OutboxDispatcher(self.db, lambda: self.bus)
-        ctx = UrzaContext(self.db, self.blobs, settings, after_commit=self.dispatcher.kick)
+        ctx = UrzaContext(self.db, self.blobs, settings, after_commit=self.dispatcher.wake)
         self.catalog = Catalog(ctx)
         self.ledger = Ledger(ctx)
         self.consumers = UrzaConsumers(self.catalog, self.ledger)
@@ -71,11 +71,10 @@ class UrzaService(Service):
                 again = outbox.requeue_published(conn, [Topic.COMPILATION_JOBS, Topic.VALIDATION_JOBS])
             if again:
                 log.info("in-process bus: sending earlier jobs again", extra={"jobs": again})
-        self.dispatcher.kick()
         if s.consume:
             self._subscriptions = self.consumers.attach(
                 self.bus, s.subscription, max_redeliveries=s.max_redeliveries, nack_delay_ms=s.nack_delay_ms)
-        self.dispatcher.start(s.outbox_interval_s)
+        self.dispatcher.start(s.outbox_interval_s)  # sends what is pending at once, then on every wake and tick
         log.info("urza ready", extra={"database": self.db.url, "blobs": self.blobs.url})
 
     def on_stop(self) -> None:

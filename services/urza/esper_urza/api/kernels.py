@@ -92,6 +92,7 @@ def get_kernel_binary(
         url = ledger.ctx.blobs.presigned_url(info.blob_key, expires_s=settings.presign_expires_s)
         if url is not None:
             return RedirectResponse(url, status_code=307, headers=headers)
+    ledger.verified_binary(artifact_id)  # rotted bytes are refused (409) and recorded, never served
     _info, stream = ledger.open_binary(artifact_id)
     headers["Content-Length"] = str(info.size_bytes)
     return StreamingResponse(_chunks(stream), media_type="application/octet-stream", headers=headers)

@@ -68,7 +68,7 @@ def list_blueprints(
     limit: Annotated[int, Query(ge=1, le=MAX_INT32, description="page size (at most max_page_size)")] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
     blueprint_class: BlueprintClass | None = None,
-    name: str | None = None,
+    name: Text | None = None,
     layout: Literal["BD", "BTD", "BCHW"] | None = None,
     features: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
 ) -> BlueprintPage:

@@ -15,8 +15,11 @@ from .base import (
     Identifier,
     NonNegativeFloat,
     NonNegativeInt,
+    NonNegativeInt32,
     PositiveInt,
+    PositiveInt32,
     StrictModel,
+    Text,
     new_id,
     utc_now,
 )
@@ -56,7 +59,7 @@ class OpType(StrEnum):
 #: How many inputs each op takes.
 OP_ARITY: dict[OpType, int] = {op: 1 for op in OpType} | {OpType.ADD: 2, OpType.MUL: 2}
 
-AttrValue = int | float | bool | str | list[int]
+AttrValue = int | float | bool | Text | list[int]
 
 
 class TensorInterface(StrictModel):
@@ -68,7 +71,7 @@ class TensorInterface(StrictModel):
     """
 
     layout: Literal["BD", "BTD", "BCHW"]
-    features: PositiveInt
+    features: PositiveInt32
 
 
 class IRNode(StrictModel):
@@ -84,14 +87,14 @@ class IREdge(StrictModel):
 
     src: Identifier
     dst: Identifier
-    port: NonNegativeInt = 0
+    port: NonNegativeInt32 = 0
 
 
 class ScaffoldSunset(StrictModel):
     """When and how a scaffold blueprint retires (required for class ``scaffold``)."""
 
-    ttl_epochs: PositiveInt
-    wean_epochs: PositiveInt = 1
+    ttl_epochs: PositiveInt32
+    wean_epochs: PositiveInt32 = 1
     max_jitter: NonNegativeFloat = 0.05
     max_drift: NonNegativeFloat = 0.05
     min_diversity: NonNegativeFloat = 0.0
@@ -106,8 +109,8 @@ class MutationRecord(StrictModel):
 
     parent_id: Identifier = Field(pattern=r"^[0-9a-f]{64}$")
     operator: Identifier = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
-    generation: PositiveInt
-    detail: str = Field(default="", max_length=1000, description="what the operator changed, in words")
+    generation: PositiveInt32
+    detail: Text = Field(default="", max_length=1000, description="what the operator changed, in words")
     proposer: Identifier = Field(default="karn", max_length=64)
 
 
@@ -121,9 +124,9 @@ class BlueprintIR(StrictModel):
     """
 
     name: Identifier = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    version: PositiveInt = 1
+    version: PositiveInt32 = 1
     blueprint_class: BlueprintClass
-    description: str = Field(default="", max_length=4000)
+    description: Text = Field(default="", max_length=4000)
     input: TensorInterface
     output: TensorInterface
     nodes: list[IRNode] = Field(min_length=1, max_length=MAX_IR_NODES)
@@ -150,6 +153,9 @@ class BlueprintIR(StrictModel):
             if e.src != INPUT_NODE and e.src not in known:
                 raise ValueError(f"edge from unknown node {e.src!r}")
             if e.dst == OUTPUT_NODE:
+                # 'output' takes one input: any other port would be ignored, yet change the IR's hash
+                if e.port != 0:
+                    raise ValueError(f"'output' takes 1 input; edge targets port {e.port}")
                 into_output += 1
                 continue
             if e.dst not in known:
@@ -220,7 +226,7 @@ class UrabraskValidationReport(StrictModel):
     artifact_id: Identifier = Field(pattern=ARTIFACT_ID_PATTERN)
     hardware: Identifier
     passed: bool
-    rejection_reason: str | None = Field(default=None, max_length=4000)
+    rejection_reason: Text | None = Field(default=None, max_length=4000)
     latency_ms_mean: NonNegativeFloat = 0.0
     latency_ms_p50: NonNegativeFloat = 0.0
     latency_ms_p99: NonNegativeFloat = 0.0
@@ -229,7 +235,7 @@ class UrabraskValidationReport(StrictModel):
     power_watts_avg: NonNegativeFloat | None = None
     precision_drift_vs_fp32: NonNegativeFloat = 0.0
     measurement_cv: NonNegativeFloat = 0.0
-    repeats: NonNegativeInt = 0
+    repeats: NonNegativeInt32 = 0
     tags: list[Identifier] = Field(default_factory=list)
     measured_at: datetime = Field(default_factory=utc_now)
 
@@ -249,12 +255,12 @@ class CompiledKernelArtifact(StrictModel):
     pipeline: CompilationPipeline
     toolchain_hash: Identifier
     status: KernelStatus = KernelStatus.PENDING
-    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
+    input_shape: list[PositiveInt32] = Field(min_length=1, max_length=8)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size_bytes: NonNegativeInt | None = None
-    blob_uri: str | None = None
+    blob_uri: Text | None = None
     compile_time_s: NonNegativeFloat | None = None
-    error: str | None = Field(default=None, max_length=20000)
+    error: Text | None = Field(default=None, max_length=20000)
     tags: list[Identifier] = Field(default_factory=list)
     validation: UrabraskValidationReport | None = None
     created_at: datetime = Field(default_factory=utc_now)
@@ -285,7 +291,7 @@ class LineageRelative(StrictModel):
 
     blueprint_id: Identifier
     known: bool
-    name: str | None = None
+    name: Text | None = None
     blueprint_class: BlueprintClass | None = None
     mutation: MutationRecord | None = Field(default=None, description="how this relative was made, if by mutation")
 
@@ -387,8 +393,8 @@ class CompilationJob(StrictModel):
     ir: BlueprintIR
     pipeline: CompilationPipeline
     hardware: Identifier
-    input_shape: list[PositiveInt] = Field(min_length=1, max_length=8)
-    max_attempts: PositiveInt = 3
+    input_shape: list[PositiveInt32] = Field(min_length=1, max_length=8)
+    max_attempts: PositiveInt32 = 3
 
 
 class ValidationJob(StrictModel):

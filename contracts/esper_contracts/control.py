@@ -13,6 +13,7 @@ from .base import (
     NonNegativeInt,
     PositiveInt,
     StrictModel,
+    Text,
     UnitInterval,
     new_id,
 )
@@ -86,11 +87,11 @@ class StrategicOpportunityProposal(StrictModel):
     proposal_id: Identifier = Field(default_factory=new_id)
     region_id: Identifier
     epoch: NonNegativeInt
-    opportunity: str = Field(min_length=1, max_length=2000)
-    plan: list[str] = Field(min_length=1, max_length=50)
+    opportunity: Text = Field(min_length=1, max_length=2000)
+    plan: list[Text] = Field(min_length=1, max_length=50)
     ask: float = Field(gt=0.0, allow_inf_nan=False)
     expected_roi: FiniteFloat
-    mitigations: list[str] = Field(default_factory=list, max_length=50)
+    mitigations: list[Text] = Field(default_factory=list, max_length=50)
     submitted_by: Identifier = "narset"
 
 
@@ -101,7 +102,7 @@ class ProposalDecision(StrictModel):
     region_id: Identifier
     approved: bool
     granted: NonNegativeFloat = 0.0
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
 
     @model_validator(mode="after")
     def _grant_only_if_approved(self) -> Self:
@@ -116,7 +117,7 @@ class ScaffoldRequest(StrictModel):
     request_id: Identifier = Field(default_factory=new_id)
     region_id: Identifier
     blueprint_id: Identifier
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
     ttl_epochs: PositiveInt
     emergency: bool = False
 
@@ -126,7 +127,7 @@ class ProtectedZone(StrictModel):
 
     zone_id: Identifier = Field(default_factory=new_id)
     module_patterns: list[Identifier] = Field(min_length=1)
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Text = Field(min_length=1, max_length=2000)
     scaffold_id: Identifier | None = None
     created_epoch: NonNegativeInt
     expires_after_epoch: NonNegativeInt | None = None

@@ -14,6 +14,7 @@ from .base import (
     NonNegativeFloat,
     NonNegativeInt,
     StrictModel,
+    Text,
     UnitInterval,
     new_id,
 )
@@ -70,7 +71,7 @@ class KasminaControlCommand(StrictModel):
     selected_for_tags: list[Identifier] = Field(default_factory=list)
     grafting_strategy: GraftingStrategy = GraftingStrategy.LINEAR
     issued_at_epoch: NonNegativeInt = 0
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)
 
     @model_validator(mode="after")
     def _check_arguments(self) -> Self:
@@ -136,7 +137,7 @@ class SystemStatePacket(StrictModel):
     host_parameters: NonNegativeInt = 0
     seed_parameters: NonNegativeInt = 0
     epoch_time_s: NonNegativeFloat = 0.0
-    device: str = "cpu"
+    device: Text = "cpu"
     #: The hardware segment of the artifact ids this trainer can run (``cpu_avx512``, ``cuda_sm90``): Tamiyo
     #: asks Urza for kernels built and validated for exactly this hardware. None: any.
     hardware: Identifier | None = None
@@ -162,7 +163,7 @@ class AdaptationSignal(StrictModel):
     commands: list[KasminaControlCommand] = Field(default_factory=list)
     optimizer_rebuild_required: bool = False
     emergency_rollback_required: bool = False
-    reason: str = Field(default="", max_length=2000)
+    reason: Text = Field(default="", max_length=2000)
     #: The controller's state after this decision: the trainer keeps the latest in its checkpoints.
     controller_state: dict[str, JsonValue] | None = None
     #: The controller has no state for this run (it restarted): resend the packet with ``controller_state``.

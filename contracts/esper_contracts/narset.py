@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Identifier, NonNegativeInt, StrictModel
+from .base import (
+    Identifier,
+    NonNegativeInt,
+    StrictModel,
+    Text,
+)
 from .control import HealthSummaryReport
 
 
@@ -30,8 +35,8 @@ class Heartbeat(StrictModel):
 
     window: NonNegativeInt
     epoch: NonNegativeInt
-    workers: list[str] = Field(default_factory=list)
-    crashed: list[str] = Field(default_factory=list)
+    workers: list[Text] = Field(default_factory=list)
+    crashed: list[Text] = Field(default_factory=list)
     reports: list[HealthSummaryReport] = Field(default_factory=list)
     complete: bool = Field(default=True, description="Last heartbeat of the window: the coordinator may fold it")
 
@@ -47,7 +52,7 @@ class WorkerQuota(StrictModel):
 class WorkerAssignment(StrictModel):
     """One worker's regions and quota."""
 
-    regions: list[str]
+    regions: list[Text]
     quota: WorkerQuota
 
 

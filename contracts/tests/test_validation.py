@@ -12,6 +12,7 @@ from esper_contracts import (
     CommandType,
     CompilationPipeline,
     Envelope,
+    FieldReport,
     KasminaControlCommand,
     KernelQuery,
     NarsetAllocationDecision,
@@ -194,3 +195,22 @@ def test_lifecycle_table_shape() -> None:
     assert not is_legal_transition(SeedStage.DORMANT, SeedStage.GRAFTING)
     for stage in SeedStage:
         assert SeedStage.from_code(stage.code) is stage
+
+
+@pytest.mark.parametrize(("model", "values"), [
+    (KernelQuery, {"tags_excluded": ["gpu\x00"]}),
+    (UrabraskValidationReport, {"artifact_id": artifact_id("a" * 64, "cpu", CompilationPipeline.FAST, "b" * 12),
+                                "hardware": "cpu", "passed": False, "rejection_reason": "drift\x00"}),
+    (FieldReport, {"blueprint_id": "b", "seed_id": "s\x00", "pre_metric": 0.1, "post_metric": 0.2,
+                   "outcome": "success"}),
+], ids=["identifier", "free-text", "field-report"])
+def test_a_nul_character_is_refused_in_identifiers_and_text(model: type, values: dict[str, object]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        model(**values)
+    assert "must not contain a NUL character" in _errors(exc)
+
+
+def test_integers_stored_in_int32_columns_are_bounded() -> None:
+    with pytest.raises(ValidationError) as exc:
+        KernelQuery(interface={"layout": "BD", "features": 2**31})  # type: ignore[arg-type]
+    assert "interface.features" in _errors(exc) and "2147483647" in _errors(exc)

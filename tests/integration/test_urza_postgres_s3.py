@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, inspect
 from esper_contracts import TensorInterface, UrabraskValidationReport, family
 from esper_oona import connect
 from esper_oona.memory_bus import drop_memory_broker
+from esper_oona.testing import wait_for
 from esper_urza.library import library_blueprints
 from esper_urza.service import create_service
 
@@ -112,14 +113,14 @@ def test_the_full_artifact_flow_on_postgres_and_s3(make_urza: Any, bus_url: str,
         bad["nodes"][1]["attrs"]["in_features"] = 5
         refused = client.post("/api/v1/blueprints", json=bad)
         assert refused.status_code == 400 and "in_features=5" in refused.json()["detail"]
-        observer.wait_until_idle()
-        assert len(compile_jobs) == 2 * (n + 1)
+        # The outbox is sent by Urza's dispatcher thread, after the request has answered.
+        wait_for(lambda: len(compile_jobs) == 2 * (n + 1), what="the compilation jobs")
 
         data = bytes(range(256)) * 4096  # 1 MiB, streamed through S3
         artifact = _compile(client, bid, data)
         assert artifact["status"] == "VALIDATING" and artifact["blob_uri"].startswith("s3://esper-urza-it/")
-        observer.wait_until_idle()
-        assert [j.artifact_id for j in validation_jobs] == [artifact["artifact_id"]]
+        wait_for(lambda: [j.artifact_id for j in validation_jobs] == [artifact["artifact_id"]],
+                 what="the validation job")
         other = client.put(f"/api/v1/kernels/{artifact['artifact_id']}/binary", content=b"other",
                            headers={"X-Content-SHA256": hashlib.sha256(b"other").hexdigest()})
         assert other.status_code == 409

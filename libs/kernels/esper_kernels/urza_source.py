@@ -176,8 +176,14 @@ class UrzaKernelSource:
             with self._lock:
                 self._digests[artifact_id] = expected
         except KernelIntegrityError:
+            if known is None:  # the header was trusted without the record: read the record for the report
+                try:
+                    known = self.metadata(artifact_id).sha256
+                except Exception:  # the refusal stands either way; only its message loses a detail
+                    log.warning("could not read the record of %s for its digest", artifact_id, exc_info=True)
             self._integrity_failure(artifact_id, f"fetched bytes hash to {sha256_hex(data)}; Urza's record says "
-                                                 f"{known}, its response header says {sent or None}")
+                                                 f"{known or 'nothing (no digest recorded)'}, its response header "
+                                                 f"says {sent or 'nothing'}")
         assert expected is not None
         return data, expected
 

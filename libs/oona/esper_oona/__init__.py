@@ -22,6 +22,7 @@ from .errors import (
     OonaError,
     PayloadValidationError,
     PublishError,
+    PublishUnconfirmed,
     UnknownTopicError,
 )
 from .factory import BACKENDS, connect
@@ -42,6 +43,7 @@ __all__ = [
     "OonaError",
     "PayloadValidationError",
     "PublishError",
+    "PublishUnconfirmed",
     "RejectMessage",
     "Subscription",
     "SubscriptionStats",

@@ -38,5 +38,17 @@ class PublishError(OonaError):
     """Messages that were accepted by ``publish`` but that the broker did not persist (reported by ``flush``)."""
 
 
+class PublishUnconfirmed(PublishError):
+    """Messages whose acknowledgement did not arrive in time: they may or may not be on the broker.
+
+    Only this is known, so ``flush`` says so rather than calling them lost. A caller that sends them again
+    may deliver them twice; consumers recognise a repeat by its stable id (job id, report id, command id).
+    """
+
+    def __init__(self, message: str, unconfirmed: int) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed
+
+
 class BusClosedError(OonaError):
     """An operation on a bus (or subscription) that has been closed."""

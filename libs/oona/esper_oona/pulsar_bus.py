@@ -21,7 +21,7 @@ import pulsar
 from .bus import Bus, BusOptions, DeadLetter, InitialPosition, Subscription
 from .codec import TopicCodec
 from .delivery import DEAD_LETTER_SUBSCRIPTION, Handler, Outcome, Verdict, dead_letter_properties, process
-from .errors import BrokerError, BusClosedError, PublishError
+from .errors import BrokerError, BusClosedError, PublishError, PublishUnconfirmed
 
 logger = logging.getLogger("esper_oona")
 
@@ -184,6 +184,7 @@ class PulsarBus(Bus):
         self._failure_lock = threading.Lock()
         self._failures: list[str] = []
         self._failure_count = 0
+        self._unconfirmed = 0  # send timeouts: the broker may have persisted these, or not
 
     def full_topic(self, topic: str) -> str:
         """The fully qualified Pulsar topic of catalogue (or dead-letter) topic ``topic``."""
@@ -235,6 +236,11 @@ class PulsarBus(Bus):
         # Runs on the client's I/O thread for every message: keep the success path to one comparison.
         if result == pulsar.Result.Ok:
             return
+        if result == pulsar.Result.Timeout:  # no acknowledgement in time: not known to be lost
+            with self._failure_lock:
+                self._unconfirmed += 1
+            logger.warning("oona: a message was not acknowledged within the send timeout; it may be on the broker")
+            return
         with self._failure_lock:
             self._failure_count += 1
             if len(self._failures) < _MAX_REPORTED_FAILURES:
@@ -253,10 +259,16 @@ class PulsarBus(Bus):
         for producer in list(self._producers.values()):
             producer.flush()
         with self._failure_lock:
-            failures, count = self._failures, self._failure_count
-            self._failures, self._failure_count = [], 0
+            failures, count, unconfirmed = self._failures, self._failure_count, self._unconfirmed
+            self._failures, self._failure_count, self._unconfirmed = [], 0, 0
         if count:
-            raise PublishError(f"{count} message(s) were not persisted by the broker: {', '.join(failures)}")
+            also = f"; {unconfirmed} more unconfirmed" if unconfirmed else ""
+            raise PublishError(f"{count} message(s) were refused by the broker: {', '.join(failures)}{also}")
+        if unconfirmed:
+            raise PublishUnconfirmed(
+                f"{unconfirmed} message(s) were not acknowledged within {self.options.send_timeout_ms} ms: they "
+                f"may or may not be on the broker (a resend may deliver them twice; consumers skip repeats by id)",
+                unconfirmed)
 
     # --- consuming ------------------------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from starlette.types import Scope
 
+from .body_guard import BodyGuard
 from .logs import configure_logging
 from .settings import ServiceSettings
 
@@ -48,6 +50,12 @@ class Service:
         self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
         self.app.add_api_route("/healthz", self._healthz, methods=["GET"], tags=["ops"])
         self.app.add_api_route("/metrics", self._metrics, methods=["GET"], tags=["ops"])
+        # Innermost of the middleware: what a subclass adds later (an error boundary) wraps it.
+        self.app.add_middleware(BodyGuard, limit_for=self.body_limit, read_timeout_s=settings.body_read_timeout_s)
+
+    def body_limit(self, scope: Scope) -> int:
+        """The largest body this request may carry; override to allow larger uploads on some paths."""
+        return self.settings.max_body_bytes
 
     @property
     def bus(self) -> Bus:

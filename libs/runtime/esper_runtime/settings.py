@@ -31,6 +31,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="largest request body (413 beyond)")
+    body_read_timeout_s: float = Field(default=30.0, gt=0, description="408 when a request body stops arriving "
+                                                                        "for this long")
 
     @classmethod
     def settings_customise_sources(

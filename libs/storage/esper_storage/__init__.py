@@ -22,6 +22,7 @@ from .sql import (
     SQL_BACKENDS,
     AutoId,
     Database,
+    DatabaseUnavailable,
     DatabaseURLError,
     UtcDateTime,
     current_revision,
@@ -35,7 +36,8 @@ from .sql import (
 
 __all__ = [
     "BLOB_BACKENDS", "NAMING_CONVENTION", "SQL_BACKENDS", "AutoId", "BlobConflictError", "BlobError",
-    "BlobNotFoundError", "BlobStore", "BlobStoreURLError", "Database", "DatabaseURLError", "FileBlobStore",
+    "BlobNotFoundError", "BlobStore", "BlobStoreURLError", "Database", "DatabaseURLError", "DatabaseUnavailable",
+    "FileBlobStore",
     "InvalidBlobKeyError", "UtcDateTime", "check_key", "content_key", "current_revision", "head_revision",
     "insert_ignore", "open_blob_store", "open_database", "register_blob_backend", "resolve_database_url", "run_env",
     "schema_drift", "sha256_hex", "upgrade",

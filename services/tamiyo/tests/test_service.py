@@ -230,3 +230,13 @@ def test_a_redelivered_packet_is_answered_again_without_a_second_cycle(tamiyo: A
     service._on_packet(sent)  # what a redelivery of the same message does
     signals = probe.wait("control.adaptation.signals", lambda s: len(s) == 2)
     assert signals[0] == signals[1] and len(service.controller.decisions) == decisions_before
+
+
+def test_a_policy_body_over_the_limit_is_413_and_changes_nothing(tamiyo: Any) -> None:
+    service, _bus, _probe, client = tamiyo
+    before = client.get("/api/v1/policy").json()
+    huge = {"policy_version": 2, "padding": "x" * (service.settings.max_body_bytes + 1)}
+    response = client.post("/api/v1/policy", json=huge)
+    assert response.status_code == 413
+    assert f"exceeds the limit of {service.settings.max_body_bytes} bytes" in response.json()["detail"]
+    assert client.get("/api/v1/policy").json() == before

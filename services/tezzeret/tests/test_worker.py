@@ -185,3 +185,26 @@ def test_the_standard_pipeline_builds_an_aoti_kernel_that_matches(kit: Any) -> N
     for batch in (4, 1, 9):
         x = torch.randn(batch, 8)
         assert torch.allclose(kernel(x), reference(x), atol=1e-5)
+
+
+def test_a_job_the_outbox_sends_twice_is_compiled_once(bus: Bus, urza: UrzaClient, kit: Any,
+                                                       collect: Callable[..., Any]) -> None:
+    """After a kill -9 Urza's outbox may publish a job again with the same id: no second compilation."""
+    jobs, results = collect("compilation.jobs"), collect("compilation.results")
+    calls: list[Any] = []
+
+    def counting(*args: Any) -> CompiledOutput:
+        calls.append(args)
+        return compile_artifact(*args)
+
+    worker = JobWorker(bus, Topic.COMPILATION_JOBS, "tezzeret-cpu",
+                       CompileWorker(bus, urza, hardware="cpu", compiler=counting).process)
+    worker.start()
+    record = urza.submit_blueprint(kit.blueprint(16))
+    kit.wait_until(lambda: [a.status for a in urza.blueprint(record.blueprint_id).artifacts] == [S.COMPILED],
+                   what="the artifact to be COMPILED")
+    [job] = jobs.wait_for(1)
+    bus.publish(Topic.COMPILATION_JOBS, job, key=job.blueprint_id)  # the resend: the very same job id
+    kit.wait_until(lambda: worker.health().duplicates == 1, what="the repeat to be acknowledged")
+    assert len(calls) == 1 and worker.health().done == 1
+    assert [r.status for r in results.payloads] == [S.COMPILING, S.COMPILED]

@@ -116,3 +116,28 @@ def test_a_kernel_that_kills_the_sandbox_is_rejected_and_the_next_one_is_measure
     outcome = w.process(ValidationJob(artifact_id=aid, blueprint_id=ir.ir_hash(), hardware="cpu"))
     assert outcome.outcome == "validated" and sandbox.crashes == 1  # a fresh child took over
     sandbox.close()
+
+
+def test_a_job_the_outbox_sends_twice_is_measured_once(bus: Bus, urza: UrzaClient, kit: Any) -> None:
+    """After a kill -9 Urza's outbox may publish a validation job again with the same id: no second measurement."""
+    w = worker(bus, urza, kit)
+    measured: list[str] = []
+    process = w.process
+
+    def counting(job: ValidationJob, envelope: Any = None) -> Any:
+        outcome = process(job) if envelope is None else process(job, envelope)
+        if outcome.outcome == "validated":
+            measured.append(job.job_id)
+        return outcome
+
+    jobs: list[Any] = []
+    bus.subscribe(Topic.VALIDATION_JOBS, "test-copy", lambda env: jobs.append(env.payload))
+    job_worker = JobWorker(bus, Topic.VALIDATION_JOBS, "urabrask-cpu", counting)
+    job_worker.start()
+    ir = kit.blueprint(16)
+    aid, blob, sha = kit.compiled(ir)
+    kit.store(urza, ir, aid, blob, sha)  # Urza queues the ValidationJob
+    kit.wait_until(lambda: kit.status_of(urza, aid) is S.VALIDATED and len(jobs) == 1, what="VALIDATED")
+    bus.publish(Topic.VALIDATION_JOBS, jobs[0], key=aid)  # the resend: the very same job id
+    kit.wait_until(lambda: job_worker.health().duplicates == 1, what="the repeat to be acknowledged")
+    assert measured == [jobs[0].job_id] and job_worker.health().done == 1

@@ -7,6 +7,7 @@ the change causes (the outbox). Repeats and late news change nothing, so at-leas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import IO, Any
 
 from sqlalchemy import Connection
 
-from esper_contracts import ArtifactId, CompiledKernelArtifact, KernelStatus, Topic, UrabraskValidationReport
+from esper_contracts import ArtifactId, CompiledKernelArtifact, KernelStatus, Topic, UrabraskValidationReport, utc_now
 from esper_storage import BlobConflictError, content_key, sha256_hex
+from esper_storage.blob.base import CHUNK_SIZE
 
 from .context import UrzaContext
 from .errors import BadRequest, Conflict, NotFound
@@ -106,6 +108,34 @@ class Ledger:
         if row is None:
             raise NotFound(f"no binary uploaded for kernel artifact {artifact_id!r}")
         return BinaryInfo(row.artifact_id, row.sha256, row.size_bytes, row.blob_key, self.ctx.blobs.uri(row.blob_key))
+
+    def verified_binary(self, artifact_id: str) -> BinaryInfo:
+        """The binary's facts once its stored bytes are read and still hash to its digest.
+
+        Bytes that rotted in the blob store are never served: the mismatch goes into the artifact's history
+        (source ``integrity``) and the read is refused with 409, naming both digests.
+        """
+        info = self.binary(artifact_id)
+        digest = hashlib.sha256()
+        stream = self.ctx.blobs.open(info.blob_key)
+        try:
+            while chunk := stream.read(CHUNK_SIZE):
+                digest.update(chunk)
+        finally:
+            stream.close()
+        actual = digest.hexdigest()
+        if actual == info.sha256:
+            return info
+        detail = (f"stored bytes hash to {actual}, not the recorded {info.sha256}: the blob is corrupted "
+                  f"and was not served")
+        log.error("kernel blob corrupted", extra={"artifact_id": artifact_id, "expected": info.sha256,
+                                                   "actual": actual})
+        with self.ctx.db.write() as conn:
+            row = rows.artifact_row(conn, artifact_id)
+            if row is not None:
+                status = KernelStatus(row.status)
+                rows.record_event(conn, artifact_id, status, status, "integrity", detail, utc_now())
+        raise Conflict(f"artifact {artifact_id}: {detail}")
 
     def open_binary(self, artifact_id: str) -> tuple[BinaryInfo, IO[bytes]]:
         """The binary's facts and an open stream of its bytes (the caller closes it)."""

@@ -35,6 +35,7 @@ class OutboxDispatcher:
         self.flush_timeout_s = flush_timeout_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.failures = 0
@@ -92,6 +93,17 @@ class OutboxDispatcher:
         except Exception:
             log.exception("outbox dispatch failed; the timer will retry")
 
+    def wake(self) -> None:
+        """Have the outbox sent soon, without waiting for the bus: called after a request's commit.
+
+        With the background thread running, this only wakes it, so a stalled broker never holds a request
+        (the write is committed; the outbox catches up). Before the thread starts it dispatches inline.
+        """
+        if self._thread is not None:
+            self._wake.set()
+        else:
+            self.kick()
+
     def backlog(self) -> int:
         """Messages still waiting to be sent."""
         with self.db.read() as conn:
@@ -102,10 +114,14 @@ class OutboxDispatcher:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._wake.set()  # the first round at once: whatever an earlier run left pending
 
         def loop() -> None:
-            while not self._stop.wait(interval_s):
-                self.kick()
+            while not self._stop.is_set():
+                self._wake.wait(interval_s)
+                self._wake.clear()
+                if not self._stop.is_set():
+                    self.kick()
 
         self._thread = threading.Thread(target=loop, name="urza-outbox", daemon=True)
         self._thread.start()
@@ -113,6 +129,7 @@ class OutboxDispatcher:
     def stop(self) -> None:
         """Stop the timer thread (a dispatch in progress finishes first)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None

@@ -39,7 +39,7 @@ class UrzaService(Service):
         self.db = open_database(settings.resolved_database_url)
         self.blobs = open_blob_store(settings.resolved_blob_url)
         self.dispatcher = OutboxDispatcher(self.db, lambda: self.bus)
-        ctx = UrzaContext(self.db, self.blobs, settings, after_commit=self.dispatcher.kick)
+        ctx = UrzaContext(self.db, self.blobs, settings, after_commit=self.dispatcher.wake)
         self.catalog = Catalog(ctx)
         self.ledger = Ledger(ctx)
         self.consumers = UrzaConsumers(self.catalog, self.ledger)
@@ -51,6 +51,12 @@ class UrzaService(Service):
         backlog.set_function(lambda: float(self.dispatcher.backlog()))
         sent = Gauge("esper_urza_outbox_sent", "Jobs published since start", registry=self.registry)
         sent.set_function(lambda: float(self.dispatcher.sent))
+
+    def body_limit(self, scope: Any) -> int:
+        """Kernel binaries (``PUT .../binary``) get their own, larger limit; every other body is JSON."""
+        if scope["method"] == "PUT" and str(scope.get("path", "")).endswith("/binary"):
+            return self.urza_settings.max_binary_bytes
+        return self.urza_settings.max_body_bytes
 
     def on_start(self) -> None:
         """Migrate, seed the library, send what an earlier run left unsent, then start consuming."""
@@ -65,11 +71,10 @@ class UrzaService(Service):
                 again = outbox.requeue_published(conn, [Topic.COMPILATION_JOBS, Topic.VALIDATION_JOBS])
             if again:
                 log.info("in-process bus: sending earlier jobs again", extra={"jobs": again})
-        self.dispatcher.kick()
         if s.consume:
             self._subscriptions = self.consumers.attach(
                 self.bus, s.subscription, max_redeliveries=s.max_redeliveries, nack_delay_ms=s.nack_delay_ms)
-        self.dispatcher.start(s.outbox_interval_s)
+        self.dispatcher.start(s.outbox_interval_s)  # sends what is pending at once, then on every wake and tick
         log.info("urza ready", extra={"database": self.db.url, "blobs": self.blobs.url})
 
     def on_stop(self) -> None:

@@ -314,3 +314,21 @@ def test_a_report_for_an_unknown_artifact_is_retried_then_dead_lettered(client: 
     test_bus.wait_until_idle()
     dead = test_bus.read_dead_letters("validation.reports", timeout_s=3)
     assert len(dead) == 1 and dead[0].redelivery_count == 2 and "unknown kernel artifact" in dead[0].error
+
+
+def test_rotted_blob_bytes_are_refused_and_recorded(client: TestClient, kit: Any, urza: Any) -> None:
+    from urllib.parse import unquote, urlparse
+
+    blueprint_id = kit.submit(kit.make_ir())
+    artifact_id = kit.compile(blueprint_id, b"good kernel bytes")["artifact_id"]
+    assert client.get(f"/api/v1/kernels/{artifact_id}/binary").content == b"good kernel bytes"
+    info = urza.ledger.binary(artifact_id)
+    path = unquote(urlparse(info.blob_uri).path)
+    with open(path, "r+b") as blob:  # the disk flips a byte under Urza
+        blob.write(b"G")
+    response = client.get(f"/api/v1/kernels/{artifact_id}/binary")
+    assert response.status_code == 409, response.text
+    detail = response.json()["detail"]
+    assert "corrupted" in detail and info.sha256 in detail
+    history = client.get(f"/api/v1/kernels/{artifact_id}").json()["history"]
+    assert history[-1]["source"] == "integrity" and "corrupted" in history[-1]["detail"]

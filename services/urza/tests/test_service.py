@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -192,3 +193,38 @@ def test_esper_serve_urza_runs_until_sigterm(tmp_path: Path) -> None:
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output and "stopped" in output
     assert (tmp_path / "urza.db").exists() and (tmp_path / "blobs").is_dir()
+
+
+class _StalledBus:
+    """The service's bus with publishing held until released: a broker that accepts connections but stalls."""
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        self.release = threading.Event()
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        self.release.wait(30)
+        return self.bus.publish(*args, **kwargs)
+
+    def flush(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bus.flush(*args, **kwargs)
+
+
+def test_a_stalled_bus_never_holds_a_submission(urza: Any, make_kit: Any, collect: Any) -> None:
+    jobs = collect("compilation.jobs")
+    with TestClient(urza.app) as client:
+        stalled = _StalledBus(urza.bus)
+        urza.dispatcher._bus = lambda: stalled
+        kit = make_kit(client)
+        started = time.monotonic()
+        blueprint_id = kit.submit(kit.make_ir())  # committed and answered while the bus is stalled
+        assert time.monotonic() - started < 2
+        listed = client.get(f"/api/v1/blueprints/{blueprint_id}/jobs").json()
+        assert len(listed) == 2 and not any(j["published"] for j in listed)
+        assert jobs.wait_for(1, timeout_s=0.3) == []
+        stalled.release.set()  # the broker answers again: the outbox catches up on its own
+        assert len(jobs.wait_for(2, timeout_s=10)) == 2
+        deadline = time.monotonic() + 10
+        while not all(j["published"] for j in client.get(f"/api/v1/blueprints/{blueprint_id}/jobs").json()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.url import URL
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -31,8 +31,22 @@ _BEGIN_OPTION = "esper_sqlite_begin"
 SQLITE_CACHE_KIB = 16384
 
 
+#: How long a PostgreSQL connection attempt, a statement and a wait for a pooled connection may take: a database
+#: that is down or stalled makes a request fail with the reason within seconds instead of hanging it.
+PG_CONNECT_TIMEOUT_S = 5
+PG_STATEMENT_TIMEOUT_MS = 15_000
+PG_POOL_TIMEOUT_S = 10
+#: The client's own limit on one exchange with the server: the statement timeout is the server's, and a
+#: server that is stopped (not down) never enforces it, so without this a pooled connection would wait forever.
+PG_CLIENT_TIMEOUT_S = 20.0
+
+
 class DatabaseURLError(ValueError):
     """A database URL that names no supported backend or cannot be parsed."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or did not answer in time: a 503 for a request, worth retrying later."""
 
 
 @dataclass(frozen=True)
@@ -122,14 +136,53 @@ def _postgres_normalise(url: URL) -> URL:
 
 
 def _postgres_engine_kwargs(_url: URL) -> dict[str, Any]:
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10, "pool_timeout": PG_POOL_TIMEOUT_S,
+            "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                             "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"}}
 
 
-def _no_hooks(_engine: Engine) -> None:
-    return None
+def _unavailable(exc: OperationalError) -> DatabaseUnavailable:
+    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+    return DatabaseUnavailable(f"database unavailable: {reason}")
 
 
-POSTGRESQL = SqlBackend("postgresql", _postgres_normalise, _postgres_engine_kwargs, _no_hooks)
+def _postgres_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        return _TimedConnection.connect(*cargs, **cparams)
+
+
+def _timed_connection_class() -> type:
+    import psycopg  # imported here: SQLite-only installs need not load the PostgreSQL driver
+
+    class TimedConnection(psycopg.Connection[Any]):
+        """A psycopg connection that gives up on a silent server after PG_CLIENT_TIMEOUT_S and closes itself."""
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            try:
+                return super().wait(gen, interval=interval, timeout=timeout or PG_CLIENT_TIMEOUT_S)
+            except psycopg.errors._WaitTimeout:
+                self.pgconn.finish()  # its state is unknown: never hand it out again
+                raise psycopg.OperationalError(f"no answer from the server within {PG_CLIENT_TIMEOUT_S:g} s") from None
+
+    return TimedConnection
+
+
+class _LazyTimedConnection:
+    """Builds the psycopg subclass on first use."""
+
+    _cls: Any = None
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        if self._cls is None:
+            type(self)._cls = _timed_connection_class()
+        return self._cls.connect(*args, **kwargs)
+
+
+_TimedConnection = _LazyTimedConnection()
+
+
+POSTGRESQL = SqlBackend("postgresql", _postgres_normalise, _postgres_engine_kwargs, _postgres_hooks)
 
 
 #: URL scheme (the part before ``://``, without a ``+driver``) -> backend.
@@ -188,11 +241,14 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection in a transaction that is rolled back at the end: for queries."""
-        with self.engine.connect() as conn:
-            try:
-                yield conn
-            finally:
-                conn.rollback()
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    yield conn
+                finally:
+                    conn.rollback()
+        except OperationalError as exc:  # cannot connect, connection lost, statement timed out
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -201,18 +257,24 @@ class Database:
         On SQLite the write lock is taken when the transaction starts, so reads inside it see the state
         the writes will apply to; on PostgreSQL use compare-and-set statements (``UPDATE ... WHERE``).
         """
-        with self._writer.begin() as conn:
-            yield conn
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """An ORM session in a transaction committed on success, for callers that prefer the ORM."""
-        with self._sessions.begin() as session:
-            yield session
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     def ping(self) -> bool:
         """True when a trivial query succeeds (for health checks)."""
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             conn.exec_driver_sql("SELECT 1")
         return True
 

@@ -8,7 +8,7 @@ from ..catalog import Catalog
 from ..ledger import Ledger
 from ..settings import UrzaSettings
 from .blueprints import router as blueprints_router
-from .errors import BodySizeLimit, ErrorBoundary, install_error_handlers
+from .errors import ErrorBoundary, install_error_handlers
 from .kernels import router as kernels_router
 from .pipeline import router as pipeline_router
 
@@ -22,7 +22,5 @@ def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSe
     app.include_router(kernels_router)
     app.include_router(pipeline_router)
     install_error_handlers(app)
-    # Added innermost first: ErrorBoundary wraps BodySizeLimit, so a 413 already carries a trace id.
-    app.add_middleware(BodySizeLimit, max_json_bytes=settings.max_body_bytes,
-                       max_binary_bytes=settings.max_binary_bytes)
+    # Outermost: it wraps the service's body guard (esper_runtime), so a 413 or 408 carries the trace id.
     app.add_middleware(ErrorBoundary)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 
 from esper_contracts import BlueprintClass, BlueprintIR, BlueprintLineage, BlueprintRecord, FieldReport
+from esper_contracts.base import MAX_INT32, Text
 
 from ..catalog import Catalog
 from ..errors import NotFound
@@ -64,12 +65,12 @@ def check_blueprint(ir: BlueprintIR, catalog: CatalogDep) -> BlueprintCheck:
 def list_blueprints(
     catalog: CatalogDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, description="page size (at most max_page_size)")] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_INT32, description="page size (at most max_page_size)")] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
     blueprint_class: BlueprintClass | None = None,
-    name: str | None = None,
+    name: Text | None = None,
     layout: Literal["BD", "BTD", "BCHW"] | None = None,
-    features: Annotated[int | None, Query(ge=1)] = None,
+    features: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
 ) -> BlueprintPage:
     """Blueprints, oldest first, with optional filters; ``next_offset`` pages on."""
     limit = min(limit, settings.max_page_size)
@@ -104,8 +105,8 @@ def get_field_reports(
     blueprint_id: str,
     catalog: CatalogDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_INT32)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
 ) -> FieldReportPage:
     """Outcomes of this blueprint's adaptations in real models, oldest first."""
     limit = min(limit, settings.max_page_size)

@@ -18,6 +18,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from esper_storage import DatabaseUnavailable
+
 from ..errors import BadRequest, BlueprintRejected, Conflict, IllegalTransition, NotFound
 
 log = logging.getLogger("esper_urza.api")
@@ -79,6 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, mapped(404))
     app.add_exception_handler(Conflict, mapped(409))
     app.add_exception_handler(IllegalTransition, mapped(409))
+    # The database down or stalled: say so (and that a retry may work), rather than "internal error".
+    app.add_exception_handler(DatabaseUnavailable, mapped(503))
 
 
 class ErrorBoundary:
@@ -111,41 +115,3 @@ class ErrorBoundary:
                 raise
             response = error_response(500, f"internal error; quote trace id {trace_id} when reporting it", trace_id)
             await response(scope, receive, send_with_trace)
-
-
-class BodySizeLimit:
-    """Refuses request bodies over a limit with 413, before or while they are read.
-
-    Binary uploads (``PUT .../binary``) get their own, larger limit; every other body is JSON.
-    """
-
-    def __init__(self, app: ASGIApp, max_json_bytes: int, max_binary_bytes: int) -> None:
-        self.app = app
-        self.max_json_bytes = max_json_bytes
-        self.max_binary_bytes = max_binary_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            await self.app(scope, receive, send)
-            return
-        binary = scope["method"] == "PUT" and str(scope.get("path", "")).endswith("/binary")
-        limit = self.max_binary_bytes if binary else self.max_json_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            trace_id = scope.get("state", {}).get("trace_id", uuid.uuid4().hex)
-            response = error_response(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes",
-                                      trace_id)
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise StarletteHTTPException(413, f"request body exceeds the limit of {limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)

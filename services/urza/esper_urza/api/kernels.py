@@ -92,6 +92,7 @@ def get_kernel_binary(
         url = ledger.ctx.blobs.presigned_url(info.blob_key, expires_s=settings.presign_expires_s)
         if url is not None:
             return RedirectResponse(url, status_code=307, headers=headers)
+    ledger.verified_binary(artifact_id)  # rotted bytes are refused (409) and recorded, never served
     _info, stream = ledger.open_binary(artifact_id)
     headers["Content-Length"] = str(info.size_bytes)
     return StreamingResponse(_chunks(stream), media_type="application/octet-stream", headers=headers)
@@ -125,7 +126,7 @@ async def put_kernel_binary(
         raise BadRequest(f"header X-Content-SHA256 must be the lowercase hex sha256 of the body, "
                          f"got {x_content_sha256!r}")
     data = bytearray()
-    async for chunk in request.stream():  # the size limit is enforced by the BodySizeLimit middleware
+    async for chunk in request.stream():  # size and read time: esper_runtime's BodyGuard
         data.extend(chunk)
     info, created = await run_in_threadpool(ledger.store_binary, artifact_id, bytes(data),
                                             x_content_sha256.strip().lower())

@@ -12,6 +12,7 @@ from esper_contracts import (
     KernelStatus,
     UrabraskValidationReport,
 )
+from esper_contracts.base import Text
 
 
 class ErrorBody(BaseModel):
@@ -101,7 +102,7 @@ class StatusUpdate(BaseModel):
     status: KernelStatus
     expected_status: KernelStatus | None = Field(default=None, description="refuse (409) unless the artifact "
                                                                            "is in this status now")
-    reason: str | None = Field(default=None, max_length=20000)
+    reason: Text | None = Field(default=None, max_length=20000)
 
 
 class TransitionView(BaseModel):

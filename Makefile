@@ -10,7 +10,7 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof bench bench-oona bench-kasmina bench-control bench-assets clean
+        unit integration deploy-check demo proof bench bench-oona bench-kasmina bench-control bench-assets bench-ddp clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-kasmina  seed overheads and controller latency"
 	@echo "make bench-control  Narset/Tamiyo decision latency and telemetry fan-in"
 	@echo "make bench-assets   kernel cache, cold loads, Urza queries vs MLflow, compile times"
+	@echo "make bench-ddp      Tolaria under DDP (2 ranks, gloo): dormant-seed step overhead, boundary time"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -78,7 +79,7 @@ demo: dev
 proof: dev
 	$(PY) -m esper_recipes.proof
 
-bench: bench-oona bench-kasmina bench-control bench-assets
+bench: bench-oona bench-kasmina bench-control bench-assets bench-ddp
 
 bench-oona: infra-deps
 	$(PY) bench/bench_oona.py
@@ -91,6 +92,9 @@ bench-control: dev
 
 bench-assets: dev
 	$(PY) bench/bench_assets.py
+
+bench-ddp: dev
+	$(PY) bench/bench_ddp.py
 
 clean: infra-down
 	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

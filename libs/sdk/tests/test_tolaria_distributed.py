@@ -108,9 +108,11 @@ def make_trainer(rank: int, out: Path, epochs: int, *, width: int = 8, hooks: Tr
     wrap(model, KASMINA, library)
     config = TolariaConfig(epochs=epochs, run_dir=str(out), run_id="ddp", progress_bar=False, log_lines=False,
                            learning_rate=1e-2, **tolaria)
-    return TolariaTrainer(model, HeuristicPolicy(TAMIYO, library), config, loss_fn=loss_fn, hooks=hooks,
-                          train_data=Batches(data.train, 8, seed=0, rank=rank, world_size=WORLD),
-                          val_data=Batches(data.val, 256, shuffle=False, rank=rank, world_size=WORLD))
+    trainer = TolariaTrainer(model, HeuristicPolicy(TAMIYO, library), config, loss_fn=loss_fn, hooks=hooks,
+                             train_data=Batches(data.train, 8, seed=0, rank=rank, world_size=WORLD),
+                             val_data=Batches(data.val, 256, shuffle=False, rank=rank, world_size=WORLD))
+    torch.manual_seed(200 + rank)  # and different random streams: kernels built later initialise differently
+    return trainer
 
 
 def outcome(trainer: TolariaTrainer) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from esper_contracts import AdaptationSignal, SeedStage
+from esper_contracts import AdaptationSignal, FieldReport, SeedStage, SystemStatePacket
 
 from ..config import ConfigError
 from ..kasmina import (
@@ -132,6 +132,41 @@ def broadcast_signal(signal: AdaptationSignal | None) -> AdaptationSignal:
     decided = broadcast_object(signal.model_dump_json() if signal is not None else None)
     assert decided is not None  # rank 0 always decides
     return AdaptationSignal.model_validate_json(decided)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says another rank is gone or stopped answering (its collective failed or timed out).
+
+    Gloo reports a dead peer as a plain RuntimeError ("Connection closed by peer"), so the message is read too.
+    """
+    if isinstance(exc, dist.DistError | RankDivergedError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        sign in text for sign in ("gloo", "NCCL", "by peer", "Timed out", "timed out", "Broken pipe"))
+
+
+class FollowerPolicy:
+    """The controller of a rank other than 0: it is never consulted (rank 0 decides for every rank and its
+    decision is broadcast), so it holds nothing and connects to nothing."""
+
+    def decide(self, packet: SystemStatePacket) -> AdaptationSignal:
+        """Never called on a follower; raises."""
+        raise RuntimeError("only rank 0 asks the controller; the other ranks apply its broadcast decision")
+
+    def observe_outcomes(self, reports: Sequence[FieldReport]) -> None:
+        """Outcomes reach the controller through rank 0."""
+
+    def drain_field_reports(self) -> list[FieldReport]:
+        """No reports: rank 0's controller writes them."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to save (rank 0's controller is checkpointed)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore."""
 
 
 # ------------------------------------------------------------------------------------------ agreeing at start
@@ -413,7 +448,7 @@ def _lifecycle_bytes(model: nn.Module) -> bytes:
     return repr(_lifecycle_view(model)).encode()
 
 
-__all__ = ["LIFECYCLE_FIELDS", "RankDivergedError", "RankGroup", "RankMismatchError", "agree_on_start",
-           "broadcast_object", "broadcast_signal", "differences", "host_may_be_cut_off", "is_distributed",
-           "is_rank_zero",
+__all__ = ["LIFECYCLE_FIELDS", "FollowerPolicy", "RankDivergedError", "RankGroup", "RankMismatchError",
+           "agree_on_start", "broadcast_object", "broadcast_signal", "differences", "host_may_be_cut_off",
+           "is_distributed", "is_peer_failure", "is_rank_zero",
            "model_signature", "resolve_device", "start_from_env", "stop", "world_from_env"]

@@ -26,9 +26,11 @@ from torch import nn
 
 from esper import Batches, KasminaConfig, LocalKernelLibrary, TolariaConfig, wrap
 from esper.data import Split
-from esper.kasmina import kasmina_layers, seed_stages
-from esper.tolaria import RankMismatchError, TolariaTrainer, TrainerHooks
+from esper.kasmina import apply_commands, kasmina_layers, seed_stages
+from esper.kasmina.testing import kernel_for
+from esper.tolaria import RankDivergedError, RankMismatchError, TolariaTrainer, TrainerHooks
 from esper.tolaria.distributed import differences, stop
+from esper_contracts import CommandType, KasminaControlCommand
 from esper_policy import HeuristicPolicy, TamiyoConfig
 from esper_recipes.tasks import two_spirals
 
@@ -100,11 +102,11 @@ def values(results: list[dict[str, Any]]) -> list[Any]:
 
 def make_trainer(rank: int, out: Path, epochs: int, *, width: int = 8, hooks: TrainerHooks | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-                 **tolaria: Any) -> TolariaTrainer:
+                 kernels: LocalKernelLibrary | None = None, **tolaria: Any) -> TolariaTrainer:
     data = two_spirals(seed=0, points_per_class=64)
     torch.manual_seed(100 + rank)  # different initial weights on each rank: DDP starts every rank from rank 0's
     model = Host(width)
-    library = LocalKernelLibrary()
+    library = kernels or LocalKernelLibrary()
     wrap(model, KASMINA, library)
     config = TolariaConfig(epochs=epochs, run_dir=str(out), run_id="ddp", progress_bar=False, log_lines=False,
                            learning_rate=1e-2, **tolaria)
@@ -191,6 +193,57 @@ def test_a_nan_on_one_rank_rolls_every_rank_back_to_the_same_checkpoint(tmp_path
     assert [e["epoch"] for e in zero["epochs"]] == [1, 2, 3, 4, 5, 6]  # the failed epoch was retried
 
 
+class CrashOnRankOne(LocalKernelLibrary):
+    """Kernels that raise at their first training forward on rank 1 only (same modules, rank 0's run fine)."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def load(self, artifact_id: str) -> nn.Module:
+        module = super().load(artifact_id)
+        if self.rank == 1:
+            plain = module.forward
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                if module.training:
+                    raise RuntimeError("kernel exploded on rank 1")
+                return plain(x)
+
+            module.forward = forward  # type: ignore[method-assign]
+        return module
+
+
+def crashing_on_rank_one(rank: int, out: Path) -> dict[str, Any]:
+    trainer = make_trainer(rank, out, 5, kernels=CrashOnRankOne(rank))
+    trainer.train()
+    return outcome(trainer)
+
+
+def test_a_kernel_failing_on_one_rank_is_culled_on_every_rank_with_its_reason(tmp_path: Path) -> None:
+    zero, one = values(run_ranks(crashing_on_rank_one, tmp_path))
+    assert_identical(zero, one)  # the rank whose kernel ran fine culled it too, at the same boundary
+    culled = [g for g in zero["lineage"]["germinations"] if g["outcome"] == "CULLED"]
+    assert culled and all("kernel exploded on rank 1" in g["stages"][-1]["reason"] for g in culled)
+
+
+def diverging(rank: int, out: Path) -> None:
+    trainer = make_trainer(rank, out, 1)
+    if rank == 1:  # a seed moved on rank 1 alone (what a bug or a lost command would do)
+        errors = apply_commands(trainer.model, [KasminaControlCommand(
+            layer_id="fc1", seed_index=0, command=CommandType.GERMINATE, kernel_artifact_id=kernel_for(
+                trainer.model, kasmina_layers(trainer.model)["fc1"].kernels, "fc1"))], 0)  # type: ignore[arg-type]
+        assert errors == []
+    assert trainer.ranks is not None
+    trainer.ranks.check_lifecycle(trainer.model, 0)
+
+
+def test_ranks_whose_seeds_differ_after_a_boundary_stop_naming_the_seed(tmp_path: Path) -> None:
+    for r in run_ranks(diverging, tmp_path):
+        assert r.get("error") == RankDivergedError.__name__, r
+        assert "rank 1: fc1.fields.STAGE[0]: 0.0 / 1.0" in r["message"]  # DORMANT here, GERMINATED there
+
+
 def mismatched(rank: int, out: Path, field: str) -> None:
     """Rank 1's host is wider, or its weight decay differs."""
     if field == "width":
@@ -225,6 +278,6 @@ def test_batches_shard_one_order_into_disjoint_equal_parts() -> None:
 def test_differences_name_the_path_of_each_mismatch() -> None:
     a = {"tolaria": {"lr": 0.1, "epochs": 3}, "model": {"parameters": {"w": "(2, 2) float32"}}, "x": [1, 2]}
     b = {"tolaria": {"lr": 0.2, "epochs": 3}, "model": {"parameters": {"v": "(2, 2) float32"}}, "x": [1, 3]}
-    assert differences(a, b) == ["model.parameters.v: missing on rank 0", "model.parameters.w: only on rank 0",
-                                 "tolaria.lr: 0.1 / 0.2", "x[1]: 2 / 3"]
+    assert differences(a, b) == ["tolaria.lr: 0.1 / 0.2", "model.parameters.w: only on rank 0",
+                                 "model.parameters.v: missing on rank 0", "x[1]: 2 / 3"]
     assert differences(a, a) == []

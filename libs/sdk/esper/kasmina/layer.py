@@ -207,6 +207,9 @@ class KasminaLayer(HostAttributeFallback):
         move as a SeedTransition."""
         st = self.seed_state
         old = st.stage(i)
+        # Transitions happen between steps: the last forward's reconstruction losses were used (their graph is
+        # freed), and a forward that runs no seed would not clear them.
+        self._recon = []
         if target is SeedStage.DORMANT:
             st.reset(i)
         st.set(StateField.STAGE, i, target.code)

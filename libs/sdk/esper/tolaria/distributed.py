@@ -176,7 +176,7 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     """Where two JSON-like values differ, one ``path: a / b`` entry per differing leaf (dicts and lists walked)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         found: list[str] = []
-        for key in sorted(set(a) | set(b), key=str):
+        for key in [*a, *(k for k in b if k not in a)]:  # in rank 0's order: configs list their keys by section
             where = f"{path}.{key}" if path else str(key)
             if key not in b:
                 found.append(f"{where}: only on rank 0")

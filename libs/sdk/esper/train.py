@@ -47,7 +47,7 @@ from rich.console import Console
 from torch import nn
 
 from esper_contracts import KernelStatus
-from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource
+from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource, prewarm
 from esper_policy import ControlPolicy, build_policy
 
 from .config import ConfigError, EsperConfig, PlatformConfig, TolariaConfig, load_config
@@ -273,6 +273,7 @@ def _assemble_rank(config: EsperConfig, host: nn.Module, kernels: str, run_dir: 
     if kernel_url is None:
         source = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
     else:
+        prewarm()  # on this thread: the source's warm-up thread would race the trainer's first import of Dynamo
         token = urza_token(platform) if platform is not None else None
         urza = UrzaKernelSource(kernel_url, cache_mb=config.kasmina.kernel_cache_mb, token=token)
         closers.append(urza.close)
@@ -287,6 +288,7 @@ def _assemble(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path,
     say = console.print
     platform = config.platform
     if platform is not None:
+        prewarm()  # here, not on the source's warm-up thread: it would race the trainer's first import of Dynamo
         source = UrzaKernelSource(platform.urza_url, cache_mb=config.kasmina.kernel_cache_mb,
                                   token=urza_token(platform))
         closers.append(source.close)

@@ -1,26 +1,20 @@
 """Tolaria on two ranks (gloo, CPU): the model grows identically on both, a NaN on one rank rolls back both,
-mismatched ranks stop at start, and the pieces (sharded batches, config differences) on their own.
+a kernel failing on one rank is culled on both, mismatched ranks stop at start, and the pieces (sharded
+batches, config differences) on their own.
 
-The ranks are forked from the test process (no interpreter start-up, so each run takes seconds); each
-returns what it trained through a file the test reads back.
+Each rank runs a function of this file (``run_ranks``: forked from a fork server that imported torch and
+esper once) and returns what it trained through a file the test reads back.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
-import socket
-import time
-import traceback
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,12 +23,15 @@ from esper.data import Split
 from esper.kasmina import apply_commands, kasmina_layers, seed_stages
 from esper.kasmina.testing import kernel_for
 from esper.tolaria import RankDivergedError, RankMismatchError, TolariaTrainer, TrainerHooks
-from esper.tolaria.distributed import differences, stop
+from esper.tolaria.distributed import differences
+from esper.tolaria.testing import run_ranks as run_functions
 from esper_contracts import CommandType, KasminaControlCommand
 from esper_policy import HeuristicPolicy, TamiyoConfig
 from esper_recipes.tasks import two_spirals
 
 WORLD = 2
+#: What this file imports, for the ranks' fork server to import once.
+PRELOAD = ("pytest", "esper_policy", "esper_recipes.tasks", "esper.kasmina.testing")
 # Every lifecycle step takes about one epoch of 8 steps; the policy sees a "plateau" at every boundary.
 KASMINA = KasminaConfig(exclude_modules=["out"], training_min_steps=1, training_max_steps=4, alpha_ramp_steps=4,
                         stabilization_steps=1, evaluation_steps=1, fine_tuning_steps=2, telemetry_every=1,
@@ -54,44 +51,9 @@ class Host(nn.Module):
         return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rank_main(worker: Callable[..., Any], rank: int, port: int, out: Path, kwargs: dict[str, Any]) -> None:
-    """A forked rank: join the group, run ``worker``, write its result (or its error) for the test."""
-    torch.set_num_threads(1)  # OpenMP is not fork-safe with a team running; one thread never starts one
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                                timeout=timedelta(seconds=60))
-        result: dict[str, Any] = {"value": worker(rank, out, **kwargs)}
-    except BaseException as exc:
-        result = {"error": type(exc).__name__, "message": str(exc), "trace": traceback.format_exc()}
-    stop()
-    torch.save(result, out / f"rank{rank}.result")
-    os._exit(0)  # never run the test process's exit handlers in a forked child
-
-
-def run_ranks(worker: Callable[..., Any], out: Path, timeout_s: float = 120.0, **kwargs: Any) -> list[dict[str, Any]]:
-    """Run ``worker(rank, out, **kwargs)`` on two forked ranks; returns each rank's result or error."""
-    # The first optimizer imports torch._dynamo (seconds, tens of them without bytecode caches): once, here, so
-    # the forked ranks inherit it instead of each importing it.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    ctx = multiprocessing.get_context("fork")
-    port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(worker, rank, port, out, kwargs)) for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-    assert not hung, f"{len(hung)} rank(s) still running after {timeout_s} s"
-    return [torch.load(out / f"rank{rank}.result", weights_only=False) for rank in range(WORLD)]
+def run_ranks(function: Callable[..., Any], out: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """``function(rank, out, **kwargs)`` of this file on two ranks."""
+    return run_functions(__file__, function.__name__, out, world=WORLD, preload=PRELOAD, **kwargs)
 
 
 def values(results: list[dict[str, Any]]) -> list[Any]:

@@ -108,20 +108,6 @@ def _load_finished() -> None:
             _saved_interval = None
 
 
-def _forget_pool_in_child() -> None:
-    """A forked child inherits none of the parent's threads: its loader pool, locks and in-flight count start
-    afresh (the parent's pool would accept loads that no thread ever runs)."""
-    global _POOL, _POOL_LOCK, _in_flight, _saved_interval, _flight_lock
-    if _saved_interval is not None:  # forked mid-load: no load is in flight here
-        sys.setswitchinterval(_saved_interval)
-    _POOL, _POOL_LOCK = None, threading.Lock()
-    _in_flight, _saved_interval, _flight_lock = 0, None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
 def _tracked_build(source: KernelSource, artifact_id: str, device: torch.device, dtype: torch.dtype,
                    interface: TensorInterface | None) -> nn.Module:
     try:

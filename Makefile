@@ -10,7 +10,8 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform clean
+        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
+        bench-ddp clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -24,6 +25,7 @@ help:
 	@echo "make bench-control  Narset/Tamiyo decision latency and telemetry fan-in"
 	@echo "make bench-assets   kernel cache, cold loads, Urza queries vs MLflow, compile times"
 	@echo "make bench-platform the distributed platform: boundary round trip, epoch time vs standalone, submit-to-validated"
+	@echo "make bench-ddp      Tolaria under DDP (2 ranks, gloo): dormant-seed step overhead, boundary time"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -83,7 +85,7 @@ proof: dev
 evolve: dev
 	$(PY) -m esper_recipes.evolve
 
-bench: bench-oona bench-kasmina bench-control bench-assets bench-platform
+bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp
 
 bench-oona: infra-deps
 	$(PY) bench/bench_oona.py
@@ -100,6 +102,9 @@ bench-assets: dev
 # The trainer on real services as processes over Pulsar, against the same run standalone.
 bench-platform: infra-up
 	$(PY) bench/bench_platform.py
+
+bench-ddp: dev
+	$(PY) bench/bench_ddp.py
 
 clean: infra-down
 	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -49,7 +49,10 @@ class TolariaConfig(BaseModel):
     run_dir: str = Field(default="runs", description="Runs are written to <run_dir>/<run_id>/")
     run_id: str | None = Field(default=None, description="Default: a fresh timestamped id")
     seed: int = Field(default=0, description="torch's global seed at the start of training")
-    device: str = "cpu"
+    device: str = Field(default="cpu", description="'cuda' under torchrun means each rank's own GPU (LOCAL_RANK)")
+    collective_timeout_s: float = Field(
+        default=300.0, gt=0.0, description="Several ranks: a rank that stops answering for this long fails the run "
+        "(a rank that dies is noticed at once)")
     hardware: str | None = Field(
         default=None, pattern=r"^[a-z0-9_]+$", description="The hardware label of the compiled kernels this "
         "trainer asks for (Urza and the worker pools must use the same label); esper train on a platform "

@@ -15,11 +15,19 @@
 
 The run directory gets ``config.yaml`` (the resolved config, for ``--resume``), checkpoints, metrics and
 events, the evolved model with ``lineage.json``, and ``report.html``. Exit codes: :data:`EXIT_CODES`.
+
+**Several ranks** (``esper train CONFIG --nproc-per-node N``, or ``torchrun ... -m esper.cli CONFIG``): every
+rank checks that it was started with the same config and the same host as rank 0, then trains its shard of
+the task under DDP (tolaria/distributed.py). Rank 0 alone runs the embedded platform or joins the real one
+(the controller) and writes the run directory; the other ranks load the same kernels, from rank 0's Urza
+(standalone) or the platform's. A rank that dies stops the others (exit 5); ``--resume`` on every rank
+continues from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import socket
@@ -28,39 +36,73 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import httpx
 import torch
+import torch.distributed as dist
 import yaml
 from rich.console import Console
 from torch import nn
 
 from esper_contracts import KernelStatus
-from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource, local_hardware
+from esper_kernels import KernelSource, LocalKernelLibrary, UrzaKernelSource, local_hardware, prewarm
 from esper_policy import ControlPolicy, build_policy
 
-from .config import ConfigError, EsperConfig, PlatformConfig, load_config
+from .config import ConfigError, EsperConfig, PlatformConfig, TolariaConfig, load_config
 from .data import Batches
 from .kasmina import wrap
 from .lineage import save_model
 from .tasks import TaskData, import_object, load_task
 from .tolaria import TolariaTrainer, TrainingDivergedError, evaluate
+from .tolaria.distributed import (
+    FollowerPolicy,
+    agree_on_start,
+    broadcast_object,
+    is_distributed,
+    is_peer_failure,
+    is_rank_zero,
+    model_signature,
+    start_from_env,
+    stop,
+)
+
+T = TypeVar("T")
 
 #: ``esper train`` exit codes.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_UNREACHABLE, EXIT_DIVERGED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG, EXIT_UNREACHABLE, EXIT_DIVERGED, EXIT_RANK_FAILED = 0, 1, 2, 3, 4, 5
 EXIT_CODES = {
     EXIT_OK: "the run finished",
     EXIT_FAILED: "an unexpected error (the message says which)",
-    EXIT_BAD_CONFIG: "the config (or the model or task it names) cannot be used; nothing was written",
+    EXIT_BAD_CONFIG: "the config (or the model or task it names) cannot be used, or the ranks were started with "
+                     "different ones; nothing was written",
     EXIT_UNREACHABLE: "a platform URL did not answer within platform.connect_timeout_s; nothing was written",
     EXIT_DIVERGED: "training diverged: more rollbacks than tolaria.max_rollbacks allows",
+    EXIT_RANK_FAILED: "several ranks: another rank failed or stopped answering; continue with --resume RUN_DIR",
 }
 CONFIG_FILE = "config.yaml"
 
 
 class PlatformUnreachableError(RuntimeError):
     """A platform URL (bus, Urza or the Narset coordinator) did not answer in time; the message names it."""
+
+
+class RankFailedError(RuntimeError):
+    """Several ranks: another rank died or stopped answering mid-run; ``run_dir`` is what to ``--resume``."""
+
+    def __init__(self, run_dir: Path, cause: BaseException) -> None:
+        self.run_dir = run_dir
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"another rank failed or stopped answering ({first[:300]})")
+
+
+def _attempt(step: Callable[[], T]) -> T | Exception:
+    """``step()``, or the configuration or platform error that stopped it (for the ranks to agree on)."""
+    try:
+        return step()
+    except (ConfigError, PlatformUnreachableError) as exc:
+        return exc
 
 
 @dataclass
@@ -156,34 +198,45 @@ def run_training(config: EsperConfig, *, resume: Path | None = None, kernels: st
         tolaria = tolaria.model_copy(update={"epochs": epochs})
     if resume is not None:
         tolaria = tolaria.model_copy(update={"run_dir": str(resume.parent), "run_id": resume.name})
-    elif tolaria.run_id is None:
-        tolaria = tolaria.model_copy(update={"run_id": f"train-{time.strftime('%Y%m%d-%H%M%S')}"})
+    elif tolaria.run_id is None:  # rank 0's clock names the run on every rank
+        tolaria = tolaria.model_copy(update={"run_id": broadcast_object(f"train-{time.strftime('%Y%m%d-%H%M%S')}")})
     if quiet:
         tolaria = tolaria.model_copy(update={"progress_bar": False, "log_lines": False})
     if config.platform is not None and tolaria.hardware is None:  # the platform's kernels must run on this device
         tolaria = tolaria.model_copy(update={"hardware": local_hardware(torch.device(tolaria.device).type)})
     task = load_task(tolaria.task or "spirals", tolaria.seed)
     torch.manual_seed(tolaria.seed)
-    host = build_host(config, task)
+    host = agree_on_start("host model", _attempt(lambda: build_host(config, task)), describe=model_signature,
+                          errors=(ConfigError,))
     if config.platform is not None:
-        check_platform(config.platform)
+        platform = config.platform
+        agree_on_start("platform", _attempt(lambda: check_platform(platform)), describe=lambda _: None,
+                       errors=(PlatformUnreachableError,))
     assert tolaria.run_id is not None
     run_dir = Path(tolaria.run_dir) / tolaria.run_id
+    rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     closers: list[Callable[[], None]] = []
     try:
-        model, controller = _assemble(config, host, kernels, run_dir, tolaria.run_id, closers, console)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume is None:
-            (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        trainer = TolariaTrainer(model, controller, tolaria,
-                                 train_data=Batches(task.train, tolaria.batch_size, seed=tolaria.seed),
-                                 val_data=Batches(task.val, 1024, shuffle=False))
+        model, controller = _assemble_rank(config, host, kernels, run_dir, tolaria.run_id, closers, console)
+        if rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if resume is None:
+                (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        trainer = TolariaTrainer(
+            model, controller, tolaria,
+            train_data=Batches(task.train, tolaria.batch_size, seed=tolaria.seed, rank=rank, world_size=world),
+            val_data=Batches(task.val, 1024, shuffle=False, rank=rank, world_size=world))
         if resume is not None:
             epoch = trainer.resume()
-            say(f"resuming {run_dir} after epoch {epoch}")
+            if rank == 0:
+                say(f"resuming {run_dir} after epoch {epoch}")
         start = time.perf_counter()
         model, history = trainer.train()
         seconds = time.perf_counter() - start
+    except Exception as exc:
+        if is_distributed() and is_peer_failure(exc):
+            raise RankFailedError(run_dir, exc) from exc
+        raise
     finally:
         for close in reversed(closers):
             close()
@@ -194,6 +247,8 @@ def run_training(config: EsperConfig, *, resume: Path | None = None, kernels: st
                          seconds=seconds)
     summary = {"task": task.name, "esper_test_accuracy": test_acc, "esper_parameters": result.parameters,
                "outcomes": result.outcomes, "seconds": seconds}
+    if rank != 0:  # rank 0 writes the run directory
+        return result
     save_model(model, run_dir, extra={"task": task.name, "summary": summary})
     from .report import write_report
 
@@ -202,12 +257,40 @@ def run_training(config: EsperConfig, *, resume: Path | None = None, kernels: st
     return result
 
 
+def _assemble_rank(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path, run_id: str,
+                   closers: list[Callable[[], None]], console: Console) -> tuple[nn.Module, ControlPolicy]:
+    """The wrapped model and controller of this rank: rank 0 assembles the run's mode (and tells the others
+    where its kernels are, or why it failed); the other ranks load the same kernels and never decide."""
+    if is_rank_zero():
+        assembled = _attempt(lambda: _assemble(config, host, kernels, run_dir, run_id, closers, console))
+        kernel_url = broadcast_object(assembled if isinstance(assembled, Exception) else assembled[2])
+        if isinstance(assembled, Exception):
+            raise assembled
+        return assembled[0], assembled[1]
+    kernel_url = broadcast_object(None)
+    if isinstance(kernel_url, Exception):
+        raise type(kernel_url)(f"rank 0 could not start: {kernel_url}")
+    platform = config.platform
+    source: KernelSource
+    if kernel_url is None:
+        source = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
+    else:
+        prewarm()  # on this thread: the source's warm-up thread would race the trainer's first import of Dynamo
+        token = urza_token(platform) if platform is not None else None
+        urza = UrzaKernelSource(kernel_url, cache_mb=config.kasmina.kernel_cache_mb, token=token)
+        closers.append(urza.close)
+        source = urza
+    return wrap(host, config.kasmina, source), FollowerPolicy()
+
+
 def _assemble(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path, run_id: str,
-              closers: list[Callable[[], None]], console: Console) -> tuple[nn.Module, ControlPolicy]:
-    """The wrapped model and its controller for the run's mode."""
+              closers: list[Callable[[], None]], console: Console) -> tuple[nn.Module, ControlPolicy, str | None]:
+    """The wrapped model, its controller, and the Urza URL its kernels come from (None: the built-in library)
+    for the run's mode."""
     say = console.print
     platform = config.platform
     if platform is not None:
+        prewarm()  # here, not on the source's warm-up thread: it would race the trainer's first import of Dynamo
         source = UrzaKernelSource(platform.urza_url, cache_mb=config.kasmina.kernel_cache_mb,
                                   token=urza_token(platform))
         closers.append(source.close)
@@ -216,11 +299,11 @@ def _assemble(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path,
         close = getattr(controller, "close", None)
         if close is not None:
             closers.append(close)
-        return model, controller
+        return model, controller, platform.urza_url
     if kernels == "eager":
         library: KernelSource = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
         model = wrap(host, config.kasmina, library)
-        return model, build_policy(config.tamiyo, library)  # type: ignore[arg-type]
+        return model, build_policy(config.tamiyo, library), None  # type: ignore[arg-type]
     from .standalone import LocalPlatform, PlatformError, prepare_kernels, slot_interfaces
 
     try:
@@ -237,36 +320,57 @@ def _assemble(config: EsperConfig, host: nn.Module, kernels: str, run_dir: Path,
     source = local.kernel_source(config.kasmina.kernel_cache_mb)
     model = wrap(host, config.kasmina, source)
     tamiyo = config.tamiyo.model_copy(update={"kernel_status": KernelStatus.VALIDATED})
-    return model, build_policy(tamiyo, source)
+    return model, build_policy(tamiyo, source), local.urza_url
+
+
+def _who() -> str:
+    """"rank N: " when several ranks print, so their lines can be told apart."""
+    return f"rank {dist.get_rank()}: " if is_distributed() else ""
+
+
+def _read_config(config_path: Path | None, resume: Path | None) -> EsperConfig:
+    if resume is not None:
+        return load_config(resume / CONFIG_FILE)
+    if config_path is not None:
+        return load_config(config_path)
+    raise ConfigError("esper train needs a CONFIG file, or --resume RUN_DIR")
 
 
 def main(config_path: Path | None, resume: Path | None = None, kernels: str = "compiled",
          epochs: int | None = None, quiet: bool = False, console: Console | None = None) -> int:
     """The ``esper train`` command: run, print a summary line, return an exit code (see :data:`EXIT_CODES`)."""
     console = console or Console(highlight=False)
-    say = console.print
+    say = functools.partial(console.print, markup=False)  # messages quote paths and errors, not markup
+    loaded = _attempt(lambda: _read_config(config_path, resume))
+    tolaria = loaded.tolaria if isinstance(loaded, EsperConfig) else TolariaConfig()
     try:
-        if resume is not None:
-            config = load_config(resume / CONFIG_FILE)
-        elif config_path is not None:
-            config = load_config(config_path)
-        else:
-            raise ConfigError("esper train needs a CONFIG file, or --resume RUN_DIR")
+        # Under torchrun or --nproc-per-node: join the other ranks, then check they all read the same config.
+        start_from_env(tolaria.collective_timeout_s, tolaria.device)
+        config = agree_on_start("run config", loaded, describe=lambda c: c.model_dump(mode="json"),
+                                errors=(ConfigError,))
         result = run_training(config, resume=resume, kernels=kernels, epochs=epochs, quiet=quiet, console=console)
+        leader = is_rank_zero()  # rank 0 reports (asked before the group is left below)
     except ConfigError as exc:
-        say(f"error: {exc}")
+        say(f"error: {_who()}{exc}")
         return EXIT_BAD_CONFIG
     except PlatformUnreachableError as exc:
-        say(f"error: platform unreachable: {exc}")
+        say(f"error: {_who()}platform unreachable: {exc}")
         return EXIT_UNREACHABLE
     except TrainingDivergedError as exc:
-        say(f"error: training diverged: {exc}")
+        say(f"error: {_who()}training diverged: {exc}")
         return EXIT_DIVERGED
+    except RankFailedError as exc:
+        say(f"error: {_who()}{exc}; continue every rank with --resume {exc.run_dir}")
+        return EXIT_RANK_FAILED
+    finally:
+        stop()
+    if not leader:
+        return EXIT_OK
     say(f"{result.run_dir}: test accuracy {result.test_accuracy:.4f}, {result.parameters} parameters, "
         f"{', '.join(f'{k} {v}' for k, v in sorted(result.outcomes.items())) or 'no adaptation'} "
         f"({result.seconds:.0f} s); report: {result.run_dir / 'report.html'}")
     return EXIT_OK
 
 
-__all__ = ["EXIT_CODES", "PlatformUnreachableError", "TrainResult", "build_host", "check_platform", "default_host",
-           "main", "run_training"]
+__all__ = ["EXIT_CODES", "PlatformUnreachableError", "RankFailedError", "TrainResult", "build_host", "check_platform",
+           "default_host", "main", "run_training"]

@@ -20,6 +20,7 @@ from esper.kasmina import (
     drain_events,
     drain_transitions,
     kasmina_layers,
+    reconstruction_loss,
     resolve_command,
     seed_parameters,
     wait_for_loads,
@@ -209,6 +210,18 @@ def test_culled_slot_is_embargoed_then_returns_to_dormant() -> None:
     assert (culled.old, culled.new, culled.commanded) == (S.TRAINING, S.CULLED, True)
     assert (dormant.old, dormant.new, dormant.commanded, dormant.reason) == (S.CULLED, S.DORMANT, False, "embargo over")
     assert apply_commands(model, [cmd("0", 0, CommandType.GERMINATE, kernel=k)], culled_at + 3) == []
+
+
+def test_a_seed_culled_in_training_leaves_no_reconstruction_loss_behind() -> None:
+    """The last step's reconstruction loss belongs to a freed graph: the next step must not see it."""
+    model, source, x = _setup()
+    d = Driver(model, x)
+    d.to_stage("0", 0, kernel_for(model, source.lib, "0"), S.TRAINING)
+    train_steps(model, x, 2)
+    assert reconstruction_loss(model) is not None
+    assert d.apply(cmd("0", 0, CommandType.CULL)) == []
+    assert reconstruction_loss(model) is None
+    train_steps(model, x, 1)  # used to backward through the freed graph of the culled seed
 
 
 def test_rolled_back_seed_is_locked_for_good() -> None:

@@ -46,6 +46,8 @@ _RELEASE_STAGES = frozenset({SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.RO
 #: Stages a failed kernel is culled from at the next boundary (a FOSSILIZED seed is permanent: it stays the
 #: identity instead).
 _CULLED_ON_FAILURE = (MODULE_STAGES | {SeedStage.LOADING}) - {SeedStage.FOSSILIZED}
+#: Stages in which a seed holds (or is loading) a kernel, so a kernel failure still matters.
+_HOLDS_KERNEL = MODULE_STAGES | {SeedStage.LOADING}
 _STATE_VERSION = 1
 
 
@@ -205,6 +207,9 @@ class KasminaLayer(HostAttributeFallback):
         move as a SeedTransition."""
         st = self.seed_state
         old = st.stage(i)
+        # Transitions happen between steps: the last forward's reconstruction losses were used (their graph is
+        # freed), and a forward that runs no seed would not clear them.
+        self._recon = []
         if target is SeedStage.DORMANT:
             st.reset(i)
         st.set(StateField.STAGE, i, target.code)
@@ -312,6 +317,27 @@ class KasminaLayer(HostAttributeFallback):
             self._attach(i, module)
             self._events.append(SeedEvent(self.layer_id, i, EventKind.LOADED, f"kernel {self.kernel_id(i)} loaded",
                                           epoch))
+
+    def poll_loads(self, epoch: int) -> None:
+        """Pick up the loads that finished (attach the module, or mark the kernel failed) without the rest of the
+        boundary work; ``begin_boundary`` does this too. Multi-rank training calls it first, so that the ranks
+        can agree on failures before the boundary culls them."""
+        self._poll_loads(epoch)
+
+    def pending_failures(self) -> dict[int, str]:
+        """Seeds holding a kernel that failed, by index, with the reason the cull that follows will give (a
+        FOSSILIZED seed is not culled: it stays the identity)."""
+        st = self.seed_state
+        return {i: self._failures.get(i, "kernel error") for i in range(st.n)
+                if st.get(StateField.FAILED, i) and st.stage(i) in _HOLDS_KERNEL}
+
+    def share_failure(self, i: int, reason: str, epoch: int) -> None:
+        """Fail seed ``i``'s kernel here because it failed on another rank (identity from now on, culled at the
+        boundary like a local failure), with ``reason`` as the cull's reason on every rank."""
+        if not self.seed_state.get(StateField.FAILED, i):
+            kind = EventKind.LOAD_FAILED if self.seed_state.stage(i) is SeedStage.LOADING else EventKind.RUNTIME_ERROR
+            self._kernel_failed(i, kind, "failed on another rank", epoch)
+        self._failures[i] = reason
 
     def _restart_loads(self) -> None:
         """Submit the load of every LOADING seed that has no module and no load under way (after a copy or a

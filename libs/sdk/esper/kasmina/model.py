@@ -168,6 +168,25 @@ def begin_boundary(model: nn.Module, epoch: int) -> None:
         layer.begin_boundary(epoch)
 
 
+def poll_loads(model: nn.Module, epoch: int) -> None:
+    """Pick up finished kernel loads in every layer (attached, or marked failed) without the boundary's other work."""
+    for layer in kasmina_layers(model).values():
+        layer.poll_loads(epoch)
+
+
+def pending_kernel_failures(model: nn.Module) -> dict[tuple[str, int], str]:
+    """(layer id, seed index) -> reason, for every seed whose kernel failed (culled at the next boundary unless
+    FOSSILIZED, which stays the identity)."""
+    return {(layer_id, i): reason for layer_id, layer in kasmina_layers(model).items()
+            for i, reason in layer.pending_failures().items()}
+
+
+def share_kernel_failure(model: nn.Module, layer_id: str, index: int, reason: str, epoch: int) -> None:
+    """Fail a seed's kernel because it failed on another rank, with that rank's ``reason`` (multi-rank training
+    keeps every rank's seeds in the same stage)."""
+    kasmina_layers(model)[layer_id].share_failure(index, reason, epoch)
+
+
 def collect_telemetry(model: nn.Module, epoch: int) -> list[SeedTelemetry]:
     """Every seed's telemetry for boundary ``epoch``; resets the per-epoch accumulators."""
     return [t for layer in kasmina_layers(model).values() for t in layer.collect_telemetry(epoch)]

@@ -7,19 +7,21 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .distributed import RankDivergedError, RankMismatchError, broadcast_signal
 from .runlog import ConsoleProgress, RunLog, progress_bar_wanted
 from .trainer import (
     TolariaTrainer,
     TrainerHooks,
     TrainingDivergedError,
     TrainingHistory,
-    broadcast_signal,
     evaluate,
+    evaluate_totals,
     make_optimizer,
 )
 
 __all__ = [
-    "CheckpointIntegrityError", "CheckpointStore", "ConsoleProgress", "NoGoodCheckpointError", "RunLog",
-    "TolariaTrainer", "TrainerHooks", "TrainingDivergedError", "TrainingHistory", "broadcast_signal", "evaluate",
-    "load_checkpoint", "make_optimizer", "progress_bar_wanted", "save_checkpoint",
+    "CheckpointIntegrityError", "CheckpointStore", "ConsoleProgress", "NoGoodCheckpointError", "RankDivergedError",
+    "RankMismatchError", "RunLog", "TolariaTrainer", "TrainerHooks", "TrainingDivergedError", "TrainingHistory",
+    "broadcast_signal", "evaluate", "evaluate_totals", "load_checkpoint", "make_optimizer", "progress_bar_wanted",
+    "save_checkpoint",
 ]

@@ -14,8 +14,10 @@ One epoch, top to bottom (``train`` repeats it):
 Rollback restores host, seeds, controller and trainer state together from the newest checkpoint that
 passes its checksum, then locks the seeds that were live (ROLLED_BACK) and reports them.
 
-Multi-rank training: only rank 0 asks the controller; the signal is broadcast and every rank applies
-the same commands at the same boundary (docs/decisions/0003-tolaria-boundary-protocol.md).
+Multi-rank training (torchrun, DDP): only rank 0 asks the controller; the signal is broadcast and every rank
+applies the same commands at the same boundary; losses, rollbacks, kernel failures and checkpoints are
+decided collectively and only rank 0 writes. The collectives live in ``distributed.py``
+(docs/decisions/0003-tolaria-boundary-protocol.md, 0009-distributed-training.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -72,6 +73,15 @@ from ..kasmina import (
 )
 from ..lineage import Lineage, attach_lineage
 from .checkpoint import CheckpointStore
+from .distributed import (
+    RankGroup,
+    agree_on_start,
+    broadcast_object,
+    broadcast_signal,
+    is_rank_zero,
+    model_signature,
+    resolve_device,
+)
 from .runlog import ConsoleProgress, RunLog
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -110,10 +120,17 @@ def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_deca
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = F.cross_entropy,
              device: torch.device | str = "cpu") -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` over ``batches`` (eval mode; the previous mode is restored)."""
+    total_loss, correct, count = evaluate_totals(model, batches, loss_fn, device)
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate_totals(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = F.cross_entropy,
+                    device: torch.device | str = "cpu") -> tuple[float, int, int]:
+    """(summed loss, correct predictions, examples) of ``model`` over ``batches``: what ranks add up."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -124,19 +141,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = F.cro
         correct += int((logits.argmax(-1) == y).sum())
         count += len(y)
     model.train(was_training)
-    return total_loss / max(count, 1), correct / max(count, 1)
-
-
-def broadcast_signal(signal: AdaptationSignal | None) -> AdaptationSignal:
-    """Rank 0's signal on every rank (a no-op outside torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        assert signal is not None
-        return signal
-    box = [signal.model_dump_json() if signal is not None else None]
-    dist.broadcast_object_list(box, src=0)
-    decided = box[0]
-    assert decided is not None  # rank 0 always decides
-    return AdaptationSignal.model_validate_json(decided)
+    return total_loss, correct, count
 
 
 def _kernel_names(model: nn.Module) -> Callable[[str], str | None]:
@@ -161,10 +166,6 @@ def _data_from_config(cfg: TolariaConfig, train_data: Iterable[Batch] | None,
             val_data if val_data is not None else Batches(task.val, 1024, shuffle=False))
 
 
-def _is_rank_zero() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 class TolariaTrainer:
     """Trains a Kasmina-wrapped model under a control policy; ``train()`` returns (model, history)."""
 
@@ -182,9 +183,14 @@ class TolariaTrainer:
     ) -> None:
         self.config = cfg = config or TolariaConfig()
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.hardware = cfg.hardware  # the label of the compiled kernels Tamiyo may choose (None: any)
         self.model = model.to(self.device)
+        # Several ranks (torch.distributed): the same config and model on each, checked before anything else.
+        self.ranks = RankGroup.current(self.device)
+        if self.ranks is not None:
+            agree_on_start("trainer config and model",
+                           {"tolaria": cfg.model_dump(mode="json"), "model": model_signature(model)})
         self.controller = controller
         if train_data is None or val_data is None:
             train_data, val_data = _data_from_config(cfg, train_data, val_data)
@@ -192,7 +198,7 @@ class TolariaTrainer:
         self.blueprint_names = blueprint_names or _kernel_names(model)
         self.hooks = hooks or TrainerHooks()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        self.run_id = cfg.run_id or f"run-{stamp}-{uuid.uuid4().hex[:6]}"
+        self.run_id = broadcast_object(cfg.run_id or f"run-{stamp}-{uuid.uuid4().hex[:6]}")
         self.run_dir = Path(cfg.run_dir) / self.run_id
         self.checkpoints = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.checkpoints_kept)
         self.log: RunLog | None = None
@@ -213,15 +219,20 @@ class TolariaTrainer:
         attach_lineage(model, self.lineage)
         self._train_losses: deque[float] = deque(maxlen=cfg.spike_window)
         self._rebuild_seed_optimizer()
+        # The module the training step calls: the host under DDP when there are several ranks.
+        self._step_model = self.ranks.wrap(self.model) if self.ranks is not None else self.model
 
     # ------------------------------------------------------------------------------------ the loop
 
     def train(self) -> tuple[nn.Module, TrainingHistory]:
         """Run ``config.epochs`` epochs (rolled-back epochs are retried); return (model, history)."""
         cfg = self.config
-        self.log = RunLog(self.run_dir, fresh=self.epoch == 0)
-        self.checkpoints.discard_after(self.epoch)  # a reused run directory must not offer stale rollback points
-        self.progress = ConsoleProgress(cfg.epochs, title=self.run_id, bar=cfg.progress_bar, lines=cfg.log_lines)
+        writer = is_rank_zero()  # only rank 0 writes the run directory and prints
+        self.log = RunLog(self.run_dir, fresh=self.epoch == 0) if writer else None
+        if writer:
+            self.checkpoints.discard_after(self.epoch)  # a reused run directory must not offer stale rollback points
+        self.progress = ConsoleProgress(cfg.epochs, title=self.run_id, bar=cfg.progress_bar if writer else False,
+                                        lines=cfg.log_lines and writer)
         try:
             with self.progress:
                 begin_boundary(self.model, self.epoch)
@@ -231,7 +242,8 @@ class TolariaTrainer:
                 while self.epoch < cfg.epochs:
                     self._run_epoch(self.epoch + 1)
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
         return self.model, self.history
 
     def _run_epoch(self, epoch: int) -> None:
@@ -240,7 +252,7 @@ class TolariaTrainer:
         if not math.isfinite(train_loss):
             self.rollback(epoch, f"non-finite training loss ({train_loss})")
             return
-        val_loss, val_acc = evaluate(self.model, self.val_data, self.loss_fn, self.device)
+        val_loss, val_acc = self._validate()
         if not math.isfinite(val_loss):
             self.rollback(epoch, f"non-finite validation loss ({val_loss})")
             return
@@ -260,8 +272,9 @@ class TolariaTrainer:
             return
         self.epoch, record = epoch, self._epoch_record(epoch, metrics, time.perf_counter() - start)
         self.history.epochs.append(record)
-        assert self.log is not None and self.progress is not None
-        self.log.metrics(record)
+        assert self.progress is not None
+        if self.log is not None:
+            self.log.metrics(record)
         self._checkpoint()
         active = len(self._live_seeds())
         self.progress.update(epoch, f"val_acc {val_acc:.3f}  seeds live {active}")
@@ -277,21 +290,35 @@ class TolariaTrainer:
         return train_loss > cfg.max_loss_spike_ratio * recent and train_loss - recent > cfg.spike_min_increase
 
     def _train_one_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass over the training data; returns (mean loss, accuracy), or (nan, ...) at the first bad loss."""
+        """One pass over the training data; returns (mean loss, accuracy), or (nan, ...) at the first bad loss.
+
+        With several ranks the means are over every rank's examples, and a bad loss on any rank stops every
+        rank at the same step (each step's vote travels while backward runs).
+        """
         self.model.train()
+        ranks = self.ranks
+        if ranks is not None and ranks.needs_rewrap(self.model):  # after a boundary, a rollback or a resume
+            self._step_model = self.model  # the old wrapper and its gradient hooks go first
+            self._step_model = ranks.wrap(self.model)
         total, correct, count = 0.0, 0, 0
-        for x, y in self.train_data:
+        for x, y in self.train_data if ranks is None else ranks.batches(self.train_data):
             x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)  # (B, classes)
+            logits = self._step_model(x)  # (B, classes)
             loss = self.loss_fn(logits, y)
             recon = reconstruction_loss(self.model)  # graph from detached host activations: seed grads only
             objective = loss if recon is None else loss + recon
-            if not torch.isfinite(objective):
+            if ranks is None and not torch.isfinite(objective):
                 return math.nan, 0.0  # stop before a bad step reaches the weights
+            vote = ranks.vote(not torch.isfinite(objective)) if ranks is not None else None
             self.host_optimizer.zero_grad(set_to_none=True)
             if self.seed_optimizer is not None:
                 self.seed_optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            objective.backward()  # every rank runs it, even on a bad loss: DDP's gradient all-reduce needs all
+            if ranks is not None and vote is not None:
+                if vote.any_bad():
+                    return math.nan, 0.0
+                ranks.sync_seed_gradients(self.seed_optimizer.param_groups[0]["params"] if self.seed_optimizer
+                                          else [])
             if self.config.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(self.host_params, self.config.grad_clip_norm)
             self.host_optimizer.step()
@@ -301,14 +328,26 @@ class TolariaTrainer:
             total += loss.item() * len(y)
             correct += int((logits.argmax(-1) == y).sum())
             count += len(y)
+        if ranks is not None:
+            return ranks.global_means(total, correct, count)
         return total / max(count, 1), correct / max(count, 1)
+
+    def _validate(self) -> tuple[float, float]:
+        """Validation loss and accuracy (over every rank's validation data when there are several)."""
+        if self.ranks is None:
+            return evaluate(self.model, self.val_data, self.loss_fn, self.device)
+        return self.ranks.global_means(*evaluate_totals(self.model, self.val_data, self.loss_fn, self.device))
 
     # ------------------------------------------------------------------------------------ the boundary
 
     def _boundary(self, epoch: int, metrics: dict[str, float], elapsed: float) -> AdaptationSignal:
         """Kasmina's moves, heartbeat, decision, commands; returns the controller's signal."""
         wait_for_loads(self.model)  # loads take milliseconds; waiting keeps runs reproducible
+        if self.ranks is not None:
+            self.ranks.agree_kernel_failures(self.model, epoch)  # a kernel that failed on any rank fails on all
         telemetry = collect_telemetry(self.model, epoch)  # runs Kasmina's boundary work (culls failed kernels)
+        if self.ranks is not None:
+            self.ranks.share_new_seeds(self.model)  # kernels attached just now start from rank 0's weights
         self._record_kasmina_moves(epoch, metrics)
 
         packet = SystemStatePacket(
@@ -319,13 +358,15 @@ class TolariaTrainer:
             epoch_time_s=elapsed, device=str(self.device), hardware=self.hardware,
             metrics={"train_accuracy": metrics["train_accuracy"]}, seeds=telemetry,
         )
-        signal = broadcast_signal(self.controller.decide(packet) if _is_rank_zero() else None)
+        signal = broadcast_signal(self.controller.decide(packet) if is_rank_zero() else None)
         if signal.emergency_rollback_required:
             return signal
         self._apply(epoch, signal.commands, metrics)
-        for report in self.controller.drain_field_reports():
+        for report in self.controller.drain_field_reports() if is_rank_zero() else []:
             self._record_report(epoch, report)
         self._rebuild_seed_optimizer(force=signal.optimizer_rebuild_required)
+        if self.ranks is not None:
+            self.ranks.check_lifecycle(self.model, epoch)
         return signal
 
     def _apply(self, epoch: int, commands: list[KasminaControlCommand], metrics: dict[str, Any]) -> None:
@@ -361,7 +402,8 @@ class TolariaTrainer:
         reports = [self._report_for(sid, Outcome.CULLED, metrics) for sid in culled if sid in germinated]
         if not reports:
             return
-        self.controller.observe_outcomes(reports)
+        if is_rank_zero():  # only rank 0 talks to the controller
+            self.controller.observe_outcomes(reports)
         for report in reports:
             self._record_report(epoch, report)
 
@@ -439,7 +481,19 @@ class TolariaTrainer:
         }
 
     def _checkpoint(self) -> Path:
+        if not is_rank_zero():  # every rank holds the same state; rank 0 writes it
+            return self.checkpoints.path_for(self.epoch)
         return self.checkpoints.save(self.epoch, self._state())
+
+    def _load_latest_good(self) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint that passes its checksum; with several ranks, the one rank 0 chose, on each."""
+        if self.ranks is None:
+            return self.checkpoints.load_latest_good()
+        return self.ranks.load_latest_good(self.checkpoints)
+
+    def _discard_after(self, epoch: int) -> None:
+        if is_rank_zero():
+            self.checkpoints.discard_after(epoch)
 
     def resume(self) -> int:
         """Continue this run directory from its newest good checkpoint (model, seeds, optimizers, controller,
@@ -447,17 +501,19 @@ class TolariaTrainer:
 
         Raises NoGoodCheckpointError when the directory holds no checkpoint that passes its checksum.
         """
-        path, state = self.checkpoints.load_latest_good()
+        path, state = self._load_latest_good()
         self._restore(state)
-        self.checkpoints.discard_after(self.epoch)
-        RunLog.truncate_after(self.run_dir, self.epoch)  # the lost attempt of the next epoch is not history
+        self._discard_after(self.epoch)
+        if is_rank_zero():  # the lost attempt of the next epoch is not history
+            RunLog.truncate_after(self.run_dir, self.epoch)
         self._event(self.epoch, "resumed", checkpoint=path.name)
         return self.epoch
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.host_optimizer.load_state_dict(state["host_optimizer"])
-        self.controller.load_state_dict(json.loads(state["controller"]))
+        if is_rank_zero():  # the controller lives on rank 0; the other ranks never consult theirs
+            self.controller.load_state_dict(json.loads(state["controller"]))
         trainer = json.loads(state["trainer"])
         self.epoch, self.global_step = int(trainer["epoch"]), int(trainer["global_step"])
         self.history.epochs = list(trainer["epochs"])
@@ -480,9 +536,9 @@ class TolariaTrainer:
         if len(self.history.rollbacks) > self.config.max_rollbacks:
             raise TrainingDivergedError(f"{len(self.history.rollbacks)} rollbacks (max {self.config.max_rollbacks}); "
                                         f"last: {reason}")
-        path, state = self.checkpoints.load_latest_good()
+        path, state = self._load_latest_good()
         self._restore(state)
-        self.checkpoints.discard_after(self.epoch)
+        self._discard_after(self.epoch)
         if self.hooks.on_restore is not None:
             self.hooks.on_restore(self, path)
 
@@ -498,7 +554,8 @@ class TolariaTrainer:
                 for sid in live if sid in restored_live]
         self._apply(self.epoch, lock, metrics)
         reports = [self._report_for(sid, Outcome.ROLLED_BACK, metrics) for sid in live]
-        self.controller.observe_outcomes(reports)
+        if is_rank_zero():
+            self.controller.observe_outcomes(reports)
         for report in reports:
             self._record_report(self.epoch, report)
         self._rebuild_seed_optimizer(force=True)

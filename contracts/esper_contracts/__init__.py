@@ -70,6 +70,7 @@ from .lifecycle import (
     SystemStatePacket,
     is_legal_transition,
 )
+from .metrics import METRICS, MetricSpec, MetricType, UnknownMetricError, exported_by, metric_of_series, metric_spec
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
 from .topics import TOPICS, Topic, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
 
@@ -90,6 +91,7 @@ __all__ = [
     "LEGAL_TRANSITIONS",
     "MAX_IR_NODES",
     "MAX_IR_PARAMETERS",
+    "METRICS",
     "SCHEMA_VERSION",
     "TOPICS",
     "TRAINABLE_ONLY_STAGES",
@@ -123,6 +125,8 @@ __all__ = [
     "KernelSelector",
     "KernelStatus",
     "LineageRelative",
+    "MetricSpec",
+    "MetricType",
     "MutationRecord",
     "NarsetAllocationDecision",
     "OpType",
@@ -147,6 +151,7 @@ __all__ = [
     "TensorInterface",
     "Topic",
     "TopicSpec",
+    "UnknownMetricError",
     "UnknownTopicError",
     "UrabraskValidationReport",
     "ValidationJob",
@@ -154,7 +159,10 @@ __all__ = [
     "WorkerQuota",
     "artifact_id",
     "dead_letter_topic",
+    "exported_by",
     "is_legal_transition",
+    "metric_of_series",
+    "metric_spec",
     "new_id",
     "payload_model",
     "topic_spec",

@@ -10,7 +10,8 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets clean
+        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets \
+        bench-nissa clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -23,6 +24,7 @@ help:
 	@echo "make bench-kasmina  seed overheads and controller latency"
 	@echo "make bench-control  Narset/Tamiyo decision latency and telemetry fan-in"
 	@echo "make bench-assets   kernel cache, cold loads, Urza queries vs MLflow, compile times"
+	@echo "make bench-nissa    observability costs: one Prometheus scrape of Nissa holding 10k seeds"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -82,7 +84,7 @@ proof: dev
 evolve: dev
 	$(PY) -m esper_recipes.evolve
 
-bench: bench-oona bench-kasmina bench-control bench-assets
+bench: bench-oona bench-kasmina bench-control bench-assets bench-nissa
 
 bench-oona: infra-deps
 	$(PY) bench/bench_oona.py
@@ -95,6 +97,9 @@ bench-control: dev
 
 bench-assets: dev
 	$(PY) bench/bench_assets.py
+
+bench-nissa: dev
+	$(PY) bench/bench_nissa.py
 
 clean: infra-down
 	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -21,5 +21,9 @@ out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 "$HELM" template esper deploy/helm/esper --kube-version "$KUBE_VERSION" \
   --set services.tezzeret.replicas=4 --set services.urabrask.gpu=2 > "$out/all.yaml"
 grep -q 'nvidia.com/gpu: 2' "$out/all.yaml" || { echo "urabrask lost its GPU request"; exit 1; }
+# Every dashboard and rule file of the repository is in the chart's ConfigMaps (through its linked folders).
+for f in deploy/grafana/dashboards/*.json deploy/prometheus/rules/*.yml; do
+  grep -q "^  $(basename "$f"): |-" "$out/default.yaml" || { echo "the chart does not ship $f"; exit 1; }
+done
 .venv/bin/kubernetes-validate --strict -k "$KUBE_VERSION" --quiet "$out/default.yaml" "$out/all.yaml"
 echo "deploy-check: compose, chart and $(grep -c '^kind:' "$out/all.yaml") rendered manifests are valid"

@@ -8,10 +8,12 @@ only joins strings. Every family takes its name, type, help and labels from the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from esper_contracts import MetricType, metric_spec
 
 
+@lru_cache(maxsize=65536)  # the same names (runs, regions, stages) come back at every scrape
 def escape(value: str) -> str:
     """A label value as the text format quotes it."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -46,6 +46,7 @@ class SeedRow:
 
     labels: str
     stage: SeedStage
+    stage_name: str
     alpha: float
     gradient_norm: float
     epochs_in_stage: int
@@ -64,6 +65,9 @@ class RunState:
     stage_counts: Counter[SeedStage] = field(default_factory=Counter)
     germinations: int = 0
     transitions: Counter[SeedStage] = field(default_factory=Counter)
+    #: The run's per-seed samples as text, one string per family of SEED_FAMILIES; None until the next scrape
+    #: after a heartbeat. Heartbeats come once an epoch, scrapes every few seconds: most scrapes reuse it.
+    seed_text: list[str] | None = None
 
 
 class _Recent:
@@ -124,6 +128,7 @@ class TelemetryStore:
             for t in packet.seeds:
                 self._update_seed(run, t, known)
             run.stage_counts = Counter(row.stage for row in run.seeds.values())
+            run.seed_text = None
             while len(self._runs) > self.max_runs:
                 self._runs.popitem(last=False)
 
@@ -137,8 +142,9 @@ class TelemetryStore:
                 run.germinations += 1
         if row is None:
             row = run.seeds[key] = SeedRow(label_text(_SEED_LABELS, (run.run_id, t.layer_id, str(t.seed_index))),
-                                           t.stage, 0.0, 0.0, 0, 0, 0.0)
-        row.stage, row.alpha, row.gradient_norm = t.stage, float(t.alpha), float(t.gradient_norm)
+                                           t.stage, t.stage.value, 0.0, 0.0, 0, 0, 0.0)
+        row.stage, row.stage_name = t.stage, t.stage.value
+        row.alpha, row.gradient_norm = float(t.alpha), float(t.gradient_norm)
         row.epochs_in_stage, row.kernel_errors, row.latency_us = t.epochs_in_stage, t.error_count, \
             float(t.execution_latency_us)
 
@@ -172,6 +178,11 @@ class TelemetryStore:
         """The runs held, least recently heard from first."""
         with self._lock:
             return list(self._runs)
+
+    def messages_taken(self) -> int:
+        """Messages taken from every topic so far."""
+        with self._lock:
+            return sum(self._messages.values())
 
     def seed_count(self) -> int:
         """Seeds held over every run."""
@@ -259,23 +270,32 @@ class TelemetryStore:
         return [intensity, cost, pool, mode, overdrive, decisions]
 
     def _seed_families(self) -> list[TextFamily]:
-        # The hot path of a scrape (six lines per seed): each line is one f-string over pre-escaped labels.
-        # Floats come from validated contracts (finite), so repr() is a valid sample value; ints print as ints.
-        rows = [row for run in self._runs.values() for row in run.seeds.values()]
-        stage, alpha, grad = TextFamily("esper_seed_stage"), TextFamily("esper_seed_alpha"), \
-            TextFamily("esper_seed_gradient_norm")
-        epochs, errors, latency = TextFamily("esper_seed_epochs_in_stage"), TextFamily("esper_seed_kernel_errors"), \
-            TextFamily("esper_seed_latency_us")
-        name = stage.sample
-        stage.add_lines([f'{name}{{{r.labels},stage="{r.stage.value}"}} 1\n' for r in rows])
-        name = alpha.sample
-        alpha.add_lines([f"{name}{{{r.labels}}} {r.alpha!r}\n" for r in rows])
-        name = grad.sample
-        grad.add_lines([f"{name}{{{r.labels}}} {r.gradient_norm!r}\n" for r in rows])
-        name = epochs.sample
-        epochs.add_lines([f"{name}{{{r.labels}}} {r.epochs_in_stage}\n" for r in rows])
-        name = errors.sample
-        errors.add_lines([f"{name}{{{r.labels}}} {r.kernel_errors}\n" for r in rows])
-        name = latency.sample
-        latency.add_lines([f"{name}{{{r.labels}}} {r.latency_us!r}\n" for r in rows])
-        return [stage, alpha, grad, epochs, errors, latency]
+        families = [TextFamily(name) for name in SEED_FAMILIES]
+        for run in self._runs.values():
+            if run.seed_text is None:
+                run.seed_text = _seed_text(families, list(run.seeds.values()))
+            for family, text in zip(families, run.seed_text, strict=True):
+                family.add_lines((text,))
+        return families
+
+
+#: The per-seed families, in the order :func:`_seed_text` writes them.
+SEED_FAMILIES = ("esper_seed_stage", "esper_seed_alpha", "esper_seed_gradient_norm", "esper_seed_epochs_in_stage",
+                 "esper_seed_kernel_errors", "esper_seed_latency_us")
+
+
+def _seed_text(families: list[TextFamily], rows: list[SeedRow]) -> list[str]:
+    """The samples of ``rows`` for each of ``families`` (SEED_FAMILIES), as one string per family.
+
+    The hot path of Nissa (six lines per seed): each line is one f-string over pre-escaped labels. Floats come
+    from validated contracts (finite), so repr() is a valid sample value; ints print as ints.
+    """
+    stage, alpha, grad, epochs, errors, latency = (f.sample for f in families)
+    return [
+        "".join([f'{stage}{{{r.labels},stage="{r.stage_name}"}} 1\n' for r in rows]),
+        "".join([f"{alpha}{{{r.labels}}} {r.alpha!r}\n" for r in rows]),
+        "".join([f"{grad}{{{r.labels}}} {r.gradient_norm!r}\n" for r in rows]),
+        "".join([f"{epochs}{{{r.labels}}} {r.epochs_in_stage}\n" for r in rows]),
+        "".join([f"{errors}{{{r.labels}}} {r.kernel_errors}\n" for r in rows]),
+        "".join([f"{latency}{{{r.labels}}} {r.latency_us!r}\n" for r in rows]),
+    ]

@@ -30,6 +30,7 @@ class NissaService(Service):
 
     description = ("Nissa: follows the trainer's heartbeats, the health summaries, the Narset allocator's decisions "
                    "and the field reports on the bus, and exposes them on /metrics for Prometheus and Grafana.")
+
     def __init__(self, settings: NissaSettings) -> None:
         super().__init__(settings)
         self.settings: NissaSettings = settings

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field
@@ -28,6 +28,9 @@ from .controller import ControllerOptions, Outgoing, TamiyoController
 from .domains import load_domains
 from .kernels import FileKernels, NoKernels, RiskFilter, UrzaKernels
 from .tally import tamiyo_families
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class TamiyoService(Service):
 
     description = ("Tamiyo: reads epoch heartbeats and domain health, decides adaptations, mints and allocates the "
                    "budget per region, funds opportunity proposals, protects scaffolds and volatile domains.")
+
     def __init__(self, settings: TamiyoSettings, kernels: KernelSelector | None = None) -> None:
         super().__init__(settings)
         self.settings: TamiyoSettings = settings
@@ -79,7 +83,7 @@ class TamiyoService(Service):
         self.app.add_exception_handler(RequestValidationError, bad_request)
         self.registry.register(StateCollector(self._families))
 
-    def _families(self) -> list[Any]:
+    def _families(self) -> list[Metric]:
         with self.lock:
             return tamiyo_families(self.controller)
 

@@ -11,7 +11,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
         unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
-        bench-ddp clean
+        bench-ddp bench-nissa clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-assets   kernel cache, cold loads, Urza queries vs MLflow, compile times"
 	@echo "make bench-platform the distributed platform: boundary round trip, epoch time vs standalone, submit-to-validated"
 	@echo "make bench-ddp      Tolaria under DDP (2 ranks, gloo): dormant-seed step overhead, boundary time"
+	@echo "make bench-nissa    observability costs: one Prometheus scrape of Nissa holding 10k seeds"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -85,7 +86,7 @@ proof: dev
 evolve: dev
 	$(PY) -m esper_recipes.evolve
 
-bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp
+bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp bench-nissa
 
 bench-oona: infra-deps
 	$(PY) bench/bench_oona.py
@@ -105,6 +106,8 @@ bench-platform: infra-up
 
 bench-ddp: dev
 	$(PY) bench/bench_ddp.py
+bench-nissa: dev
+	$(PY) bench/bench_nissa.py
 
 clean: infra-down
 	rm -rf .venv .cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,8 @@ Session-scoped fixtures (each starts its service only when a selected test asks 
 * ``postgres_url`` (``postgresql+psycopg://esper:esper@127.0.0.1:15432/esper``)
 * ``s3_config`` (``{"endpoint_url", "access_key", "secret_key", "region"}``; use path-style addressing)
 * ``prometheus_url`` (``http://127.0.0.1:19090``)
+* ``prometheus_targets``: adds services of the test to that Prometheus's scrape job ``esper`` (file_sd),
+  removed when the test ends; see :class:`PrometheusTargets`
 
 A service that already runs (``bash infra/infra.sh up``, or another session) is reused and left
 running. Otherwise the fixture starts it with the ``infra/`` scripts and stops it (deleting its
@@ -202,6 +204,58 @@ def s3_config(_esper_s3: None) -> dict[str, str]:
 def prometheus_url(_esper_prometheus: None) -> str:
     """Base URL of a running Prometheus that scrapes itself."""
     return str(_infra().endpoints()["prometheus_url"])
+
+
+class PrometheusTargets:
+    """Scrape targets of one test, written as a file_sd file the local Prometheus watches (job ``esper``)."""
+
+    def __init__(self, prometheus_url: str, directory: Path) -> None:
+        import uuid
+
+        self.url = prometheus_url
+        self.file = directory / f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        self._targets: list[dict[str, object]] = []
+
+    def add(self, service: str, port: int, host: str = "127.0.0.1") -> str:
+        """Scrape ``host:port`` (labelled ``service``) from now on; returns the ``instance`` label it gets."""
+        import json
+
+        instance = f"{host}:{port}"
+        self._targets.append({"targets": [instance], "labels": {"service": service}})
+        tmp = self.file.with_suffix(".tmp")  # written whole, then renamed: Prometheus never reads half a file
+        tmp.write_text(json.dumps(self._targets))
+        tmp.replace(self.file)
+        return instance
+
+    def remove_all(self) -> None:
+        """Stop scraping this test's targets (Prometheus marks their series stale)."""
+        self.file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def prometheus_targets(prometheus_url: str) -> Iterator[PrometheusTargets]:
+    """Add the test's services to the local Prometheus's ``esper`` job; they leave it when the test ends.
+
+    A Prometheus started by older scripts (no ``esper`` job, no alert rules) is reconfigured first.
+    """
+    import json
+    import urllib.request
+
+    infra = _infra()
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/status/config", timeout=10) as answer:
+        config = json.load(answer)["data"]["yaml"]
+    if "targets/*.json" not in config:
+        try:
+            infra.prometheus_reload()
+        except infra.InfraError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    directory = Path(infra.prometheus_targets_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    targets = PrometheusTargets(prometheus_url, directory)
+    try:
+        yield targets
+    finally:
+        targets.remove_all()
 
 
 @pytest.fixture

@@ -39,6 +39,10 @@ out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
 "$HELM" template esper "$CHART" --kube-version "$KUBE_VERSION" \
   --set autoscaling.enabled=false --set trainer.resume=demo --set trainer.runsClaim=runs > "$out/fixed.yaml"
 grep -q 'nvidia.com/gpu: 2' "$out/all.yaml" || { echo "urabrask lost its GPU request"; exit 1; }
+# Every dashboard and rule file of the repository is in the chart's ConfigMaps (through its linked folders).
+for f in deploy/grafana/dashboards/*.json deploy/prometheus/rules/*.yml; do
+  grep -q "^  $(basename "$f"): |-" "$out/default.yaml" || { echo "the chart does not ship $f"; exit 1; }
+done
 sed -n '/^kind: Job/,/^---/p' "$out/default.yaml" | grep -q 'nvidia.com/gpu: 1' || { echo "the trainer Job lost its GPU request"; exit 1; }
 grep -q '^  replicas: 4' "$out/all.yaml" && { echo "tezzeret sets replicas although KEDA scales it"; exit 1; }
 grep -q 'kind: ScaledObject' "$out/fixed.yaml" && { echo "ScaledObjects rendered with autoscaling off"; exit 1; }

@@ -337,10 +337,11 @@ def test_the_checks_report_a_stranger_and_a_silent_speaker() -> None:
                        "def go(bus):\n    bus.subscribe(Topic.COMPILATION_JOBS, 'karn', print)\n")
     assert uncatalogued_speakers(stranger) == [
         "compilation.jobs: karn consumes it at services/karn/esper_karn/service.py:2 but the catalogue does not say so"]
-    planned, _ = scan(Path("services/nissa/esper_nissa/service.py"),
-                      "def go(bus):\n    bus.subscribe(Topic.SYSTEM_STATE, 'nissa', print)\n")
+    planned, _ = scan(Path("services/simic/esper_simic/service.py"),
+                      "def go(bus):\n    bus.subscribe(Topic.FIELD_REPORTS, 'simic', print)\n")
     assert uncatalogued_speakers(planned) == [
-        "telemetry.system.state: nissa consumes it at services/nissa/esper_nissa/service.py:2: it is no longer planned"]
+        "innovation.field_reports: simic consumes it at services/simic/esper_simic/service.py:2: "
+        "it is no longer planned"]
     without_urza = [u for u in USES if u.speaker != "urza"]
     assert "compilation.jobs: urza produces nothing in code" in silent_speakers(without_urza)
     assert "compilation.results: urza consumes nothing in code" in silent_speakers(without_urza)

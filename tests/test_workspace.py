@@ -60,7 +60,7 @@ def test_recipes_are_where_the_demo_stack_lives() -> None:
     assert _closure("esper-recipes") >= RECIPE_ONLY
 
 
-@pytest.mark.parametrize("package", ["esper-urza", "esper-tamiyo", "esper-karn", "esper-emrakul",
+@pytest.mark.parametrize("package", ["esper-urza", "esper-tamiyo", "esper-karn", "esper-emrakul", "esper-nissa",
                                      "esper-urza-client", "esper-policy"])
 def test_torch_free_services_do_not_pull_torch(package: str) -> None:
     assert "torch" not in _closure(package)

@@ -83,6 +83,7 @@ from .lifecycle import (
     is_legal_transition,
     validation_metric,
 )
+from .metrics import METRICS, MetricSpec, MetricType, UnknownMetricError, exported_by, metric_of_series, metric_spec
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
 from .topics import TOPICS, Topic, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
 
@@ -105,6 +106,7 @@ __all__ = [
     "LEGAL_TRANSITIONS",
     "MAX_IR_NODES",
     "MAX_IR_PARAMETERS",
+    "METRICS",
     "SCHEMA_VERSION",
     "TOPICS",
     "TRAINABLE_ONLY_STAGES",
@@ -142,6 +144,8 @@ __all__ = [
     "KernelSelector",
     "KernelStatus",
     "LineageRelative",
+    "MetricSpec",
+    "MetricType",
     "MutationRecord",
     "NarsetAllocationDecision",
     "OpType",
@@ -167,6 +171,7 @@ __all__ = [
     "TensorInterface",
     "Topic",
     "TopicSpec",
+    "UnknownMetricError",
     "UnknownTopicError",
     "UrabraskValidationReport",
     "ValidationJob",
@@ -176,10 +181,13 @@ __all__ = [
     "blueprint_id_of",
     "builtin_blueprints",
     "dead_letter_topic",
+    "exported_by",
     "family",
     "field_report",
     "fixed_function_blueprint",
     "is_legal_transition",
+    "metric_of_series",
+    "metric_spec",
     "new_id",
     "payload_model",
     "topic_spec",

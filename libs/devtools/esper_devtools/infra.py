@@ -27,6 +27,8 @@ __all__ = [
     "is_running",
     "log_file",
     "log_tail",
+    "prometheus_reload",
+    "prometheus_targets_dir",
     "repo_root",
     "s3_config",
     "state_dir",
@@ -217,3 +219,19 @@ def endpoints() -> dict[str, str]:
         "s3_endpoint_url": s3_config()["endpoint_url"],
         "prometheus_url": f"http://{HOST}:{_port('ESPER_PROM_PORT')}",
     }
+
+
+def prometheus_targets_dir() -> Path:
+    """The folder whose ``*.json`` file_sd files the local Prometheus scrapes as job ``esper``."""
+    return _state_dir() / "prometheus" / "targets"
+
+
+def prometheus_reload() -> None:
+    """Rewrite the local Prometheus's configuration and rules from the repository and have it reload them.
+
+    For a Prometheus started by older scripts, without the ``esper`` job or the alert rules.
+    """
+    proc = subprocess.run([_bash(), str(_script("prometheus")), "reload"], cwd=repo_root(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise InfraError(f"reloading prometheus failed:\n{proc.stdout}")

@@ -256,6 +256,11 @@ class Bus(abc.ABC):
         self._subscriptions.append(sub)
         return sub
 
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The consumers this client opened and has not closed with the bus (their ``stats`` feed metrics)."""
+        return tuple(self._subscriptions)
+
     @abc.abstractmethod
     def read_dead_letters(self, topic: str, *, max_messages: int = 100, timeout_s: float = 1.0) -> list[DeadLetter]:
         """Take up to ``max_messages`` dead letters of ``topic`` (waiting at most ``timeout_s`` for them).

@@ -35,10 +35,13 @@ from pydantic import Field
 from esper_contracts import Envelope, payload_model
 from esper_oona import RejectMessage
 
+from .metrics import StateCollector, family, histogram
 from .service import Service
 from .settings import ServiceSettings
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from esper_oona import Bus, Subscription
     from esper_oona.bus import InitialPosition
 
@@ -257,6 +260,8 @@ class JobService(Service, Generic[J, R]):
         self.job_worker: JobWorker[J, R] | None = None
         self.add_health_check("consuming", lambda: self.job_worker is not None and self.job_worker.consuming)
         self.add_health_view("jobs", lambda: self.job_worker.health().as_dict() if self.job_worker else {})
+        self.job_seconds = histogram(self.registry, "esper_job_seconds", service=self.name)
+        self.registry.register(StateCollector(self._job_families))
 
     @property
     def bus(self) -> Bus:
@@ -264,7 +269,8 @@ class JobService(Service, Generic[J, R]):
         if self._bus is None:
             from esper_oona import connect
 
-            self._bus = connect(self.settings.bus_url, producer_name=self.name, receiver_queue_size=1,
+            self._bus = connect(self.settings.bus_url, producer_name=self.name, topic_prefix=self.settings.topic_prefix,
+                                receiver_queue_size=1,
                                 max_redeliveries=self.settings.max_redeliveries,
                                 nack_delay_ms=self.settings.nack_delay_ms)
         return self._bus
@@ -279,7 +285,27 @@ class JobService(Service, Generic[J, R]):
     def on_start(self) -> None:
         """Start taking jobs on the settings' subscription, from the oldest the broker holds."""
         self.job_worker = JobWorker(self.bus, self.jobs_topic, self.settings.subscription_name(),
-                                    self.job_handler(), observe=self.observe).start()
+                                    self._timed(self.job_handler()), observe=self.observe).start()
+
+    def _timed(self, handler: JobHandler[J, R]) -> JobHandler[J, R]:
+        """``handler``, its every attempt timed into ``esper_job_seconds`` (failed attempts too)."""
+        seconds = self.job_seconds.labels(self.name)
+
+        def timed(job: J, envelope: Envelope[Any]) -> R:
+            with seconds.time():
+                return handler(job, envelope)
+
+        return timed
+
+    def _job_families(self) -> list[Metric]:
+        """``esper_job_worker_jobs`` and ``esper_job_worker_busy`` from the worker's own counters."""
+        jobs, busy = family("esper_job_worker_jobs"), family("esper_job_worker_busy")
+        health = self.job_worker.health() if self.job_worker is not None else None
+        counts = (health.done, health.duplicates, health.failed, health.retried) if health else (0, 0, 0, 0)
+        for outcome, value in zip(("done", "duplicate", "failed", "retried"), counts, strict=True):
+            jobs.add_metric([self.name, outcome], value)
+        busy.add_metric([self.name], 1.0 if health is not None and health.current_job is not None else 0.0)
+        return [jobs, busy]
 
     def on_stop(self) -> None:
         """Stop taking jobs: the job in flight gets the shutdown timeout, else it is redelivered elsewhere."""

@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import Scope
 
 from .body_guard import BodyGuard
 from .logs import configure_logging
+from .metrics import BusCollector, gauge
 from .settings import ServiceSettings
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
 HealthView = Callable[[], Mapping[str, Any]]
+#: Writes metric families in the Prometheus text format, for a service whose metrics are too many for the registry.
+MetricsText = Callable[[], bytes]
 #: Keys of the /healthz answer that a health view cannot take.
 _HEALTH_KEYS = frozenset({"status", "service", "checks", "uptime_s"})
 
@@ -45,8 +48,10 @@ class Service:
         self._bus: Bus | None = None
         self._checks: dict[str, HealthCheck] = {}
         self._views: dict[str, HealthView] = {}
+        self._texts: list[MetricsText] = []
         self._started_at = time.time()
-        self.up = Gauge("esper_service_up", "1 while the service is running", ["service"], registry=self.registry)
+        self.up = gauge(self.registry, "esper_service_up")
+        self.registry.register(BusCollector(self.name, lambda: self._bus))
         self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
         self.app.add_api_route("/healthz", self._healthz, methods=["GET"], tags=["ops"])
         self.app.add_api_route("/metrics", self._metrics, methods=["GET"], tags=["ops"])
@@ -63,7 +68,7 @@ class Service:
         if self._bus is None:
             from esper_oona import connect
 
-            self._bus = connect(self.settings.bus_url, producer_name=self.name)
+            self._bus = connect(self.settings.bus_url, producer_name=self.name, topic_prefix=self.settings.topic_prefix)
         return self._bus
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
@@ -75,6 +80,10 @@ class Service:
         if name in _HEALTH_KEYS:
             raise ValueError(f"health view name {name!r} is taken by /healthz itself")
         self._views[name] = view
+
+    def add_metrics_text(self, text: MetricsText) -> None:
+        """Append what ``text()`` writes to every /metrics answer (families the registry does not hold)."""
+        self._texts.append(text)
 
     def on_start(self) -> None:
         """Start consumers and background work. Override in subclasses."""
@@ -103,7 +112,10 @@ class Service:
         return body
 
     def _metrics(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(self.registry)
+        if self._texts:
+            body = b"".join([body, *(text() for text in self._texts)])
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:

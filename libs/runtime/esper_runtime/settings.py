@@ -28,6 +28,7 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     bus_url: str = Field(default="memory://", description="memory:// (in-process) or pulsar://host:port")
+    topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates one platform, or a test)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout_s: float = Field(default=10.0, gt=0)

@@ -244,3 +244,37 @@ def test_a_job_service_shows_its_worker_in_healthz_and_stops_it(memory_bus_url: 
         assert body["jobs"]["current_job"] is None and body["jobs"]["failed"] == 0
         other.close()
     assert service.job_worker is not None and not service.job_worker.consuming
+
+
+class Picky(JobService[ValidationJob, str]):
+    """Reports the jobs of even artifacts; refuses the others for good."""
+
+    jobs_topic = "validation.jobs"
+
+    def job_handler(self) -> Any:
+        publishing = Publishing(self.bus)
+
+        def handle(j: ValidationJob, envelope: Envelope[Any]) -> str:
+            if int(j.blueprint_id, 16) % 2:
+                raise PermanentJobError(f"odd artifact {j.artifact_id}")
+            return publishing(j, envelope)
+
+        return handle
+
+
+def test_a_job_service_counts_its_jobs_their_time_and_its_dead_letters_on_metrics(memory_bus_url: str) -> None:
+    service = Picky(JobSettings(service_name="tezzeret", bus_url=memory_bus_url))
+    with TestClient(service.app) as client:
+        other = connect(memory_bus_url, producer_name="urza")
+        for n in (2, 3, 4):
+            other.publish(JOBS, job(n))
+        wait_for(lambda: 'outcome="dead_lettered",service="tezzeret",subscription="tezzeret",topic="validation.jobs"'
+                         '} 1.0' in client.get("/metrics").text, what="the dead letter on /metrics")
+        wait_for(lambda: 'esper_job_worker_jobs_total{outcome="done",service="tezzeret"} 2.0' in
+                 client.get("/metrics").text, what="two jobs done on /metrics")
+        text = client.get("/metrics").text
+        assert 'esper_job_worker_jobs_total{outcome="failed",service="tezzeret"} 1.0' in text
+        assert 'esper_job_worker_jobs_total{outcome="retried",service="tezzeret"} 0.0' in text
+        assert 'esper_job_seconds_count{service="tezzeret"} 3.0' in text  # the refused attempt is timed too
+        assert 'esper_job_worker_busy{service="tezzeret"} 0.0' in text
+        other.close()

@@ -13,10 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from esper_contracts import FieldReport
 from esper_runtime import Service, load_settings
+from esper_runtime.metrics import counter, gauge
 from esper_storage import open_database
 from esper_urza_client import UrzaClient
 
@@ -60,10 +59,8 @@ class KarnService(Service):
         self._loop: threading.Thread | None = None
         install_api(self.app, self.tinkerer)
         self.add_health_check("database", self.db.ping)
-        self.children_submitted = Counter("esper_karn_children_submitted", "Children sent to Urza",
-                                          registry=self.registry)
-        Gauge("esper_karn_pending_demand", "New field reports not yet answered by a round",
-              registry=self.registry).set_function(lambda: float(self._demand))
+        self.children_submitted = counter(self.registry, "esper_karn_children_submitted")
+        gauge(self.registry, "esper_karn_pending_demand").set_function(lambda: float(self._demand))
 
     def _on_news(self, report: FieldReport) -> None:
         with self._demand_lock:

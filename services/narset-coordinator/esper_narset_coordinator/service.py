@@ -23,6 +23,7 @@ from pydantic import Field
 
 from esper_contracts import AllocationCommand, Envelope, HealthSummaryReport, Topic
 from esper_runtime import Service, ServiceSettings, load_settings
+from esper_runtime.metrics import StateCollector, counter, family
 
 from .aggregation import TelemetryTree
 from .mapping import Move, PoolLimits, RegionMap
@@ -37,7 +38,7 @@ from .schemas import (
 )
 
 if TYPE_CHECKING:
-    from esper_oona import Bus
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ class CoordinatorSettings(ServiceSettings):
 
     service_name: str = "narset-coordinator"
     port: int = Field(default=8101, ge=0, le=65535)
-    topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates test runs)")
     fan_in: int = Field(default=10, ge=2, description="Reports each aggregator folds")
     min_workers: int = Field(default=1, ge=1, le=100)
     max_workers: int = Field(default=100, ge=1, le=100)
@@ -63,8 +63,6 @@ class CoordinatorService(Service):
     description = ("Narset coordinator: maps regions to workers (spawning when load demands), watches their "
                    "heartbeats, reassigns a crashed worker's regions, folds region telemetry into one summary "
                    "per domain for Tamiyo.")
-
-    _bus: Bus | None
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         super().__init__(settings)
@@ -83,6 +81,11 @@ class CoordinatorService(Service):
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self.published: list[HealthSummaryReport] = []  # the most recent domain summaries (for the API and tests)
+        self.heartbeats = counter(self.registry, "esper_narset_heartbeats")
+        self.crashes = counter(self.registry, "esper_narset_worker_crashes")
+        self.windows = counter(self.registry, "esper_narset_windows_folded")
+        self.summaries = counter(self.registry, "esper_narset_summaries_published")
+        self.registry.register(StateCollector(self._pool_families))
         self.app.add_api_route("/api/v1/regions", self.register_regions, methods=["POST"], tags=["pool"],
                                response_model=Assignment)
         self.app.add_api_route("/api/v1/heartbeat", self.heartbeat, methods=["POST"], tags=["pool"],
@@ -93,15 +96,6 @@ class CoordinatorService(Service):
                                response_model=PoolView)
 
     # ------------------------------------------------------------------------------------------ lifecycle
-
-    @property
-    def bus(self) -> Bus:
-        """The bus, opened with this service's topic prefix."""
-        if self._bus is None:
-            from esper_oona import connect
-
-            self._bus = connect(self.settings.bus_url, producer_name=self.name, topic_prefix=self.settings.topic_prefix)
-        return self._bus
 
     def on_start(self) -> None:
         """Follow allocations and start the reaper."""
@@ -136,6 +130,8 @@ class CoordinatorService(Service):
 
     def heartbeat(self, body: Heartbeat) -> Assignment:
         """Record liveness and crashes, buffer the window's reports and fold it when complete."""
+        self.heartbeats.inc()
+        self.crashes.inc(len(body.crashed))
         with self._lock:
             unknown = [w for w in body.workers if not self.map.heartbeat(w)]
             if unknown:
@@ -181,6 +177,21 @@ class CoordinatorService(Service):
             self.published = summaries
             self._windows_folded += 1
             self._last_levels = stats.per_level
+            self.windows.inc()
+            self.summaries.inc(len(summaries))
+
+    def _pool_families(self) -> list[Metric]:
+        """The pool as it stands: workers live and dead, regions mapped, the map's generation, the last fan-in."""
+        workers, regions = family("esper_narset_workers"), family("esper_narset_regions")
+        generation, levels = family("esper_narset_map_generation"), family("esper_narset_tree_messages")
+        with self._lock:
+            workers.add_metric(["live"], len(self.map.workers))
+            workers.add_metric(["dead"], len(self.map.dead))
+            regions.add_metric([], len(self.map.owner))
+            generation.add_metric([], self.map.generation)
+            for level, messages in enumerate(self._last_levels):
+                levels.add_metric([str(level)], messages)
+        return [workers, regions, generation, levels]
 
     def _assignment(self) -> Assignment:
         return Assignment(

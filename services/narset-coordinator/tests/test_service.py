@@ -102,3 +102,22 @@ def test_silent_worker_is_reaped_by_the_background_reaper() -> None:
         assignment = client.get("/api/v1/assignments").json()["workers"]
         assert workers[1] not in assignment
         assert sorted(r for w in assignment.values() for r in w["regions"]) == ["layer0", "layer1"]
+
+
+def test_metrics_show_the_pool_the_heartbeats_and_the_folded_windows(coordinator: Any) -> None:
+    _service, _bus, got, client = coordinator
+    regions = [{"region_id": f"layer{i}", "seed_count": 10} for i in range(4)]
+    workers = sorted(client.post("/api/v1/regions", json={"regions": regions}).json()["workers"])
+    reports = [report(f"layer{i}", "early" if i < 2 else "late", window=1) for i in range(4)]
+    client.post("/api/v1/heartbeat", json={"window": 1, "epoch": 1, "workers": workers[1:], "crashed": workers[:1],
+                                           "reports": reports})
+    wait_for(lambda: len(got) == 2)
+    text = client.get("/metrics").text
+    assert "esper_narset_heartbeats_total 1.0" in text
+    assert "esper_narset_worker_crashes_total 1.0" in text
+    assert "esper_narset_windows_folded_total 1.0" in text
+    assert "esper_narset_summaries_published_total 2.0" in text
+    live = len(client.get("/api/v1/workers").json()["workers"])  # the crashed worker's regions spawned another
+    assert f'esper_narset_workers{{state="live"}} {live}.0' in text and 'esper_narset_workers{state="dead"} 1.0' in text
+    assert "esper_narset_regions 4.0" in text
+    assert 'esper_narset_tree_messages{level="0"} 4.0' in text and 'esper_narset_tree_messages{level="2"} 2.0' in text

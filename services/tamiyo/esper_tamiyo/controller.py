@@ -48,6 +48,7 @@ from .domains import HierarchicalControlConfig
 from .economy import BudgetEconomy, Cycle, Region, reject_unknown_region
 from .kernels import KernelsUnavailable, RiskFilter
 from .prime import from_micro
+from .tally import Tally
 from .zones import ProtectedZones
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class TamiyoController:
         self.run_id: str | None = None
         self.summaries_received = 0
         self.kernel_source_failures = 0  # boundaries answered "wait" because Urza was down
+        self.tally = Tally()  # running totals for /metrics
 
     # ------------------------------------------------------------------------------------------ inputs
 
@@ -136,6 +138,8 @@ class TamiyoController:
         """A domain's summary for Tamiyo-Prime."""
         self.economy.prime.observe(report)
         self.summaries_received += 1
+        domain = report.domain_id or report.region_id
+        self.tally.spent_atp[domain] = self.tally.spent_atp.get(domain, 0.0) + report.budget_spent
 
     def on_proposal(self, proposal: StrategicOpportunityProposal) -> list[Outgoing]:
         """Answer an unknown region at once; queue the rest for the next cycle (a redelivery gets its answer again)."""
@@ -144,7 +148,7 @@ class TamiyoController:
             return [Outgoing(Topic.PROPOSAL_DECISIONS, answered, answered.region_id)]
         if proposal.region_id not in self.regions:
             decision = reject_unknown_region(proposal, self.regions)
-            self._remember(proposal, decision)
+            self._remember(proposal, decision, "refused")
             return [Outgoing(Topic.PROPOSAL_DECISIONS, decision, decision.region_id)]
         self._proposals[proposal.proposal_id] = proposal
         return []
@@ -205,8 +209,11 @@ class TamiyoController:
         zones += self._grant_scaffolds(books, epoch)
         decisions = self.economy.settle_proposals(books, list(self._proposals.values()), self.regions,
                                                   protected=self._policy_protected)
+        self.tally.minted_atp += from_micro(books.pool)
         for decision in decisions:
-            self._remember(self._proposals.pop(decision.proposal_id), decision)
+            result = "funded" if decision.approved else "unfunded" if decision.proposal_id in books.unfunded \
+                else "refused"
+            self._remember(self._proposals.pop(decision.proposal_id), decision, result)
         self.books = books
         allocations = books.commands(list(self.regions.values()))
         self._record("allocation", epoch, {
@@ -216,6 +223,7 @@ class TamiyoController:
         }, books.summary())
 
         signal = self._decide(packet)
+        self.tally.commands.update(c.command.value for c in signal.commands)
         self.packet = packet
         self._record("adaptation", epoch, _packet_inputs(packet, stages), {
             "commands": [c.model_dump(mode="json", include={"layer_id", "seed_index", "command", "target_stage",
@@ -284,13 +292,17 @@ class TamiyoController:
     def _policy_protected(self, region_id: str) -> bool:
         return any(fnmatch.fnmatchcase(region_id, p) for p in self.update.protected_regions)
 
-    def _remember(self, proposal: StrategicOpportunityProposal, decision: ProposalDecision) -> None:
+    def _remember(self, proposal: StrategicOpportunityProposal, decision: ProposalDecision, result: str) -> None:
+        """Keep the answer for redeliveries, count it as ``result`` (see tally.PROPOSAL_RESULTS), record it."""
+        self.tally.proposals[result] += 1
+        self.tally.granted_atp += decision.granted
         self._answered[proposal.proposal_id] = decision
         if len(self._answered) > 10 * self.options.history:
             self._answered.pop(next(iter(self._answered)))
         self._record("proposal", proposal.epoch, proposal.model_dump(mode="json"), decision.model_dump(mode="json"))
 
     def _record(self, kind: str, epoch: int, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        self.tally.decisions[kind] += 1
         self.decisions.append(DecisionRecord(kind, epoch, inputs, outputs))
 
     # ------------------------------------------------------------------------------------------ policy updates

@@ -58,6 +58,7 @@ class Cycle:
     base: dict[str, int] = field(default_factory=dict)  # region -> minted allocation
     grants: dict[str, int] = field(default_factory=dict)  # region -> funded proposals
     emergency: dict[str, int] = field(default_factory=dict)  # region -> emergency pool grants
+    unfunded: set[str] = field(default_factory=set)  # proposals turned down because the cycle had no room left
 
     def unallocated(self) -> int:
         """Capacity left for proposals: the pool minus the emergency pool, allocations and grants."""
@@ -185,6 +186,7 @@ class BudgetEconomy:
                             f"{from_micro(capacity - ask):.4f} ATP left unallocated"),
                 ))
             else:
+                books.unfunded.add(p.proposal_id)
                 decisions.append(_reject(
                     p, f"ask {p.ask:.4f} ATP exceeds the {from_micro(capacity):.4f} ATP left unallocated "
                        f"in cycle {books.cycle} after better proposals"))

@@ -21,14 +21,16 @@ from pydantic import Field
 from esper_contracts import Envelope, KernelStatus, Topic
 from esper_policy import KernelSelector, TamiyoConfig, build_policy
 from esper_runtime import Service, ServiceSettings, load_settings
+from esper_runtime.metrics import StateCollector
 
 from .api import bad_request, build_router
 from .controller import ControllerOptions, Outgoing, TamiyoController
 from .domains import load_domains
 from .kernels import FileKernels, NoKernels, RiskFilter, UrzaKernels
+from .tally import tamiyo_families
 
 if TYPE_CHECKING:
-    from esper_oona import Bus
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ class TamiyoSettings(ServiceSettings):
 
     service_name: str = "tamiyo"
     port: int = Field(default=8100, ge=0, le=65535)
-    topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates test runs)")
     domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (domains-*.yaml)")
     policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
     urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
@@ -56,7 +57,6 @@ class TamiyoService(Service):
 
     description = ("Tamiyo: reads epoch heartbeats and domain health, decides adaptations, mints and allocates the "
                    "budget per region, funds opportunity proposals, protects scaffolds and volatile domains.")
-    _bus: Bus | None
 
     def __init__(self, settings: TamiyoSettings, kernels: KernelSelector | None = None) -> None:
         super().__init__(settings)
@@ -82,15 +82,11 @@ class TamiyoService(Service):
         self._answers: OrderedDict[str, list[Outgoing]] = OrderedDict()
         self.app.include_router(build_router(self.controller, self.lock))
         self.app.add_exception_handler(RequestValidationError, bad_request)
+        self.registry.register(StateCollector(self._families))
 
-    @property
-    def bus(self) -> Bus:
-        """The bus, opened with this service's topic prefix."""
-        if self._bus is None:
-            from esper_oona import connect
-
-            self._bus = connect(self.settings.bus_url, producer_name=self.name, topic_prefix=self.settings.topic_prefix)
-        return self._bus
+    def _families(self) -> list[Metric]:
+        with self.lock:
+            return tamiyo_families(self.controller)
 
     def on_start(self) -> None:
         """Subscribe to everything Tamiyo reads."""

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from prometheus_client import Counter, Histogram
 from pydantic import Field
 
 from esper_contracts import CompilationJob, Topic
 from esper_runtime import JobHandler, JobService, JobSettings, load_settings
+from esper_runtime.metrics import counter, histogram
 from esper_urza_client import UrzaClient
 
 from .worker import CompileWorker, JobOutcome
@@ -52,11 +52,8 @@ class TezzeretService(JobService[CompilationJob, JobOutcome]):
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(settings.compile_threads))
         super().__init__(settings)
         self.urza = UrzaClient(settings.urza_url, token=settings.urza_token, timeout_s=settings.urza_timeout_s)
-        self.jobs = Counter("esper_tezzeret_jobs", "Compilation jobs handled, by outcome", ["outcome", "pipeline"],
-                            registry=self.registry)
-        self.compile_seconds = Histogram("esper_tezzeret_compile_seconds", "Compile time per pipeline",
-                                         ["pipeline"], registry=self.registry,
-                                         buckets=(0.5, 1, 2, 5, 10, 20, 40, 60, 120, 300, 600, 1800))
+        self.jobs = counter(self.registry, "esper_tezzeret_jobs")
+        self.compile_seconds = histogram(self.registry, "esper_tezzeret_compile_seconds")
         self.worker: CompileWorker | None = None
 
     def job_handler(self) -> JobHandler[CompilationJob, JobOutcome]:

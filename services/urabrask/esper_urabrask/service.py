@@ -10,11 +10,11 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from prometheus_client import Counter, Histogram
 from pydantic import Field
 
 from esper_contracts import Topic, ValidationJob
 from esper_runtime import JobHandler, JobService, JobSettings, load_settings
+from esper_runtime.metrics import counter, histogram
 from esper_urza_client import UrzaClient, UrzaError
 
 from .characterizer import Characterizer
@@ -55,10 +55,8 @@ class UrabraskService(JobService[ValidationJob, ValidationOutcome]):
         self.urza = UrzaClient(settings.urza_url, token=settings.urza_token)
         self.sandbox = KernelSandbox(isolated=settings.sandbox, timeout_s=settings.sandbox_timeout_s)
         self.characterizer = Characterizer(min_population=settings.min_population)
-        self.verdicts = Counter("esper_urabrask_jobs", "Validation jobs handled, by outcome", ["outcome"],
-                                registry=self.registry)
-        self.latency = Histogram("esper_urabrask_latency_ms", "Measured p50 latency of validated kernels",
-                                 registry=self.registry, buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100))
+        self.verdicts = counter(self.registry, "esper_urabrask_jobs")
+        self.latency = histogram(self.registry, "esper_urabrask_latency_ms")
         self.worker: ValidateWorker | None = None
         self.seeded = 0  # validated kernels read back from Urza at start
 

@@ -130,6 +130,11 @@ class Catalog:
                                    validation_pending=artifact_rows.count_with_status(conn, AWAITING_VALIDATION),
                                    outbox_unsent=outbox.backlog(conn))
 
+    def artifact_counts(self) -> dict[str, int]:
+        """How many artifacts are in each status (for metrics)."""
+        with self.ctx.db.read() as conn:
+            return artifact_rows.count_by_status(conn)
+
     def compilation_jobs(self, blueprint_id: str) -> list[tuple[CompilationJob, bool]]:
         """The compilation jobs queued for a blueprint and whether each has reached the bus."""
         self.get(blueprint_id)

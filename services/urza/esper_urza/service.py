@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client.core import Metric
 
-from esper_contracts import Topic
+from esper_contracts import KernelStatus, Topic
 from esper_runtime import Service, load_settings
+from esper_runtime.metrics import StateCollector, family, gauge
 from esper_storage import open_blob_store, open_database, upgrade
 
 from .api import install_api
@@ -46,11 +47,28 @@ class UrzaService(Service):
         self._subscriptions: list[Any] = []
         install_api(self.app, self.catalog, self.ledger, settings)
         self.add_health_check("database", self.db.ping)
-        backlog = Gauge("esper_urza_outbox_backlog", "Jobs written but not yet published to the bus",
-                        registry=self.registry)
-        backlog.set_function(lambda: float(self.dispatcher.backlog()))
-        sent = Gauge("esper_urza_outbox_sent", "Jobs published since start", registry=self.registry)
-        sent.set_function(lambda: float(self.dispatcher.sent))
+        gauge(self.registry, "esper_urza_outbox_backlog").set_function(lambda: float(self.dispatcher.backlog()))
+        gauge(self.registry, "esper_urza_outbox_sent").set_function(lambda: float(self.dispatcher.sent))
+        self.registry.register(StateCollector(self._queue_families))
+
+    def _queue_families(self) -> list[Metric]:
+        """The pipeline's queues and the artifacts by status, read from the store at scrape time.
+
+        A store that cannot answer leaves these families out of the scrape (the health check reports it);
+        the rest of /metrics still answers.
+        """
+        try:
+            backlog = self.catalog.backlog()
+            counts = self.catalog.artifact_counts()
+        except Exception:
+            log.warning("metrics: the store did not answer; queue metrics left out of this scrape", exc_info=True)
+            return []
+        queues, by_status = family("esper_urza_pipeline_backlog"), family("esper_urza_artifacts")
+        queues.add_metric(["compilation"], backlog.compilation_pending)
+        queues.add_metric(["validation"], backlog.validation_pending)
+        for status in KernelStatus:
+            by_status.add_metric([status.value], counts.get(status.value, 0))
+        return [queues, by_status]
 
     def body_limit(self, scope: Any) -> int:
         """Kernel binaries (``PUT .../binary``) get their own, larger limit; every other body is JSON."""

@@ -71,6 +71,21 @@ def test_health_and_metrics(client: TestClient) -> None:
     assert "esper_urza_outbox_backlog 0.0" in client.get("/metrics").text
 
 
+def test_metrics_show_the_pipeline_queues_and_the_artifacts_by_status(client: TestClient, make_kit: Any) -> None:
+    kit = make_kit()
+    kit.client = client
+    bid = kit.submit(kit.make_ir())  # one compilation job per pipeline (fast, standard)
+    text = client.get("/metrics").text
+    assert 'esper_urza_pipeline_backlog{stage="compilation"} 2.0' in text
+    assert 'esper_urza_pipeline_backlog{stage="validation"} 0.0' in text
+    kit.compile(bid)
+    text = client.get("/metrics").text
+    assert 'esper_urza_pipeline_backlog{stage="compilation"} 1.0' in text
+    assert 'esper_urza_pipeline_backlog{stage="validation"} 1.0' in text
+    assert 'esper_urza_artifacts{status="VALIDATING"} 1.0' in text  # its validation job went out with it
+    assert 'esper_urza_artifacts{status="VALIDATED"} 0.0' in text
+
+
 def test_a_restart_loses_nothing(urza_factory: Any, make_kit: Any) -> None:
     kit = make_kit()
     with TestClient(urza_factory().app) as client:

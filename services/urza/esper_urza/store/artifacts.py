@@ -104,3 +104,9 @@ def compilations_pending(conn: Connection, topic: str) -> int:
                             .where(artifacts.c.status.in_([s.value for s in COMPILE_FINISHED]))):
         done[row.blueprint_id] = done.get(row.blueprint_id, 0) + 1
     return sum(max(0, n - done.get(key, 0)) for key, n in jobs.items())
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    """How many artifacts are in each status (statuses nobody is in are left out)."""
+    rows = conn.execute(select(artifacts.c.status, func.count()).group_by(artifacts.c.status))
+    return {str(status): int(n) for status, n in rows}

@@ -27,8 +27,8 @@ import pytest
 
 from esper.config import EsperConfig
 from esper_devtools.observability import dashboard_queries, substitute, uncatalogued
+from esper_devtools.processes import ESPER, ROOT, Proc, free_port
 
-from .serve import ESPER, ROOT, Proc, free_port
 from .test_platform_e2e import KASMINA, TAMIYO_POLICY, _wait, germinated, submit_kernels_for_the_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from esper_contracts import BlueprintIR, TensorInterface
-from esper_kernels.builtins import builtin_blueprints
+from esper_contracts import BlueprintIR, TensorInterface, builtin_blueprints
 
 # The demo's figures and every stored artifact id depend on these: a change to the hash breaks them.
 PINNED = {

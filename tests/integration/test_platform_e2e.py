@@ -63,7 +63,7 @@ class Platform:
                         "learning_rate": 0.01, "progress_bar": False, "hardware": self.hardware},
             "kasmina": KASMINA,
             "platform": {"bus_url": self.bus_url, "urza_url": self.urza_url, "coordinator_url": self.coordinator_url,
-                         "decision_timeout_s": 60, "connect_timeout_s": 30},
+                         "decision_timeout_s": 180, "connect_timeout_s": 30},
         }
         EsperConfig.model_validate(config)  # a typo here should fail here, not in the subprocess
         path = self.tmp / f"{run_id}.yaml"
@@ -175,9 +175,10 @@ def test_a_blueprint_goes_from_urza_to_fossilized_in_a_run_that_survives_a_tamiy
                                stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
     try:
-        # Tamiyo dies (no shutdown hook) once a few boundaries were decided, and comes back.
-        _wait("epoch 4 of the run", lambda: (run_dir / "metrics.jsonl").exists() and len(metrics_epochs(run_dir)) >= 4,
-              300)
+        # Tamiyo dies (no shutdown hook) while an adaptation it decided is live, and comes back: only the state
+        # the trainer checkpointed lets the restarted Tamiyo steer that seed on to FOSSILIZED.
+        _wait("the first germination of the run", lambda: (run_dir / "events.jsonl").exists() and germinated(run_dir),
+              400)
         platform.procs["tamiyo"].kill()
         time.sleep(2)
         platform.procs["tamiyo"].start()

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from esper_contracts import TensorInterface
 from esper_oona import connect
-from esper_oona.testing import Collector, memory_bus
+from esper_oona.testing import Collector, memory_bus, wait_for
 from esper_runtime.registry import load_factory
 from esper_storage import current_revision, head_revision, schema_drift, upgrade
 from esper_urza.service import MIGRATIONS, create_service
@@ -150,7 +150,9 @@ def test_on_an_in_process_bus_a_restart_sends_earlier_jobs_again(urza_factory: A
     with TestClient(first.app) as client:
         kit.client = client
         kit.submit(kit.make_ir())
-        assert first.dispatcher.sent == 2  # published on a memory bus, which ends with this "process"
+        # The request only commits and wakes the outbox thread: wait for it to send (on a memory bus, which
+        # ends with this "process").
+        wait_for(lambda: first.dispatcher.sent == 2, what="the outbox to send both jobs")
     with memory_bus() as fresh_bus:  # a new process's bus: it starts empty
         with TestClient(urza_factory(bus_url=fresh_bus).app):
             listener = connect(fresh_bus, producer_name="test")  # after Urza: Urza's connection made the broker

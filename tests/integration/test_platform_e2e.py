@@ -28,11 +28,11 @@ from urllib.parse import urlencode
 import pytest
 import torch
 
-from esper.config import EsperConfig
+from esper.config import EsperConfig, PlatformConfig
 from esper.kasmina import KasminaConfig, wrap
 from esper.standalone import slot_interfaces
 from esper.tasks import spirals
-from esper.train import default_host
+from esper.train import PlatformUnreachableError, check_platform, default_host
 from esper_contracts import ArtifactId, KernelStatus, builtin_blueprints
 from esper_devtools.processes import ESPER, ROOT, Proc, free_port
 from esper_kernels import LocalKernelLibrary
@@ -235,8 +235,14 @@ def test_a_trainer_whose_platform_is_down_stops_naming_the_url(tmp_path: Path) -
     config.write_text(json.dumps({"tolaria": {"epochs": 1, "run_dir": str(tmp_path / "runs")},
                                   "platform": {"bus_url": "pulsar://127.0.0.1:1", "urza_url": "http://127.0.0.1:1",
                                                "coordinator_url": "http://127.0.0.1:1", "connect_timeout_s": 5}}))
-    start = time.monotonic()
-    result = subprocess.run([ESPER, "train", str(config)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([ESPER, "train", str(config)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 3 and "pulsar://127.0.0.1:1" in "".join(result.stdout.split())
-    assert time.monotonic() - start < 60 and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()
+    # The wait is bounded by connect_timeout_s, measured in process: the subprocess's wall time is mostly the
+    # interpreter importing torch, which a loaded CI machine can stretch to minutes (seen: 120 s at load 15).
+    start = time.monotonic()
+    with pytest.raises(PlatformUnreachableError, match="pulsar://127.0.0.1:1"):
+        check_platform(PlatformConfig(bus_url="pulsar://127.0.0.1:1", urza_url="http://127.0.0.1:1",
+                                      coordinator_url="http://127.0.0.1:1", connect_timeout_s=5))
+    assert time.monotonic() - start < 15
 

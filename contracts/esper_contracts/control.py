@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -131,12 +132,29 @@ class ProtectedZone(StrictModel):
     scaffold_id: Identifier | None = None
     created_epoch: NonNegativeInt
     expires_after_epoch: NonNegativeInt | None = None
+    # The embargo ring: neighbouring modules held with the zone (no germination, no pruning) while it lasts.
+    ring_patterns: list[Identifier] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _expiry_after_creation(self) -> Self:
         if self.expires_after_epoch is not None and self.expires_after_epoch < self.created_epoch:
             raise ValueError("expires_after_epoch precedes created_epoch")
         return self
+
+    def active(self, epoch: int) -> bool:
+        """Whether the zone (and its ring) holds at ``epoch``: from creation through ``expires_after_epoch``."""
+        return self.created_epoch <= epoch and (self.expires_after_epoch is None or epoch <= self.expires_after_epoch)
+
+    def covers(self, module: str, epoch: int) -> bool:
+        """Whether ``module`` (a dotted module path, or a seed id ``layer[i]``) is inside the zone or its ring.
+
+        Patterns are shell-style globs (``blocks.1.*``) matched against the module path; a seed id is judged by
+        its layer. The one rule every reader of zones (Narset, Tamiyo's policy, Emrakul) applies.
+        """
+        if not self.active(epoch):
+            return False
+        layer = module.rsplit("[", 1)[0] if module.endswith("]") else module
+        return any(fnmatchcase(layer, p) for p in (*self.module_patterns, *self.ring_patterns))
 
 
 class AllocatorInputs(StrictModel):

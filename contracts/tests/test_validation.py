@@ -214,3 +214,15 @@ def test_integers_stored_in_int32_columns_are_bounded() -> None:
     with pytest.raises(ValidationError) as exc:
         KernelQuery(interface={"layout": "BD", "features": 2**31})  # type: ignore[arg-type]
     assert "interface.features" in _errors(exc) and "2147483647" in _errors(exc)
+
+
+def test_a_protected_zone_covers_its_modules_and_ring_while_it_lasts() -> None:
+    from esper_contracts.control import ProtectedZone
+
+    zone = ProtectedZone(module_patterns=["blocks.1.*"], ring_patterns=["blocks.0.fc2", "blocks.2.*"],
+                         reason="scaffold", created_epoch=4, expires_after_epoch=9)
+    assert zone.covers("blocks.1.attn", 4) and zone.covers("blocks.1.mlp[2]", 9)
+    assert zone.covers("blocks.0.fc2", 6) and zone.covers("blocks.2.fc1[0]", 6)
+    assert not zone.covers("blocks.0.fc1", 6) and not zone.covers("blocks.10.attn", 6)
+    assert not zone.covers("blocks.1.attn", 3) and not zone.covers("blocks.1.attn", 10)
+    assert ProtectedZone(module_patterns=["head"], reason="r", created_epoch=0).covers("head", 10**6)

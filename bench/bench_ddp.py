@@ -71,7 +71,7 @@ def bench_steps(run_dir: str) -> tuple[float, float, float]:
     gen = torch.Generator().manual_seed(dist.get_rank())
     batches = [(torch.randn(BATCH, 256, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen))] * STEPS
     bare = host()
-    wrapped = wrap(copy.deepcopy(bare), KasminaConfig(chunks_per_layer=4))  # 4 layers x 4 seeds, all DORMANT
+    wrapped = wrap(copy.deepcopy(bare), KasminaConfig(chunks_per_layer=4, include_head=True))  # 4x4 DORMANT
     arms = {"bare": trainer(bare, FollowerPolicy(), batches, run_dir),
             "dormant": trainer(wrapped, FollowerPolicy(), batches, run_dir)}
     seconds: dict[str, list[float]] = {name: [] for name in arms}
@@ -94,7 +94,8 @@ def bench_boundary(run_dir: str, epochs: int = 12) -> tuple[float, list[float]]:
                                                                                        generator=gen))
     data = Batches(split, BATCH, rank=rank, world_size=world)
     library = LocalKernelLibrary()
-    model = wrap(host(), KasminaConfig(chunks_per_layer=4, training_min_steps=5, training_max_steps=10,
+    model = wrap(host(), KasminaConfig(chunks_per_layer=4, include_head=True, training_min_steps=5,
+                                       training_max_steps=10,
                                        alpha_ramp_steps=10, stabilization_steps=5, evaluation_steps=5,
                                        fine_tuning_steps=5), library)
     policy = HeuristicPolicy(TamiyoConfig(warmup_epochs=0, plateau_patience_epochs=1, plateau_min_delta=10.0),

@@ -101,7 +101,7 @@ def medians(samples: dict[str, list[float]]) -> dict[str, float]:
 
 def bench_dormant(x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, float]]:
     bare = host()
-    wrapped = wrap(copy.deepcopy(bare), KasminaConfig(chunks_per_layer=4))  # 4 layers x 4 seeds, all DORMANT
+    wrapped = wrap(copy.deepcopy(bare), KasminaConfig(chunks_per_layer=4, include_head=True))  # 4x4 DORMANT
     t = interleaved({"bare host": make_step(bare, x, y), "16 dormant seeds": make_step(wrapped, x, y)})
     return paired_ratio(t, "16 dormant seeds", "bare host"), medians(t)
 
@@ -153,7 +153,8 @@ def bench_tamiyo(decisions: int = 200) -> tuple[float, float]:
 def bench_control(x: torch.Tensor, y: torch.Tensor, epochs: int = 5, steps: int = 150) -> tuple[float, float, float]:
     """Mean boundary seconds, mean epoch seconds, and their ratio, driving a live model with the heuristic policy."""
     lib = LocalKernelLibrary()
-    model = wrap(host(), KasminaConfig(chunks_per_layer=4, alpha_ramp_steps=100, training_max_steps=100), lib)
+    model = wrap(host(), KasminaConfig(chunks_per_layer=4, include_head=True, alpha_ramp_steps=100,
+                                       training_max_steps=100), lib)
     policy = HeuristicPolicy(TamiyoConfig(warmup_epochs=0, plateau_patience_epochs=1, plateau_min_delta=10.0),
                              kernels=lib)
     step = make_step(model, x, y)

@@ -91,7 +91,8 @@ def remote_boundaries(bus_url: str, prefix: str, coordinator_url: str, n: int = 
     from esper.kasmina import KasminaConfig, collect_telemetry, wrap
 
     torch.manual_seed(0)
-    model = wrap(nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)]), KasminaConfig(chunks_per_layer=250))
+    model = wrap(nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)]),
+                 KasminaConfig(chunks_per_layer=250, include_head=True))
     bus = connect(bus_url, producer_name=f"bench-trainer-{uuid.uuid4().hex[:6]}", topic_prefix=prefix)
     host: NarsetHost = PlatformController(model, bus, coordinator=HttpCoordinator(coordinator_url),
                                           config=HostConfig(decision_timeout_s=30))

@@ -109,8 +109,9 @@ def test_training_run_spends_budget_and_tamiyo_funds_a_proposal(platform: dict[s
     bus, library = platform["bus"], platform["library"]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
-    model = esper.wrap(model, KasminaConfig(chunks_per_layer=2, training_min_steps=2, training_max_steps=8,
-                                            stabilization_steps=2, evaluation_steps=2, fine_tuning_steps=4),
+    model = esper.wrap(model, KasminaConfig(chunks_per_layer=2, include_head=True, training_min_steps=2,
+                                            training_max_steps=8, stabilization_steps=2, evaluation_steps=2,
+                                            fine_tuning_steps=4),
                        kernels=library)
     host = NarsetHost(model, bus, coordinator=HttpCoordinator(platform["coordinator_url"]),
                       config=HostConfig(decision_timeout_s=30))
@@ -190,7 +191,7 @@ def test_crashed_worker_regions_move_and_strategic_control_carries_on(platform: 
     bus.subscribe("telemetry.narset.allocations", "crash-probe", keep(narset))
     torch.manual_seed(1)
     model = esper.wrap(nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)),
-                       KasminaConfig(chunks_per_layer=2), kernels=library)
+                       KasminaConfig(chunks_per_layer=2, include_head=True), kernels=library)
     host = NarsetHost(model, bus, coordinator=HttpCoordinator(platform["coordinator_url"]))
     victim = host.owner["0"]
     original = host.workers[victim].step
@@ -234,7 +235,8 @@ def test_liveness_beats_keep_workers_alive_through_long_epochs() -> None:
     coordinator = create_coordinator(bus_url=url, seeds_per_worker=2, heartbeat_timeout_s=0.5, reap_interval_s=0.05)
     served = Served(coordinator.app)
     bus = connect(url, producer_name="trainer-beats")
-    model = esper.wrap(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)), KasminaConfig(chunks_per_layer=2))
+    model = esper.wrap(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)),
+                       KasminaConfig(chunks_per_layer=2, include_head=True))
     host = NarsetHost(model, bus, coordinator=HttpCoordinator(served.url), config=HostConfig(heartbeat_interval_s=0.1))
     try:
         time.sleep(1.5)  # an "epoch" three times longer than the timeout, with no boundary

@@ -40,8 +40,8 @@ from esper_urza_client import UrzaClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
-KASMINA = {"chunks_per_layer": 1, "training_min_steps": 2, "training_max_steps": 10, "alpha_ramp_steps": 10,
-           "stabilization_steps": 4, "evaluation_steps": 4, "fine_tuning_steps": 10}
+KASMINA = {"chunks_per_layer": 1, "include_head": True, "training_min_steps": 2, "training_max_steps": 10,
+           "alpha_ramp_steps": 10, "stabilization_steps": 4, "evaluation_steps": 4, "fine_tuning_steps": 10}
 TAMIYO_POLICY = {"warmup_epochs": 1, "plateau_patience_epochs": 1, "plateau_min_delta": 10.0,
                  "max_concurrent_adaptations": 1, "max_germinations": 2, "evaluation_epochs": 1,
                  "fine_tuning_epochs": 1, "min_improvement": -1.0, "cull_regression_tolerance": 1.0,

@@ -25,6 +25,7 @@ from .controller import TamiyoController
 from .data import Batches, Split
 from .kasmina import KasminaConfig, unwrap, wrap
 from .lineage import Lineage, lineage_of, save_model
+from .model_io import load_model
 from .tasks import TaskData, load_task
 from .tolaria import CheckpointIntegrityError, TolariaTrainer, TrainingDivergedError, TrainingHistory
 
@@ -61,6 +62,7 @@ __all__ = [
     "build_controller",
     "lineage_of",
     "load_config",
+    "load_model",
     "load_task",
     "parse_config",
     "save_model",

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class TolariaConfig(BaseModel):
     """The training loop: optimizers, epochs, checkpoints, rollback thresholds, where the run is written."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=64, ge=1, description="Used by helpers that build loaders from a config")
@@ -71,7 +71,7 @@ class PlatformConfig(BaseModel):
     bearer token (a Kubernetes Secret or a compose env_file sets it).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     bus_url: str = Field(pattern=r"^(pulsar|pulsar\+ssl|memory)://", description="The Oona bus (Pulsar in production)")
     urza_url: str = Field(pattern=r"^https?://", description="Urza's REST API, where Kasmina fetches kernels")
@@ -86,7 +86,7 @@ class PlatformConfig(BaseModel):
 class EsperConfig(BaseModel):
     """A whole run's configuration."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str | None = Field(
         default=None, description="'package.module:factory' building the host from the task (factory(task) -> "

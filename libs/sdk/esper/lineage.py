@@ -21,6 +21,8 @@ from torch import nn
 
 from esper_contracts import SeedStage
 
+from .model_io import describe_structure
+
 TERMINAL = frozenset({SeedStage.FOSSILIZED.value, SeedStage.CULLED.value, SeedStage.CANCELLED.value,
                       SeedStage.ROLLED_BACK.value})
 _ATTR = "_esper_lineage"
@@ -139,6 +141,7 @@ def save_model(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | No
         "weights": {"file": "model.pt", "sha256": digest},
         "parameters": sum(p.numel() for p in model.parameters()),
         "outcomes": lineage.summary(),
+        "structure": describe_structure(model),  # what esper.load_model rebuilds around a fresh host
         **lineage.to_dict(),
         **(extra or {}),
     }

@@ -33,7 +33,7 @@ S = SeedStage
 def _wrapped(chunks: int = 2, **overrides: object) -> tuple[nn.Module, nn.Module, LocalKernelLibrary, torch.Tensor]:
     bare = mlp()
     lib = LocalKernelLibrary()
-    model = wrap(copy.deepcopy(bare), fast_config(chunks_per_layer=chunks, **overrides), lib)
+    model = wrap(copy.deepcopy(bare), fast_config(chunks_per_layer=chunks, include_head=True, **overrides), lib)
     return bare, model, lib, torch.randn(16, 8)
 
 
@@ -163,7 +163,8 @@ def test_unwrap_keeps_fossilized_seeds_and_outputs() -> None:
     model.eval()
     with torch.no_grad():
         before = model(x)
-    unwrap(model)
+    with pytest.warns(UserWarning, match=r"drops live seeds: 2\[1\] \(GRAFTING\)"):
+        unwrap(model, live_seeds="drop")
     assert not kasmina_layers(model)
     assert type(model[2]) is nn.Linear  # a layer with no fossilized seed is its host again
     with torch.no_grad():

@@ -82,7 +82,7 @@ class StubSource(KernelSource):
 
 def _setup(**overrides: Any) -> tuple[nn.Module, StubSource, torch.Tensor]:
     source = StubSource()
-    model = wrap(mlp(), fast_config(chunks_per_layer=2, **overrides), source)
+    model = wrap(mlp(), fast_config(chunks_per_layer=2, include_head=True, **overrides), source)
     return model, source, torch.randn(16, 8)
 
 

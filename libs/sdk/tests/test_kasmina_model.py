@@ -98,7 +98,7 @@ def test_wrap_grow_and_unwrap(case: str) -> None:
 
 
 def test_telemetry_fields_are_valid_and_per_chunk() -> None:
-    model = wrap(mlp(), KasminaConfig(chunks_per_layer=4, telemetry_every=1))
+    model = wrap(mlp(), KasminaConfig(chunks_per_layer=4, telemetry_every=1, include_head=True))
     x = torch.randn(32, 8)
     for _ in range(3):
         model(x).pow(2).mean().backward()
@@ -129,8 +129,9 @@ def test_dead_units_show_in_telemetry() -> None:
 
 
 def test_targeting_rules() -> None:
-    model = wrap(SmallTransformer(), KasminaConfig())  # Linear, but not the ones inside the encoder layers
-    assert set(kasmina_layers(model)) == {"embed", "head"}
+    model = wrap(SmallTransformer(), KasminaConfig())  # Linear, but not inside the encoder layers nor the head
+    assert set(kasmina_layers(model)) == {"embed"}
+    assert set(kasmina_layers(wrap(SmallTransformer(), KasminaConfig(include_head=True)))) == {"embed", "head"}
     model = wrap(mlp(), KasminaConfig(target_modules=["[02]"], exclude_modules=["2"]))
     assert set(kasmina_layers(model)) == {"0"}
     with pytest.warns(UserWarning, match="fused kernels"):
@@ -140,7 +141,7 @@ def test_targeting_rules() -> None:
     with pytest.raises(ValueError, match="no module matched"):
         wrap(mlp(), KasminaConfig(target_types=["Conv2d"]))
     with pytest.raises(ValueError, match="fewer than chunks_per_layer"):
-        wrap(mlp(), KasminaConfig(chunks_per_layer=5))
+        wrap(mlp(), KasminaConfig(chunks_per_layer=5, include_head=True))
 
 
 def test_seeds_follow_the_host_dtype() -> None:
@@ -154,7 +155,7 @@ def test_seeds_follow_the_host_dtype() -> None:
 
 
 def test_linear_layout_is_learned_from_its_first_output() -> None:
-    model = wrap(nn.Sequential(nn.Linear(6, 8)), KasminaConfig())
+    model = wrap(nn.Sequential(nn.Linear(6, 8)), KasminaConfig(include_head=True))
     model(torch.randn(2, 5, 6))
     assert collect_telemetry(model, 0)[0].interface == TensorInterface(layout="BTD", features=8)
 
@@ -162,7 +163,7 @@ def test_linear_layout_is_learned_from_its_first_output() -> None:
 def test_a_kernel_chosen_from_another_library_instance_loads() -> None:
     # Tamiyo and Kasmina may hold different LocalKernelLibrary instances: ids are content-derived, and the
     # layer registers its chunk interface (here BTD, learned at the first forward) before loading.
-    model = wrap(nn.Sequential(nn.Linear(6, 8)), fast_config(), LocalKernelLibrary())
+    model = wrap(nn.Sequential(nn.Linear(6, 8)), fast_config(include_head=True), LocalKernelLibrary())
     x = torch.randn(2, 5, 6)
     model(x)
     tamiyo_library = LocalKernelLibrary()

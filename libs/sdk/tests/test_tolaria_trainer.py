@@ -257,5 +257,5 @@ def test_the_sdk_user_journey_through_the_public_api(tmp_path: Path) -> None:
     assert "GRAFTING" in stages_reached(trainer) and len(history.epochs) == 6
     out = esper.save_model(final_model, tmp_path / "evolved")
     assert json.loads((out / "lineage.json").read_text())["germinations"]
-    plain = esper.unwrap(final_model)
+    plain = esper.unwrap(final_model, live_seeds="keep")
     assert not kasmina_layers(plain)

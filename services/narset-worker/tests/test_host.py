@@ -93,7 +93,7 @@ def trainer_bus(memory_bus_url: str) -> Iterator[Bus]:
 
 def make_host(bus: Bus, **config: Any) -> NarsetHost:
     model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
-    model = esper.wrap(model, KasminaConfig(chunks_per_layer=2), kernels=esper.LocalKernelLibrary())
+    model = esper.wrap(model, KasminaConfig(chunks_per_layer=2, include_head=True), kernels=esper.LocalKernelLibrary())
     options: dict[str, Any] = {"decision_timeout_s": 5.0, "allocation_wait_s": 2.0, "heartbeat_interval_s": None}
     return NarsetHost(model, bus, config=HostConfig(**(options | config)))
 

@@ -8,7 +8,9 @@ plain module left by ``unwrap`` share these functions, so a fossilized seed comp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,18 +63,46 @@ class ChunkLayout:
     """Where the chunks of a layer's output are: the feature axis, chunk ranges, and the token order.
 
     ``seq_first`` marks a (tokens, batch, features) output (a TransformerEncoderLayer without
-    ``batch_first``): seeds see it batch-first, as their BTD interface says.
+    ``batch_first``), ``channels_first`` a (batch, features, tokens) one (Conv1d): seeds see both as
+    (batch, tokens, features), as their BTD interface says. ``output_index`` is the element of a tuple
+    output that holds the chunks (a recurrent layer's or attention's first), None when the output is the
+    tensor itself.
     """
 
     layout: str  # "BD", "BTD" or "BCHW"
     features: int
     bounds: tuple[tuple[int, int], ...]
     seq_first: bool = False
+    channels_first: bool = False
+    output_index: int | None = None
 
     @property
     def dim(self) -> int:
         """The feature axis of the output."""
-        return 1 if self.layout == "BCHW" else -1
+        return 1 if self.layout == "BCHW" or self.channels_first else -1
+
+    def tensor_of(self, out: Any) -> Any:
+        """The part of a host output the chunks live in (the output itself, or its tuple element)."""
+        return out if self.output_index is None else out[self.output_index]
+
+    def apply(self, out: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """``out`` with its chunked tensor replaced by ``fn(tensor)``; other tuple elements are handed back as they
+        are. A nested tensor (a TransformerEncoder's fast path with a padding mask) is padded for ``fn`` and
+        nested again with the same lengths, so padded positions stay absent."""
+        target = self.tensor_of(out)
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"a seed slot needs a tensor output, got {type(target).__name__} "
+                            "(packed sequences are not supported)")
+        if target.is_nested:
+            lengths = [t.shape[0] for t in target.unbind()]
+            padded = fn(target.to_padded_tensor(0.0))
+            new = torch.nested.as_nested_tensor([padded[b, :n] for b, n in enumerate(lengths)])
+        else:
+            new = fn(target)
+        if self.output_index is None:
+            return new
+        i = self.output_index
+        return (*out[:i], new, *out[i + 1:])
 
     def interface(self, i: int) -> TensorInterface:
         """Shape contract of chunk ``i``."""
@@ -84,12 +114,14 @@ class ChunkLayout:
         if len(self.bounds) == 1:
             return out
         lo, hi = self.bounds[i]
-        return out[:, lo:hi] if self.layout == "BCHW" else out[..., lo:hi]
+        return out[:, lo:hi] if self.dim == 1 else out[..., lo:hi]
 
     def run(self, module: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
         """Apply a seed module to a chunk in the seed's own layout."""
         if self.seq_first:
             return module(chunk.transpose(0, 1)).transpose(0, 1)
+        if self.channels_first:
+            return module(chunk.transpose(1, 2)).transpose(1, 2)
         return module(chunk)
 
     def compose(self, out: torch.Tensor, replaced: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -103,6 +135,6 @@ class ChunkLayout:
 
     def to_rows(self, out: torch.Tensor) -> torch.Tensor:
         """The output as (rows, features): every batch/token/pixel position is one row."""
-        if self.layout == "BCHW":
+        if self.dim == 1:
             return out.transpose(0, 1).reshape(self.features, -1).t()
         return out.reshape(-1, self.features)

@@ -10,7 +10,7 @@ from esper_contracts import GraftingStrategy
 class KasminaConfig(BaseModel):
     """The ``kasmina`` section of a run's configuration (unknown keys are an error)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     target_modules: list[str] = Field(
         default_factory=list,
@@ -18,9 +18,15 @@ class KasminaConfig(BaseModel):
     )
     target_types: list[str] = Field(
         default_factory=lambda: ["Linear"],
-        description="Class names of modules to wrap: Linear, Conv2d, TransformerEncoderLayer, or any module class name",
+        description="Class names of modules to wrap: Linear, Conv1d, Conv2d, Embedding, GRU, LSTM, RNN, "
+                    "MultiheadAttention, TransformerEncoderLayer, Sequential, or any class with out_features",
     )
     exclude_modules: list[str] = Field(default_factory=list, description="fnmatch patterns of module paths to skip")
+    include_head: bool = Field(
+        default=False,
+        description="Let target_types match the output head (the model's last Linear); off by default, so a seed "
+                    "never squeezes the logits through its bottleneck",
+    )
     chunks_per_layer: int = Field(default=1, ge=1, description="Features/channels split into this many seeds")
     alpha_ramp_steps: int = Field(default=100, ge=0, description="GRAFTING ramp length in training forwards")
     alpha_strategy: GraftingStrategy = Field(default=GraftingStrategy.LINEAR, description="Shape of the alpha ramp")

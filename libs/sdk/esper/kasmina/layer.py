@@ -23,6 +23,7 @@ boundaries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -40,6 +41,7 @@ from .grafted import GraftedModule, HostAttributeFallback
 from .lifecycle import MODULE_STAGES, TRAINED_STAGES, SeedFacts, resolve_command
 from .loader import build_kernel, submit_load
 from .state import SeedStateTable, StateField
+from .targets import OutputGeometry
 from .telemetry import EventKind, HealthAccumulator, SeedEvent, SeedTransition, finite, recon_estimate
 
 _RELEASE_STAGES = frozenset({SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.ROLLED_BACK, SeedStage.DORMANT})
@@ -49,24 +51,29 @@ _CULLED_ON_FAILURE = (MODULE_STAGES | {SeedStage.LOADING}) - {SeedStage.FOSSILIZ
 #: Stages in which a seed holds (or is loading) a kernel, so a kernel failure still matters.
 _HOLDS_KERNEL = MODULE_STAGES | {SeedStage.LOADING}
 _STATE_VERSION = 1
+#: Stages whose seed output is part of the layer's output.
+_BLENDED_STAGES = frozenset({SeedStage.GRAFTING, SeedStage.STABILIZATION, SeedStage.EVALUATING,
+                             SeedStage.FINE_TUNING, SeedStage.FOSSILIZED})
 
 
 class KasminaLayer(HostAttributeFallback):
     """Seed slots around one host module (see the module docstring for the per-stage behaviour)."""
 
     def __init__(self, host: nn.Module, layer_id: str, config: KasminaConfig, kernels: KernelSource,
-                 layout: str, features: int, seq_first: bool = False, infer_layout: bool = False) -> None:
+                 geometry: OutputGeometry) -> None:
         super().__init__()
         self.host = host
         self.seeds = nn.ModuleDict()
         self.layer_id = layer_id
         self.config = config
         self.kernels = kernels
-        self.chunks = ChunkLayout(layout, features, tuple(chunk_bounds(features, config.chunks_per_layer)), seq_first)
+        g = geometry
+        self.chunks = ChunkLayout(g.layout, g.features, tuple(chunk_bounds(g.features, config.chunks_per_layer)),
+                                  g.seq_first, g.channels_first, g.output_index)
         self.seed_state = SeedStateTable(len(self.chunks.bounds))
         self.health = HealthAccumulator(self.chunks, config.telemetry_max_rows)
         self.kernel_table: list[str] = []  # StateField.KERNEL_SLOT indexes this list
-        self._infer_layout = infer_layout  # a Linear learns BD vs BTD from its first output
+        self._infer_layout = g.infer_layout  # a Linear learns BD vs BTD from its first output
         self._pending: dict[int, Future[nn.Module]] = {}
         self._events: list[SeedEvent] = []
         self._transitions: list[SeedTransition] = []
@@ -89,10 +96,10 @@ class KasminaLayer(HostAttributeFallback):
         sample = countdown[0] <= 0
         if sample:
             countdown[0] = self.config.telemetry_every
-            self._sample(out)
+            self._sample(self.chunks.tensor_of(out))
         if not self._plan:
             return out
-        return self._forward_seeds(out, sample)
+        return self.chunks.apply(out, lambda t: self._forward_seeds(t, sample))
 
     def _sample(self, out: Any) -> None:
         if not isinstance(out, torch.Tensor) or out.is_nested:
@@ -383,7 +390,7 @@ class KasminaLayer(HostAttributeFallback):
     def _set_layout(self, layout: str) -> None:
         self._infer_layout = False
         if layout != self.chunks.layout:
-            self.chunks = ChunkLayout(layout, self.chunks.features, self.chunks.bounds, self.chunks.seq_first)
+            self.chunks = dataclasses.replace(self.chunks, layout=layout)
             self.health.layout = self.chunks
 
     # ------------------------------------------------------------------ queries
@@ -467,13 +474,28 @@ class KasminaLayer(HostAttributeFallback):
         """Parameters of the wrapped host module."""
         return sum(p.numel() for p in self.host.parameters())
 
-    def merged(self) -> nn.Module:
-        """The host alone, or a GraftedModule with the fossilized (and healthy) seeds: no Kasmina machinery."""
+    def live_seeds(self) -> list[tuple[int, SeedStage]]:
+        """(index, stage) of every seed in an adaptation that has not ended (neither DORMANT, FOSSILIZED nor
+        culled, cancelled or rolled back)."""
+        st = self.seed_state
+        return [(i, st.stage(i)) for i in range(st.n) if st.stage(i) not in _RELEASE_STAGES | {SeedStage.FOSSILIZED}]
+
+    def merged(self, keep_blended: bool = False) -> nn.Module:
+        """The host alone, or a GraftedModule with the fossilized (and healthy) seeds: no Kasmina machinery.
+
+        ``keep_blended`` also keeps the seeds whose output is blended in now (GRAFTING at its current alpha,
+        STABILIZATION, EVALUATING, FINE_TUNING), so the eval-mode outputs do not change.
+        """
         self.close()
         st = self.seed_state
+        stages = _BLENDED_STAGES if keep_blended else {SeedStage.FOSSILIZED}
         keep = {i: self.seeds[str(i)] for i in range(st.n)
-                if st.stage(i) is SeedStage.FOSSILIZED and str(i) in self.seeds and not st.get(StateField.FAILED, i)}
-        return GraftedModule(self.host, keep, self.chunks) if keep else self.host
+                if st.stage(i) in stages and str(i) in self.seeds and not st.get(StateField.FAILED, i)}
+        if not keep:
+            return self.host
+        alphas = {i: st.get(StateField.ALPHA, i) for i in keep if st.stage(i) is SeedStage.GRAFTING}
+        kernel_ids = {i: k for i in keep if (k := self.kernel_id(i)) is not None}
+        return GraftedModule(self.host, keep, self.chunks, alphas, kernel_ids)
 
     def close(self) -> None:
         """Cancel background loads."""
@@ -496,8 +518,13 @@ class KasminaLayer(HostAttributeFallback):
         loaded from the same state dict) and restart loads that were under way."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{self.layer_id}: unsupported Kasmina state version {state.get('version')!r}")
+        saved = state["state"]
+        if saved.dim() == 2 and saved.shape[1] != self.seed_state.n:
+            raise ValueError(f"{self.layer_id!r}: the saved state has {saved.shape[1]} seed(s) for this layer and this "
+                             f"model has {self.seed_state.n}: it was wrapped with a different chunks_per_layer "
+                             f"({self.config.chunks_per_layer} here); wrap with the chunks_per_layer it was saved with")
         self.close()
-        self.seed_state.load(state["state"])
+        self.seed_state.load(saved)
         self.health.load(state["health"])
         self.kernel_table = list(state["kernels"])
         self._set_layout(state["layout"])

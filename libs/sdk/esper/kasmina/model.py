@@ -7,8 +7,8 @@ layer's once-per-epoch boundary work first, so Tolaria may call them in either o
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,53 +18,8 @@ from esper_kernels import KernelSource, LocalKernelLibrary
 
 from .config import KasminaConfig
 from .layer import KasminaLayer
+from .targets import choose_targets, output_geometry
 from .telemetry import SeedEvent, SeedTransition
-
-#: Containers that read their children's weights directly (fused fast paths) instead of calling them:
-#: modules inside them are never wrapped, only the container itself.
-_FUSED_CONTAINERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-
-
-def _geometry(module: nn.Module, path: str) -> tuple[str, int, bool, bool]:
-    """(layout, features, seq_first, infer_layout) of a module's output; raises ValueError when unknown."""
-    if isinstance(module, nn.Conv2d):
-        return "BCHW", module.out_channels, False, False
-    if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
-        return "BTD", module.linear2.out_features, not module.self_attn.batch_first, False
-    if isinstance(module, nn.Linear):
-        return "BD", module.out_features, False, True
-    for attr, layout in (("out_features", "BD"), ("out_channels", "BCHW")):
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
-            return layout, value, False, layout == "BD"
-    raise ValueError(f"cannot tell the output features of {path!r} ({type(module).__name__}); "
-                     "target Linear, Conv2d, TransformerEncoderLayer, or a module with out_features/out_channels")
-
-
-def _targets(model: nn.Module, config: KasminaConfig) -> list[str]:
-    modules = dict(model.named_modules())
-    chosen: list[str] = []
-    for path, module in modules.items():
-        if not path:
-            continue
-        if any(path.startswith(t + ".") for t in chosen):
-            continue  # the outermost matching module wins; nested slots are not created
-        if config.target_modules:
-            matched = any(fnmatch.fnmatchcase(path, p) for p in config.target_modules)
-        else:
-            matched = type(module).__name__ in config.target_types
-        if not matched or any(fnmatch.fnmatchcase(path, p) for p in config.exclude_modules):
-            continue
-        parts = path.split(".")
-        fused = next((".".join(parts[:k]) for k in range(1, len(parts))
-                      if isinstance(modules[".".join(parts[:k])], _FUSED_CONTAINERS)), None)
-        if fused is not None:
-            if config.target_modules:
-                warnings.warn(f"Kasmina: {path!r} is inside {fused!r}, whose fused kernels read its weights "
-                              "directly; wrap the container instead. Skipped.", stacklevel=3)
-            continue
-        chosen.append(path)
-    return chosen
 
 
 def _set_child(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -73,39 +28,55 @@ def _set_child(model: nn.Module, path: str, new: nn.Module) -> None:
     parent._modules[name] = new
 
 
+def _check_arguments(model: object, config: object) -> KasminaConfig:
+    """The Kasmina config to use; TypeError naming what was passed instead of a model or a KasminaConfig."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap needs a torch.nn.Module to put seed slots in, got {type(model).__name__}")
+    if config is None:
+        return KasminaConfig()
+    if isinstance(config, KasminaConfig):
+        return config
+    if isinstance(getattr(config, "kasmina", None), KasminaConfig):
+        raise TypeError(f"wrap takes the Kasmina section of the run configuration, not the whole "
+                        f"{type(config).__name__}: pass config.kasmina")
+    if isinstance(config, dict):
+        raise TypeError("wrap takes a KasminaConfig, not a dict: pass esper.KasminaConfig(**your_dict) "
+                        "(or config.kasmina of a loaded run configuration)")
+    raise TypeError(f"wrap takes a KasminaConfig (e.g. config.kasmina), got {type(config).__name__}")
+
+
 def wrap(model: nn.Module, config: KasminaConfig | None = None, kernels: KernelSource | None = None) -> nn.Module:
     """Inject a KasminaLayer around every targeted module of ``model``, in place; returns ``model``.
 
     Targets are the modules whose path matches ``config.target_modules`` (fnmatch), or else whose class
-    name is in ``config.target_types``, minus ``exclude_modules``. Every seed starts DORMANT, so the
-    wrapped model computes exactly what it computed before. ``kernels`` defaults to a
-    :class:`LocalKernelLibrary` of the built-in blueprints.
+    name is in ``config.target_types`` (the output head only with ``include_head``), minus
+    ``exclude_modules`` (see :mod:`esper.kasmina.targets`). Every seed starts DORMANT, so the wrapped model
+    computes exactly what it computed before. Everything is checked before the model is touched: a wrap
+    that raises leaves the model as it was. ``kernels`` defaults to a :class:`LocalKernelLibrary` of the
+    built-in blueprints.
     """
-    config = config or KasminaConfig()
+    config = _check_arguments(model, config)
     if any(isinstance(m, KasminaLayer) for m in model.modules()):
         raise ValueError("model already has Kasmina layers; unwrap it first")
+    paths = choose_targets(model, config)
+    geometries = {path: output_geometry(model.get_submodule(path), path) for path in paths}
+    for path, g in geometries.items():
+        if config.chunks_per_layer > g.features:
+            raise ValueError(f"{path!r} has {g.features} features, fewer than chunks_per_layer="
+                             f"{config.chunks_per_layer}; lower chunks_per_layer or exclude {path!r}")
     if kernels is None:
         kernels = LocalKernelLibrary(cache_mb=config.kernel_cache_mb)
-    paths = _targets(model, config)
-    if not paths:
-        raise ValueError(f"no module matched target_modules={config.target_modules} / "
-                         f"target_types={config.target_types} (excluding {config.exclude_modules})")
-    for path in paths:
+    layers = {}
+    for path, g in geometries.items():  # built before any is put in, so a failure leaves the model untouched
         host = model.get_submodule(path)
-        layout, features, seq_first, infer = _geometry(host, path)
-        if config.chunks_per_layer > features:
-            raise ValueError(f"{path!r} has {features} features, fewer than chunks_per_layer={config.chunks_per_layer}")
-        layer = KasminaLayer(host, path, config, kernels, layout, features, seq_first, infer)
-        layer.train(host.training)
-        _set_child(model, path, layer)
+        layers[path] = KasminaLayer(host, path, config, kernels, g)
+        layers[path].train(host.training)
+    for layer in layers.values():
         for i in range(len(layer.chunks.bounds)):
             kernels.register_interface(layer.chunks.interface(i))
-    layers = {m.layer_id: m for m in model.modules() if isinstance(m, KasminaLayer)}
+    for path, layer in layers.items():
+        _set_child(model, path, layer)
     model.__dict__[_LAYERS_ATTR] = layers  # a plain attribute: not a submodule, not in the state dict
-    for m in model.modules():
-        # The nested-tensor fast path would hand the layers a NestedTensor, which chunks cannot slice.
-        if isinstance(m, nn.TransformerEncoder) and any(isinstance(c, KasminaLayer) for c in m.layers):
-            m.use_nested_tensor = False
     return model
 
 
@@ -124,15 +95,26 @@ def kasmina_layers(model: nn.Module) -> dict[str, KasminaLayer]:
     return {m.layer_id: m for m in model.modules() if isinstance(m, KasminaLayer)}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Remove Kasmina in place: FOSSILIZED seeds stay as plain modules, everything else is dropped.
+def unwrap(model: nn.Module, live_seeds: Literal["refuse", "keep", "drop"] = "refuse") -> nn.Module:
+    """Remove Kasmina in place: FOSSILIZED seeds stay as plain modules; returns ``model``.
 
-    Each KasminaLayer becomes its host module, or a GraftedModule (host + fossilized seeds) that computes
-    the same outputs. Returns ``model``.
+    Each KasminaLayer becomes its host module, or a GraftedModule (host + kept seeds) that computes the same
+    outputs. ``live_seeds`` says what happens to seeds whose adaptation has not ended: ``"refuse"`` (the
+    default) raises a ValueError naming them and changes nothing; ``"keep"`` keeps the seeds blended into the
+    output now (a GRAFTING seed at its current alpha), so eval-mode outputs stay the same; ``"drop"`` drops
+    them with a warning naming them.
     """
-    for path, m in list(model.named_modules()):
-        if isinstance(m, KasminaLayer):
-            _set_child(model, path, m.merged())
+    if live_seeds not in ("refuse", "keep", "drop"):
+        raise ValueError(f"live_seeds must be 'refuse', 'keep' or 'drop', not {live_seeds!r}")
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, KasminaLayer)]
+    live = [f"{m.layer_id}[{i}] ({stage.value})" for _, m in layers for i, stage in m.live_seeds()]
+    if live and live_seeds == "refuse":
+        raise ValueError(f"live seeds would be dropped: {', '.join(live)}; fossilize or cull them first, or "
+                         "pass live_seeds='keep' (keep the blended ones) or live_seeds='drop'")
+    if live and live_seeds == "drop":
+        warnings.warn(f"unwrap drops live seeds: {', '.join(live)}", UserWarning, stacklevel=2)
+    for path, m in layers:
+        _set_child(model, path, m.merged(keep_blended=live_seeds == "keep"))
     model.__dict__.pop(_LAYERS_ATTR, None)
     return model
 

@@ -46,6 +46,11 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self._generator = torch.Generator().manual_seed(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Draw the next epochs' order from ``seed`` (Tolaria does so after a rollback, so that the retried epoch
+        does not replay the same batches); every rank that reseeds alike keeps the same order."""
+        self._generator.manual_seed(seed)
+
     def _shard_size(self) -> int:
         return len(self.split) // self.world_size
 

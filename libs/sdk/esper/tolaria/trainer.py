@@ -110,6 +110,7 @@ class TrainingHistory:
     events: list[dict[str, Any]] = field(default_factory=list)
     field_reports: list[dict[str, Any]] = field(default_factory=list)
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # seeds live when training ended (neither kept nor culled)
 
 
 def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float,
@@ -197,6 +198,7 @@ class TolariaTrainer:
         if train_data is None or val_data is None:
             train_data, val_data = _data_from_config(cfg, train_data, val_data)
         self.train_data, self.val_data, self.loss_fn = train_data, val_data, loss_fn
+        self._lifecycle_in_steps(model, train_data)
         self.blueprint_names = blueprint_names or _kernel_names(model)
         self.hooks = hooks or TrainerHooks()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -226,6 +228,23 @@ class TolariaTrainer:
         # The module the training step calls: the host under DDP when there are several ranks.
         self._step_model = self.ranks.wrap(self.model) if self.ranks is not None else self.model
 
+    @staticmethod
+    def _lifecycle_in_steps(model: nn.Module, train_data: Iterable[Batch]) -> None:
+        """Convert lifecycle lengths given in epochs to steps of this training data's batches per epoch."""
+        layers = [layer for layer in kasmina_layers(model).values() if layer.config.counts_in_epochs]
+        if not layers:
+            return
+        try:
+            batches = len(train_data)  # type: ignore[arg-type]
+        except TypeError:
+            from ..config import ConfigError
+
+            raise ConfigError(f"kasmina lifecycle lengths are given in epochs, but the training data "
+                              f"({type(train_data).__name__}) has no len(): pass a sized loader (a DataLoader, a "
+                              f"list, esper.Batches) or give the lengths in *_steps") from None
+        for layer in layers:
+            layer.config = layer.config.in_steps(max(batches, 1))
+
     # ------------------------------------------------------------------------------------ the loop
 
     def train(self) -> tuple[nn.Module, TrainingHistory]:
@@ -245,10 +264,20 @@ class TolariaTrainer:
                 self._checkpoint()  # the rollback point of the first epoch
                 while self.epoch < cfg.epochs:
                     self._run_epoch(self.epoch + 1)
+                self._report_unfinished()
         finally:
             if self.log is not None:
                 self.log.close()
         return self.model, self.history
+
+    def _report_unfinished(self) -> None:
+        """Name the seeds whose lifecycle the run's end cut short: they count in the model's parameters and its
+        outputs (blended in part) but were never judged, so they are reported UNFINISHED, not as kept."""
+        self.history.unfinished = self._live_seeds()
+        if self.history.unfinished:
+            self._event(self.epoch, "unfinished", seeds=self.history.unfinished)
+            self._say(f"training ended with {len(self.history.unfinished)} seed(s) UNFINISHED (still in the model, "
+                      f"never fossilized): {', '.join(self.history.unfinished)}")
 
     def _run_epoch(self, epoch: int) -> None:
         start = time.perf_counter()

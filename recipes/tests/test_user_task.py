@@ -103,3 +103,11 @@ def test_the_esper_cli_runs_the_demo_on_a_user_task(user_task: str, tmp_path: Pa
     assert result.exit_code == 0, result.output
     lineage = json.loads((tmp_path / "runs" / "demo-rings" / "lineage.json").read_text())
     assert lineage["task"] == "rings" and lineage["host"] == "ReLU MLP 2-6-2"
+
+
+def test_no_headroom_nothing_is_grown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper_recipes import headroom
+
+    assert headroom.main(["--seeds", "1", "--epochs", "15", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "germinations 0" in out and "nothing grown" in out

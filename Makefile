@@ -10,7 +10,7 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
+        unit integration deploy-check demo proof headroom evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
         bench-ddp bench-nissa clean
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
+	@echo "make headroom       a task with no headroom: the heuristic declines to grow (host vs Esper)"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
 	@echo "make bench-oona     bus throughput vs the raw pulsar client"
@@ -82,6 +83,9 @@ demo: dev
 
 proof: dev
 	$(PY) -m esper_recipes.proof
+
+headroom: dev
+	$(PY) -m esper_recipes.headroom
 
 evolve: dev
 	$(PY) -m esper_recipes.evolve

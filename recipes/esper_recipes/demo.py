@@ -14,15 +14,17 @@ kernels are kept under ``runs/platform/``, so only the first run pays for compil
 ``--kernels eager`` skips the platform and interprets the blueprints instead.
 
 The run's settings come from ``recipes/configs/demo-<task>.yaml``; the host's shape is part of the demo.
+``--task package.module:SPEC`` runs a researcher's own task instead: an :class:`esper.tasks.TaskSpec` naming the
+data, the host and the run config.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,13 @@ from esper.data import Batches
 from esper.kasmina import ChunkLayout, GraftedModule, chunk_bounds, wrap
 from esper.lineage import Lineage, save_model
 from esper.standalone import LocalPlatform, PlatformError, prepare_kernels, slot_interfaces
+from esper.tasks import TaskSpec, load_task_spec
 from esper.tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 from esper_contracts import KernelStatus, TensorInterface
 from esper_kernels import LocalKernelLibrary
 from esper_policy import build_policy
 
-from .tasks import TaskData, load_task
+from .tasks import TaskData, digits, two_spirals
 
 #: The recipes' run configurations (``recipes/configs``).
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -78,16 +81,44 @@ class TinyCNN(nn.Module):
         return self.head(x.flatten(1))  # (B, classes)
 
 
-#: The deliberately weak host of each task, and what it is, in words.
-HOSTS: dict[str, tuple[Callable[[TaskData], nn.Module], str]] = {
-    "digits": (lambda d: TinyCNN(4, d.num_classes), "1 conv layer (3x3, 4 channels, stride 2) + linear head"),
-    "spirals": (lambda d: NarrowMLP(d.num_features, (8, 8), d.num_classes), "ReLU MLP 2-8-8-2"),
+def _tiny_cnn(data: TaskData) -> nn.Module:
+    return TinyCNN(4, data.num_classes)
+
+
+def _narrow_mlp(data: TaskData) -> nn.Module:
+    return NarrowMLP(data.num_features, (8, 8), data.num_classes)
+
+
+#: The demo's own tasks, each with its deliberately weak host and its run config.
+BUILTIN_TASKS: dict[str, TaskSpec] = {
+    "digits": TaskSpec("digits", digits, _tiny_cnn, CONFIGS / "demo-digits.yaml",
+                       "1 conv layer (3x3, 4 channels, stride 2) + linear head"),
+    "spirals": TaskSpec("spirals", two_spirals, _narrow_mlp, CONFIGS / "demo-spirals.yaml", "ReLU MLP 2-8-8-2"),
 }
+
+
+@functools.cache
+def task_spec(task: str) -> TaskSpec:
+    """A built-in task by name, or a researcher's :class:`TaskSpec` by import path ``package.module:SPEC``."""
+    if task in BUILTIN_TASKS:
+        return BUILTIN_TASKS[task]
+    if ":" not in task:
+        raise ValueError(f"unknown task {task!r}; built-in: {sorted(BUILTIN_TASKS)}, or a TaskSpec by import "
+                         f"path 'package.module:SPEC'")
+    return load_task_spec(task)
+
+
+def load_task(task: str, seed: int = 0) -> TaskData:
+    """The data of ``task`` (a built-in name or a TaskSpec's import path) split by ``seed``."""
+    return task_spec(task).data(seed)
 
 
 def build_host(task: str, data: TaskData) -> nn.Module:
     """A freshly initialised weak host for ``task`` (seed torch first for a reproducible init)."""
-    return HOSTS[task][0](data)
+    host = task_spec(task).host(data)
+    if not isinstance(host, nn.Module):
+        raise TypeError(f"task {task}: the host factory returned {type(host).__name__}, not an nn.Module")
+    return host
 
 
 def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]], chunks: int,
@@ -122,8 +153,9 @@ def static_twin(task: str, data: TaskData, fossilized: list[tuple[str, int, str]
 
 
 def demo_config(task: str, path: Path | None = None) -> EsperConfig:
-    """The demo's run configuration for ``task`` (``recipes/configs/demo-<task>.yaml`` unless ``path`` is given)."""
-    return load_config(path or CONFIGS / f"demo-{task}.yaml")
+    """The run configuration of ``task`` (its TaskSpec's config, ``recipes/configs/demo-<task>.yaml`` for the
+    built-ins) unless ``path`` is given."""
+    return load_config(path or task_spec(task).config)
 
 
 @dataclass
@@ -213,10 +245,12 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
     from esper.report import write_report
 
     config = demo_config(task)
+    spec = task_spec(task)
     if epochs is not None:
         config = config.model_copy(update={"tolaria": config.tolaria.model_copy(update={"epochs": epochs})})
-    out = out_root / f"demo-{task}"
-    console.rule(f"[bold]{task}: weak host ({HOSTS[task][1]}) grown by Esper, heuristic Tamiyo")
+    out = out_root / f"demo-{spec.name}"
+    host_words = f" ({spec.description})" if spec.description else ""
+    console.rule(f"[bold]{spec.name}: weak host{host_words} grown by Esper, heuristic Tamiyo")
     kernels = None
     if platform is not None:
         ready = prepare_kernels(platform, seed_interfaces(task, config), console)
@@ -227,13 +261,13 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
         config = config.model_copy(update={"tamiyo": config.tamiyo.model_copy(
             update={"kernel_status": KernelStatus.VALIDATED})})
         kernels = platform.kernel_source(config.kasmina.kernel_cache_mb)
-    esper_run = run_experiment(task, config, policy="heuristic", run_dir=out_root, run_id=f"demo-{task}",
+    esper_run = run_experiment(task, config, policy="heuristic", run_dir=out_root, run_id=f"demo-{spec.name}",
                                kernels=kernels)
     console.print(f"[dim]{task}: the same host alone, for comparison[/dim]")
     host_run = run_experiment(task, config, policy="none", run_dir=out / "baseline", run_id="host-only", quiet=True)
     assert esper_run.model is not None and esper_run.history is not None and host_run.history is not None
     summary = {
-        "task": task,
+        "task": spec.name,
         "host_test_accuracy": host_run.test_accuracy,
         "esper_test_accuracy": esper_run.test_accuracy,
         "host_parameters": host_run.parameters,
@@ -241,8 +275,8 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
         "outcomes": esper_run.outcomes,
         "seconds": esper_run.seconds + host_run.seconds,
     }
-    save_model(esper_run.model, out, extra={"task": task, "host": HOSTS[task][1], "summary": summary})
-    write_report(out, task=task, history=esper_run.history, baseline=host_run.history, summary=summary,
+    save_model(esper_run.model, out, extra={"task": spec.name, "host": spec.description, "summary": summary})
+    write_report(out, task=spec.name, history=esper_run.history, baseline=host_run.history, summary=summary,
                  lineage=esper_run.lineage)
     return summary
 
@@ -250,7 +284,8 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(prog="python -m esper_recipes.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=["digits", "spirals", "all"], default="all")
+    parser.add_argument("--task", default="all", help="digits, spirals, all (default), or a researcher's task by "
+                        "import path 'package.module:SPEC' naming an esper.tasks.TaskSpec")
     parser.add_argument("--epochs", type=int, default=None, help="override tolaria.epochs of the demo configs")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent directory of runs/demo-<task>/")
     parser.add_argument("--kernels", choices=["compiled", "eager"], default="compiled",
@@ -261,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # tiny models: threads cost more than they give
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
     tasks = ["digits", "spirals"] if args.task == "all" else [args.task]
+    try:
+        for task in tasks:
+            task_spec(task)
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        console.print(f"[red]demo stopped:[/red] {exc}")
+        return 2
     if args.kernels == "compiled":
         console.print(f"starting the standalone platform (Urza, Tezzeret, Urabrask) in {args.out / 'platform'}")
         try:

@@ -1,6 +1,7 @@
 """``python -m esper_recipes.proof``: does growing a network with Esper beat not growing it?
 
-For each task (digits, spirals) and each of N seeds, four arms are trained for the same epochs on the
+For each task (digits, spirals, or a researcher's own: ``--task package.module:SPEC`` naming an
+:class:`esper.tasks.TaskSpec`) and each of N seeds, four arms are trained for the same epochs on the
 same split, and tested on the held-out test split (never seen by any controller):
 
 * ``host``   — the weak host alone (Esper's loop, no controller);
@@ -47,7 +48,7 @@ from esper.config import EsperConfig
 from esper.tolaria import progress_bar_wanted
 from esper_contracts import KernelStatus
 
-from .demo import demo_config, run_experiment
+from .demo import demo_config, run_experiment, task_spec
 
 TASKS = ("digits", "spirals")
 ARMS = ("host", "esper", "random", "static")
@@ -151,8 +152,8 @@ def proof_config(task: str, quick: bool) -> EsperConfig:
         return config
     return config.model_copy(update={
         "tolaria": config.tolaria.model_copy(update={"epochs": 10}),
-        "kasmina": config.kasmina.model_copy(update={"alpha_ramp_steps": 10, "stabilization_steps": 2,
-                                                     "evaluation_steps": 2, "fine_tuning_steps": 5}),
+        "kasmina": config.kasmina.model_copy(update={"alpha_ramp_epochs": 0.5, "stabilization_epochs": 0.1,
+                                                     "evaluation_epochs": 0.1, "fine_tuning_epochs": 0.25}),
         "tamiyo": config.tamiyo.model_copy(update={"warmup_epochs": 1, "plateau_patience_epochs": 1,
                                                    "plateau_min_delta": 10.0, "last_germination_epoch": None,
                                                    "fine_tuning_epochs": 2, "random_germination_probability": 0.5,
@@ -186,6 +187,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "task": task, "arm": arm, "seed": seed, "test_accuracy": result.test_accuracy,
         "final_val_accuracy": result.final_val_accuracy, "parameters": result.parameters,
         "seconds": round(result.seconds, 2), "outcomes": result.outcomes,
+        "epochs": len(result.history.epochs) if result.history is not None else 0,
+        "unfinished": result.outcomes.get("UNFINISHED", 0),  # in the tested model, not in the static twin
         "fossilized": [[g.layer_id, g.seed_index, g.kernel_artifact_id] for g in lineage
                        if g.outcome == "FOSSILIZED" and g.kernel_artifact_id],
     }
@@ -251,7 +254,8 @@ def summarise(results: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, 
             mean, ci = mean_ci95(accs)
             arms[arm] = {"test_accuracy": accs, "mean": mean, "ci95": ci,
                          "parameters_mean": statistics.fmean(r["parameters"] for r in runs),
-                         "fossilized_mean": statistics.fmean(r["outcomes"].get("FOSSILIZED", 0) for r in runs)}
+                         "fossilized_mean": statistics.fmean(r["outcomes"].get("FOSSILIZED", 0) for r in runs),
+                         "unfinished_mean": statistics.fmean(r["outcomes"].get("UNFINISHED", 0) for r in runs)}
         esper = arms.get("esper", {}).get("test_accuracy", [])
         for arm, stats in arms.items():
             if arm != "esper":
@@ -278,6 +282,8 @@ def print_table(summary: dict[str, Any], console: Console, seeds: int) -> None:
             p_welch, p_paired = (_p(s.get(k)) for k in ("p_value_vs_esper", "paired_p_value_vs_esper"))
             wins = "" if arm == "esper" else f"{s['esper_wins']}/{s['ties']} of {len(s['test_accuracy'])}"
             grown = f"{s['fossilized_mean']:.1f}" if arm in ("esper", "random") else ""
+            if grown and s.get("unfinished_mean"):
+                grown += f" (+{s['unfinished_mean']:.1f} unfinished)"
             table.add_row(task, arm, f"{s['mean']:.4f} ± {ci}", diff, p_welch, p_paired, wins,
                           f"{s['parameters_mean']:.0f}", grown)
     console.print(table)
@@ -313,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m esper_recipes.proof", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per task and arm (default 10)")
     parser.add_argument("--quick", action="store_true", help="smoke run: few epochs, early growth")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"built-in tasks {list(TASKS)} (default: both) "
+                        "or TaskSpec import paths")
+    parser.add_argument("--task", action="append", default=None, dest="task_paths", metavar="TASK",
+                        help="a task to prove on (repeatable): a built-in name or a researcher's TaskSpec by import "
+                        "path 'package.module:SPEC' (data, host and run config)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/proof"))
     parser.add_argument("--kernels", choices=["eager", "compiled"], default="eager",
@@ -324,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the standalone platform keeps its kernels (shared with make demo)")
     args = parser.parse_args(argv)
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
+    args.tasks = (args.tasks or []) + (args.task_paths or []) or list(TASKS)
+    try:
+        for task in args.tasks:
+            task_spec(task)
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        console.print(f"[red]proof stopped:[/red] {exc}")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     console.print(f"proof: {len(args.tasks)} task(s) × {len(ARMS)} arms × {args.seeds} seeds"

@@ -56,6 +56,12 @@ class TamiyoConfig(BaseModel):
     protected_regions: list[str] = Field(
         default_factory=list, description="fnmatch patterns of layer ids that are never adapted"
     )
+    min_train_error: float = Field(
+        default=0.005, ge=0.0, le=1.0, description="Converged, not starved: no germination while the training "
+        "error (1 - train accuracy) is below this and validation accuracy is within converged_gap of training's "
+        "(a plateau there means no headroom; 0 disables the test)")
+    converged_gap: float = Field(default=0.02, ge=0.0, le=1.0, description="Train and val accuracy this close count "
+                                 "as no overfitting, for the min_train_error test")
     random_germination_probability: float = Field(
         default=0.25, ge=0.0, le=1.0, description="RandomGerminationPolicy: chance to germinate at a boundary"
     )

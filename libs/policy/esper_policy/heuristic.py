@@ -1,8 +1,9 @@
 """Tamiyo v1: a readable heuristic controller.
 
 * **When** to grow: the validation loss has not improved by ``plateau_min_delta`` for
-  ``plateau_patience_epochs`` boundaries (after a warm-up), and fewer than
-  ``max_concurrent_adaptations`` seeds are live.
+  ``plateau_patience_epochs`` boundaries (after a warm-up), fewer than ``max_concurrent_adaptations``
+  seeds are live, and the model is starved rather than converged: a training error under
+  ``min_train_error`` with validation accuracy as good (within ``converged_gap``) leaves no headroom to grow into.
 * **Where**: the eligible dormant seed in the worst health — the one whose layer has gone quiet
   (low gradient norm), wastes capacity (dead or sparse units) or carries little signal (low variance).
 * **What**: the first kernel that fits the seed's interface, in the configured tag preference,
@@ -87,7 +88,17 @@ class HeuristicPolicy(PolicyBase):
         self._plateau.update(packet.val_loss)
 
     def _may_germinate(self, packet: SystemStatePacket, live: int) -> bool:
-        return self._plateau.plateaued and self._under_caps(live)
+        return self._plateau.plateaued and self._under_caps(live) and not self.converged(packet)
+
+    def converged(self, packet: SystemStatePacket) -> bool:
+        """A plateau with no headroom: training error below ``min_train_error`` and validation as good.
+
+        Growing then adds parameters for no gain; a plateau with training error left is starvation.
+        """
+        train_acc, val_acc = packet.metrics.get("train_accuracy"), packet.val_accuracy
+        if train_acc is None or val_acc is None or self.config.min_train_error <= 0.0:
+            return False
+        return 1.0 - train_acc < self.config.min_train_error and train_acc - val_acc <= self.config.converged_gap
 
     def _germinate(
         self, packet: SystemStatePacket, dormant: list[SeedTelemetry], live: int, metric: float

@@ -308,3 +308,18 @@ def test_a_seed_ended_outside_the_policy_is_reported_and_forgotten() -> None:
     (report,) = policy.drain_field_reports()
     assert report.outcome is Outcome.CULLED and report.seed_id == "fc1[0]"
     assert policy.state_dict()["live"] == {}
+
+
+def test_a_converged_plateau_is_not_grown_a_starved_one_is() -> None:
+    lib = FakeLibrary([make_artifact("mlp")])
+
+    def at(train_acc: float, val_acc: float, epoch: int) -> SystemStatePacket:
+        return SystemStatePacket(run_id="r", epoch=epoch, train_loss=0.01, val_loss=0.5, val_accuracy=val_acc,
+                                 metrics={"train_accuracy": train_acc}, seeds=[seed("fc1")])
+
+    converged = HeuristicPolicy(CFG, lib)
+    assert all(converged.decide(at(1.0, 0.995, e)).commands == [] for e in range(10))  # no headroom: no growth
+    overfit = HeuristicPolicy(CFG, lib)  # train perfect, val far behind: not converged, growth allowed
+    assert any(overfit.decide(at(1.0, 0.8, e)).commands for e in range(10))
+    starved = HeuristicPolicy(CFG, lib)
+    assert any(starved.decide(at(0.9, 0.9, e)).commands for e in range(10))

@@ -92,7 +92,8 @@ def add_installed_commands(target: typer.Typer, found: Iterable[EntryPoint] | No
         if isinstance(commands, typer.Typer):  # a group: esper <name> <sub-command> ...
             target.add_typer(commands, name=point.name)
         else:  # one command whose parameters are its arguments and options: esper <name> ARGS
-            target.command(name=point.name)(commands)
+            # A function may carry Click context settings, e.g. to pass its arguments to its own parser.
+            target.command(name=point.name, context_settings=getattr(commands, "context_settings", None))(commands)
         taken.add(point.name)
         added.append(point.name)
     return added

@@ -10,8 +10,9 @@ A whole run in six lines (the design's researcher journey)::
                                                 train_data=train, val_data=val).train()
     esper.save_model(final_model, "runs/my-run/model")
 
-``train_data``/``val_data`` are any re-iterables of ``(inputs, labels)`` batches (a DataLoader works;
-:class:`esper.Batches` is a small one); without them the trainer trains on ``config.tolaria.task``.
+``train_data``/``val_data`` are any re-iterables of ``(inputs, labels)`` batches: a DataLoader, a list of
+``(x, y)`` tensor pairs, or :class:`esper.Batches` over a :class:`esper.Split` (``esper.train_val_test_split``
+makes three from arrays); without them the trainer trains on ``config.tolaria.task``.
 ``esper train CONFIG`` runs the same from the command line, standalone or on the distributed platform.
 """
 
@@ -22,11 +23,11 @@ from esper_policy import build_policy as _build_policy
 
 from .config import ConfigError, EsperConfig, PlatformConfig, TolariaConfig, load_config, parse_config
 from .controller import TamiyoController
-from .data import Batches, Split
+from .data import Batches, Split, train_val_test_split
 from .kasmina import KasminaConfig, unwrap, wrap
 from .lineage import Lineage, lineage_of, save_model
 from .model_io import load_model
-from .tasks import TaskData, load_task
+from .tasks import TaskData, TaskSpec, load_task, load_task_spec
 from .tolaria import CheckpointIntegrityError, TolariaTrainer, TrainingDivergedError, TrainingHistory
 
 
@@ -55,6 +56,7 @@ __all__ = [
     "TamiyoConfig",
     "TamiyoController",
     "TaskData",
+    "TaskSpec",
     "TolariaConfig",
     "TolariaTrainer",
     "TrainingDivergedError",
@@ -64,8 +66,10 @@ __all__ = [
     "load_config",
     "load_model",
     "load_task",
+    "load_task_spec",
     "parse_config",
     "save_model",
+    "train_val_test_split",
     "unwrap",
     "wrap",
 ]

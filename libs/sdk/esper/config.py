@@ -38,12 +38,20 @@ class TolariaConfig(BaseModel):
     seed_learning_rate: float = Field(default=3e-3, gt=0.0)
     grad_clip_norm: float | None = Field(default=None, gt=0.0)
     max_loss_spike_ratio: float = Field(
-        default=3.0, gt=1.0, description="Roll back when the epoch's train loss exceeds this × the recent mean"
-    )
-    spike_window: int = Field(default=5, ge=1, description="Epochs in the recent mean the spike test uses")
+        default=3.0, gt=1.0, description="A spike: the epoch's train loss exceeds this × the recent median (and the "
+        "MAD bar)")
+    spike_window: int = Field(default=5, ge=2, description="Recent accepted epochs whose median and MAD the spike "
+                              "test uses")
     spike_min_increase: float = Field(
-        default=0.1, ge=0.0, description="A spike must also raise the loss by this much (tiny losses jitter by ratios)"
+        default=0.1, ge=0.0, description="A spike must also raise the loss by this much over the median, and an "
+        "explosion is measured against at least this (tiny losses jitter by large ratios)"
     )
+    spike_mad_k: float = Field(default=5.0, gt=0.0, description="A spike must exceed median + this × MAD (scaled "
+                               "to a standard deviation)")
+    spike_patience: int = Field(default=2, ge=1, description="Roll back only after this many spiking epochs in a "
+                                "row (a lone spike is noise)")
+    explosion_ratio: float = Field(default=10.0, gt=1.0, description="Roll back at once when the loss exceeds this "
+                                   "× max(recent median, spike_min_increase)")
     max_rollbacks: int = Field(default=3, ge=0, description="Give up (raise) after this many rollbacks in one run")
     checkpoints_kept: int = Field(default=3, ge=1)
     run_dir: str = Field(default="runs", description="Runs are written to <run_dir>/<run_id>/")

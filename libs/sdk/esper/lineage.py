@@ -26,6 +26,8 @@ from .model_io import describe_structure
 TERMINAL = frozenset({SeedStage.FOSSILIZED.value, SeedStage.CULLED.value, SeedStage.CANCELLED.value,
                       SeedStage.ROLLED_BACK.value})
 _ATTR = "_esper_lineage"
+#: What a report calls an adaptation that has no outcome yet (the run ended before its lifecycle did).
+UNFINISHED = "UNFINISHED"
 
 
 @dataclass
@@ -92,11 +94,16 @@ class Lineage:
         if new in TERMINAL:
             g.outcome, g.outcome_epoch, g.metrics_after = new, epoch, dict(metrics)
 
+    def unfinished(self) -> list[Germination]:
+        """Adaptations with no outcome (not fossilized, culled, cancelled or rolled back) yet."""
+        return [g for g in self.germinations if g.outcome is None]
+
     def summary(self) -> dict[str, int]:
-        """How many adaptations ended in each outcome (``live`` for those still running)."""
+        """How many adaptations ended in each outcome; ``UNFINISHED`` counts those with none yet (at the end of a
+        run: seeds still blending or under evaluation, in the model's parameters but never fossilized)."""
         counts: dict[str, int] = {}
         for g in self.germinations:
-            key = g.outcome or "live"
+            key = g.outcome or UNFINISHED
             counts[key] = counts.get(key, 0) + 1
         return counts
 

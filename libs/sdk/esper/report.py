@@ -168,7 +168,7 @@ def write_report(out: Path, *, task: str, history: TrainingHistory, lineage: Lin
                   "The numbers are below and in metrics.jsonl.</em></p>")
 
     adaptations = [[g.seed_id, g.blueprint_name or g.blueprint_id, g.germinated_epoch, g.reason,
-                    " → ".join(f"{s['stage'].lower()}@{s['epoch']}" for s in g.stages), g.outcome or "live",
+                    " → ".join(f"{s['stage'].lower()}@{s['epoch']}" for s in g.stages), g.outcome or "UNFINISHED",
                     _fmt(g.metrics_before.get("val_accuracy")), _fmt(g.metrics_after.get("val_accuracy"))]
                    for g in lineage.germinations]
     rollbacks = [[r["epoch"], r["reason"], ", ".join(r["seeds"])] for r in history.rollbacks]

@@ -9,16 +9,18 @@ The recipes (``esper_recipes.tasks``) add scikit-learn's digits and the demo's e
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .config import ConfigError
-from .data import Split
+from .data import Split, standardized_splits, train_val_test_split
 
 
 @dataclass(frozen=True)
@@ -32,36 +34,25 @@ class TaskData:
     num_features: int
     num_classes: int
 
+    @classmethod
+    def from_splits(cls, name: str, train: Split, val: Split, test: Split) -> TaskData:
+        """A task from three splits (``esper.data.train_val_test_split`` makes them); shape read off the data."""
+        labels = torch.cat([train.y, val.y, test.y])
+        return cls(name=name, train=train, val=val, test=test, num_features=int(train.x[0].numel()),
+                   num_classes=int(labels.max()) + 1)
+
 
 ArrayPair = tuple[np.ndarray, np.ndarray]
 
 
 def task_from_splits(name: str, train: ArrayPair, val: ArrayPair, test: ArrayPair) -> TaskData:
     """Standardise three (x, y) splits by the training split's statistics and hold them as tensors."""
-    x_train = train[0]
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std < 1e-8] = 1.0  # features constant in every training row: centre them, do not blow them up
-
-    def to_split(xs: np.ndarray, ys: np.ndarray) -> Split:
-        return Split(torch.as_tensor((xs - mean) / std, dtype=torch.float32), torch.as_tensor(ys, dtype=torch.int64))
-
-    labels = np.concatenate([train[1], val[1], test[1]])
-    return TaskData(name=name, train=to_split(*train), val=to_split(*val), test=to_split(*test),
-                    num_features=int(x_train.shape[1]), num_classes=int(labels.max()) + 1)
+    return TaskData.from_splits(name, *standardized_splits(train, val, test))
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, seed: int, name: str) -> TaskData:
     """60/20/20 train/val/test, each class split in the same proportions by a seeded permutation."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[], [], []]
-    for label in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == label))
-        a, b = round(0.6 * len(rows)), round(0.8 * len(rows))
-        for part, chosen in zip(parts, (rows[:a], rows[a:b], rows[b:]), strict=True):
-            part.append(chosen)
-    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
-    return task_from_splits(name, (x[train], y[train]), (x[val], y[val]), (x[test], y[test]))
+    return TaskData.from_splits(name, *train_val_test_split(x, y, seed=seed))
 
 
 def spiral_points(seed: int = 0, points_per_class: int = 500, turns: float = 2.0,
@@ -117,3 +108,47 @@ def load_task(spec: str, seed: int = 0) -> TaskData:
     if not isinstance(task, TaskData):
         raise ConfigError(f"task: {spec}({seed}) returned {type(task).__name__}, not esper.tasks.TaskData")
     return task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A researcher's task as the demo and the proof take it: the data, the host and the run config.
+
+    ``data(seed)`` returns the task's :class:`TaskData` (``TaskData.from_splits`` over
+    ``esper.data.train_val_test_split`` makes one from arrays); ``host(task)`` returns a freshly initialised
+    host ``nn.Module`` (the caller seeds torch first); ``config`` is the run YAML (``tolaria``, ``kasmina``,
+    ``tamiyo``), a path relative to the working directory or, failing that, to the module that defines the spec.
+    Name it on the command line by import path: ``esper proof --task my_package.tasks:MY_TASK``.
+    """
+
+    name: str
+    data: Callable[[int], TaskData]
+    host: Callable[[TaskData], Any]
+    config: str | Path
+    description: str = ""
+
+
+def load_task_spec(spec: str) -> TaskSpec:
+    """The :class:`TaskSpec` the import path ``package.module:NAME`` names (an instance, or a function returning
+    one); its ``config`` is resolved to an existing file. ConfigError naming what is wrong otherwise."""
+    found = import_object(spec, "task")
+    if callable(found) and not isinstance(found, TaskSpec) and _takes_no_arguments(found):
+        found = found()
+    if not isinstance(found, TaskSpec):
+        raise ConfigError(f"task: {spec} is {type(found).__name__}, not an esper.tasks.TaskSpec")
+    config = Path(found.config)
+    if not config.is_absolute() and not config.exists():
+        module_file = getattr(importlib.import_module(spec.partition(":")[0]), "__file__", None)
+        if module_file is not None and (Path(module_file).parent / config).exists():
+            config = Path(module_file).parent / config
+    if not config.exists():
+        raise ConfigError(f"task: {spec}: config file {found.config} does not exist")
+    return TaskSpec(name=found.name, data=found.data, host=found.host, config=config, description=found.description)
+
+
+def _takes_no_arguments(function: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(function).bind()
+    except (TypeError, ValueError):
+        return False
+    return True

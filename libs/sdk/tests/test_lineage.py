@@ -29,7 +29,7 @@ def test_record_follows_one_adaptation_from_germination_to_outcome() -> None:
     assert first.outcome == "CULLED" and first.outcome_epoch == 7
     assert first.metrics_before == {"val_accuracy": 0.3} and first.metrics_after == {"val_accuracy": 0.7}
     assert second.germinated_epoch == 10 and second.outcome is None
-    assert lineage.summary() == {"CULLED": 1, "live": 1}
+    assert lineage.summary() == {"CULLED": 1, "UNFINISHED": 1}
     assert Lineage.from_dict(json.loads(json.dumps(lineage.to_dict()))) == lineage
 
 

@@ -1,8 +1,15 @@
-"""Kasmina's options: which layers get seed slots, how they are chunked, and the lifecycle's step counts."""
+"""Kasmina's options: which layers get seed slots, how they are chunked, and the lifecycle's lengths.
+
+Lifecycle lengths may be given in optimizer steps (``*_steps``, counted per training forward) or in epochs
+(``*_epochs``, fractions allowed), which mean the same on any dataset: Tolaria converts them to steps from the
+training data's batches per epoch when it starts (:meth:`KasminaConfig.in_steps`). Give one of each pair.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from esper_contracts import GraftingStrategy
 
@@ -43,3 +50,42 @@ class KasminaConfig(BaseModel):
     telemetry_every: int = Field(default=10, ge=1, description="Sample activation statistics every N forwards")
     telemetry_max_rows: int = Field(default=512, ge=8, description="Rows (samples x positions) a telemetry sample uses")
     kernel_cache_mb: float = Field(default=64.0, ge=0.0, description="Size of the default library's kernel cache")
+    alpha_ramp_epochs: float | None = Field(default=None, ge=0.0, description="GRAFTING ramp length in epochs "
+                                            "(instead of alpha_ramp_steps)")
+    training_max_epochs: float | None = Field(default=None, gt=0.0, description="TRAINING is ready after this many "
+                                              "epochs anyway (instead of training_max_steps)")
+    stabilization_epochs: float | None = Field(default=None, ge=0.0, description="Epochs STABILIZATION waits")
+    evaluation_epochs: float | None = Field(default=None, ge=0.0, description="Epochs EVALUATING waits")
+    fine_tuning_epochs: float | None = Field(default=None, ge=0.0, description="Epochs of FINE_TUNING before it is "
+                                             "ready")
+
+    @model_validator(mode="after")
+    def _one_length_per_stage(self) -> Self:
+        both = [f"{epochs} and {steps}" for epochs, steps in EPOCH_FIELDS.items()
+                if getattr(self, epochs) is not None and steps in self.model_fields_set]
+        if both:
+            raise ValueError(f"give each lifecycle length once, in epochs or in steps, not both: {', '.join(both)}")
+        return self
+
+    @property
+    def counts_in_epochs(self) -> bool:
+        """Whether any lifecycle length is given in epochs (Tolaria must convert it before training)."""
+        return any(getattr(self, name) is not None for name in EPOCH_FIELDS)
+
+    def in_steps(self, batches_per_epoch: int) -> KasminaConfig:
+        """This config with every length given in epochs converted to steps of ``batches_per_epoch``."""
+        if batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        updates: dict[str, int] = {}
+        for epochs, steps in EPOCH_FIELDS.items():
+            value = getattr(self, epochs)
+            if value is not None:
+                minimum = 1 if steps == "training_max_steps" else 0
+                updates[steps] = max(minimum, round(value * batches_per_epoch))
+        return self.model_copy(update=updates)
+
+
+#: Each length in epochs and the step count it replaces.
+EPOCH_FIELDS = {"alpha_ramp_epochs": "alpha_ramp_steps", "training_max_epochs": "training_max_steps",
+                "stabilization_epochs": "stabilization_steps", "evaluation_epochs": "evaluation_steps",
+                "fine_tuning_epochs": "fine_tuning_steps"}

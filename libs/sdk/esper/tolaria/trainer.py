@@ -5,7 +5,9 @@ One epoch, top to bottom (``train`` repeats it):
 1. train the host (host optimizer) and the live seeds (seed optimizer) on every batch; TRAINING seeds
    add their reconstruction loss, whose graph touches seed parameters only;
 2. validate;
-3. stop and roll back on a non-finite loss or a loss spike (train loss > ratio × recent mean);
+3. stop and roll back on a non-finite loss, an explosion, or a loss spike that persists (``guard.py``: a
+   robust median + MAD baseline; after a rollback the training data is reshuffled, so the retry does not
+   replay the same trajectory);
 4. boundary: Kasmina's boundary work runs (it culls seeds whose kernel failed); the kernel errors and every
    stage change Kasmina reports are recorded, a SystemStatePacket goes to the controller, its
    AdaptationSignal's commands are applied, and the seed optimizer is rebuilt if needed;
@@ -27,7 +29,6 @@ import json
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +83,7 @@ from .distributed import (
     model_signature,
     resolve_device,
 )
+from .guard import LossSpikeGuard
 from .runlog import ConsoleProgress, RunLog
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -108,6 +110,7 @@ class TrainingHistory:
     events: list[dict[str, Any]] = field(default_factory=list)
     field_reports: list[dict[str, Any]] = field(default_factory=list)
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # seeds live when training ended (neither kept nor culled)
 
 
 def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float,
@@ -195,6 +198,7 @@ class TolariaTrainer:
         if train_data is None or val_data is None:
             train_data, val_data = _data_from_config(cfg, train_data, val_data)
         self.train_data, self.val_data, self.loss_fn = train_data, val_data, loss_fn
+        self._lifecycle_in_steps(model, train_data)
         self.blueprint_names = blueprint_names or _kernel_names(model)
         self.hooks = hooks or TrainerHooks()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -217,10 +221,29 @@ class TolariaTrainer:
         self.history = TrainingHistory()
         self.lineage = Lineage(self.run_id)
         attach_lineage(model, self.lineage)
-        self._train_losses: deque[float] = deque(maxlen=cfg.spike_window)
+        self.guard = LossSpikeGuard(window=cfg.spike_window, ratio=cfg.max_loss_spike_ratio,
+                                    floor=cfg.spike_min_increase, mad_k=cfg.spike_mad_k,
+                                    patience=cfg.spike_patience, explosion_ratio=cfg.explosion_ratio)
         self._rebuild_seed_optimizer()
         # The module the training step calls: the host under DDP when there are several ranks.
         self._step_model = self.ranks.wrap(self.model) if self.ranks is not None else self.model
+
+    @staticmethod
+    def _lifecycle_in_steps(model: nn.Module, train_data: Iterable[Batch]) -> None:
+        """Convert lifecycle lengths given in epochs to steps of this training data's batches per epoch."""
+        layers = [layer for layer in kasmina_layers(model).values() if layer.config.counts_in_epochs]
+        if not layers:
+            return
+        try:
+            batches = len(train_data)  # type: ignore[arg-type]
+        except TypeError:
+            from ..config import ConfigError
+
+            raise ConfigError(f"kasmina lifecycle lengths are given in epochs, but the training data "
+                              f"({type(train_data).__name__}) has no len(): pass a sized loader (a DataLoader, a "
+                              f"list, esper.Batches) or give the lengths in *_steps") from None
+        for layer in layers:
+            layer.config = layer.config.in_steps(max(batches, 1))
 
     # ------------------------------------------------------------------------------------ the loop
 
@@ -241,10 +264,20 @@ class TolariaTrainer:
                 self._checkpoint()  # the rollback point of the first epoch
                 while self.epoch < cfg.epochs:
                     self._run_epoch(self.epoch + 1)
+                self._report_unfinished()
         finally:
             if self.log is not None:
                 self.log.close()
         return self.model, self.history
+
+    def _report_unfinished(self) -> None:
+        """Name the seeds whose lifecycle the run's end cut short: they count in the model's parameters and its
+        outputs (blended in part) but were never judged, so they are reported UNFINISHED, not as kept."""
+        self.history.unfinished = self._live_seeds()
+        if self.history.unfinished:
+            self._event(self.epoch, "unfinished", seeds=self.history.unfinished)
+            self._say(f"training ended with {len(self.history.unfinished)} seed(s) UNFINISHED (still in the model, "
+                      f"never fossilized): {', '.join(self.history.unfinished)}")
 
     def _run_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
@@ -256,11 +289,13 @@ class TolariaTrainer:
         if not math.isfinite(val_loss):
             self.rollback(epoch, f"non-finite validation loss ({val_loss})")
             return
-        if self._is_spike(train_loss):
-            recent = sum(self._train_losses) / len(self._train_losses)
-            self.rollback(epoch, f"loss spike: {train_loss:.4g} > {self.config.max_loss_spike_ratio} x {recent:.4g}")
+        verdict = self.guard.judge(train_loss)
+        if verdict.action == "rollback":
+            self.rollback(epoch, verdict.reason, streak=verdict.streak)
             return
-        self._train_losses.append(train_loss)
+        if verdict.action == "tolerated":  # one odd epoch is noise; the guard rolls back if it persists
+            self._event(epoch, "loss_spike_tolerated", reason=verdict.reason)
+            self._say(f"epoch {epoch:3d}  {verdict.reason}: tolerated")
 
         metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc}
@@ -280,14 +315,6 @@ class TolariaTrainer:
         self.progress.update(epoch, f"val_acc {val_acc:.3f}  seeds live {active}")
         if self.hooks.on_epoch_end is not None:
             self.hooks.on_epoch_end(self)
-
-    def _is_spike(self, train_loss: float) -> bool:
-        """The loss jumped well above its recent mean, by a ratio and by an absolute margin."""
-        if len(self._train_losses) < 2:
-            return False
-        recent = sum(self._train_losses) / len(self._train_losses)
-        cfg = self.config
-        return train_loss > cfg.max_loss_spike_ratio * recent and train_loss - recent > cfg.spike_min_increase
 
     def _train_one_epoch(self, epoch: int) -> tuple[float, float]:
         """One pass over the training data; returns (mean loss, accuracy), or (nan, ...) at the first bad loss.
@@ -469,7 +496,7 @@ class TolariaTrainer:
         """Everything a rollback restores: tensors as tensors, the rest as JSON strings (weights_only-safe)."""
         trainer = {
             "epoch": self.epoch, "global_step": self.global_step, "epochs": self.history.epochs,
-            "train_losses": list(self._train_losses), "lineage": self.lineage.to_dict(),
+            "train_losses": list(self.guard.losses), "lineage": self.lineage.to_dict(),
         }
         return {
             "format": 1,
@@ -517,7 +544,7 @@ class TolariaTrainer:
         trainer = json.loads(state["trainer"])
         self.epoch, self.global_step = int(trainer["epoch"]), int(trainer["global_step"])
         self.history.epochs = list(trainer["epochs"])
-        self._train_losses = deque(trainer["train_losses"], maxlen=self.config.spike_window)
+        self.guard.reset(trainer["train_losses"])
         self.lineage = Lineage.from_dict(trainer["lineage"])
         attach_lineage(self.model, self.lineage)
         self._seed_param_ids = []
@@ -527,8 +554,9 @@ class TolariaTrainer:
             with contextlib.suppress(ValueError):  # the parameter groups changed shape: keep the fresh optimizer
                 self.seed_optimizer.load_state_dict(state["seed_optimizer"])
 
-    def rollback(self, failed_epoch: int, reason: str) -> Path:
-        """Restore the newest good checkpoint, lock the seeds that were live, report them; returns the path used."""
+    def rollback(self, failed_epoch: int, reason: str, *, streak: int = 1) -> Path:
+        """Restore the newest good checkpoint from before the last ``streak`` epochs (the spike's start), lock
+        the seeds that were live, report them, and reshuffle the training data; returns the path used."""
         live = self._live_seeds()
         self.history.rollbacks.append({"epoch": failed_epoch, "reason": reason, "seeds": live})
         self._event(failed_epoch, "rollback", reason=reason, seeds=live)
@@ -536,9 +564,12 @@ class TolariaTrainer:
         if len(self.history.rollbacks) > self.config.max_rollbacks:
             raise TrainingDivergedError(f"{len(self.history.rollbacks)} rollbacks (max {self.config.max_rollbacks}); "
                                         f"last: {reason}")
+        if streak > 1:  # the tolerated spiking epochs were checkpointed: go back to before the first of them
+            self._discard_checkpoints_of_streak(failed_epoch - streak)
         path, state = self._load_latest_good()
         self._restore(state)
         self._discard_after(self.epoch)
+        self._reshuffle(len(self.history.rollbacks))
         if self.hooks.on_restore is not None:
             self.hooks.on_restore(self, path)
 
@@ -560,6 +591,28 @@ class TolariaTrainer:
             self._record_report(self.epoch, report)
         self._rebuild_seed_optimizer(force=True)
         return self._checkpoint()  # the locks are part of the rollback point from now on
+
+    def _discard_checkpoints_of_streak(self, before: int) -> None:
+        """Drop checkpoints after epoch ``before`` when one at or before it is still kept (else keep the oldest)."""
+        if is_rank_zero() and any(int(p.stem.split("-")[1]) <= before for p in self.checkpoints.paths()):
+            self.checkpoints.discard_after(before)
+
+    def _reshuffle(self, rollbacks: int) -> None:
+        """A new data order and a new torch random stream after a rollback, the same on every rank.
+
+        Retrying a failed epoch on the same batches in the same order would replay the same trajectory into
+        the same spike. ``Batches`` (and anything with a ``reseed(seed)`` method) is reseeded; a DataLoader's
+        own generator, when it has one, is reseeded too.
+        """
+        seed = self.config.seed + 7919 * rollbacks  # a prime stride keeps the streams apart
+        torch.manual_seed(seed)
+        reseed = getattr(self.train_data, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+            return
+        generator = getattr(self.train_data, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
 
     # ------------------------------------------------------------------------------------ records
 

@@ -122,6 +122,7 @@ class LMResult:
     model: nn.Module
     outcomes: dict[str, int] = field(default_factory=dict)
     domains: dict[str, dict[str, float]] = field(default_factory=dict)  # per domain: regions, ATP, spent
+    control: dict[str, float] = field(default_factory=dict)  # what Tamiyo asked for and Narset paid
 
     @property
     def val_bpc(self) -> float:
@@ -177,6 +178,15 @@ def domain_books(tamiyo: TamiyoService, host: NarsetHost) -> dict[str, dict[str,
     return books
 
 
+def control_books(tamiyo: TamiyoService, host: NarsetHost, lineage: Lineage) -> dict[str, float]:
+    """Germinations Tamiyo decided vs those Narset paid for (the rest waited for budget or intensity, then
+    were dropped), ATP spent, and how Tamiyo answered the proposals Narset filed for a shortfall."""
+    tally = tamiyo.controller.tally
+    return {"germinations_decided": tally.commands["GERMINATE"], "germinations_paid": len(lineage.germinations),
+            "atp_spent": host.spent_total, "proposals_funded": tally.proposals["funded"],
+            "proposals_declined": tally.proposals["unfunded"] + tally.proposals["refused"]}
+
+
 def train_lm(task: TextTask, settings: LMSettings, config: EsperConfig, *, grow: bool, run_dir: Path,
              run_id: str, domains_file: Path = DOMAINS_FILE, quiet: bool = False) -> LMResult:
     """Train the host alone (``grow=False``) or under hierarchical control (``grow=True``) and score it."""
@@ -190,6 +200,7 @@ def train_lm(task: TextTask, settings: LMSettings, config: EsperConfig, *, grow:
     val = NextCharBatches(task.val, settings.eval_batch_size, shuffle=False)
     start = time.perf_counter()
     domains: dict[str, dict[str, float]] = {}
+    control: dict[str, float] = {}
     if grow:
         library = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
         model = wrap(model, config.kasmina, library)
@@ -197,6 +208,7 @@ def train_lm(task: TextTask, settings: LMSettings, config: EsperConfig, *, grow:
             trainer = TolariaTrainer(model, host, tolaria, train_data=train, val_data=val)
             model, history = trainer.train()
             domains = domain_books(tamiyo, host)
+            control = control_books(tamiyo, host, trainer.lineage)
     else:
         from esper_policy import build_policy
 
@@ -209,7 +221,7 @@ def train_lm(task: TextTask, settings: LMSettings, config: EsperConfig, *, grow:
     return LMResult(name="grown" if grow else "host alone", val_loss=val_loss, test_loss=test_loss,
                     test_accuracy=test_acc, parameters=int(history.epochs[-1]["total_params"]), seconds=seconds,
                     history=history, lineage=trainer.lineage, model=model, outcomes=trainer.lineage.summary(),
-                    domains=domains)
+                    domains=domains, control=control)
 
 
 def sample_text(model: nn.Module, task: TextTask, prompt: str, chars: int, seed: int = 0) -> str:
@@ -260,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{book['criticality']:.3f}")
     console.print(prime)
     outcomes = ", ".join(f"{k.lower()} {v}" for k, v in sorted(grown.outcomes.items())) or "none"
+    c = grown.control
+    console.print(f"Tamiyo decided {c['germinations_decided']} germinations; Narset paid for "
+                  f"{c['germinations_paid']} ({c['atp_spent']:.1f} ATP) and let the rest wait for budget or "
+                  f"growth intensity; proposals funded {c['proposals_funded']}, declined {c['proposals_declined']}")
     console.print(f"adaptations: {outcomes}")
 
     summary: dict[str, Any] = {
@@ -269,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "host_test_bpc": host.test_bpc, "esper_test_bpc": grown.test_bpc,
         "host_test_accuracy": host.test_accuracy, "esper_test_accuracy": grown.test_accuracy,
         "host_parameters": host.parameters, "esper_parameters": grown.parameters,
-        "outcomes": grown.outcomes, "domains": grown.domains, "seconds": host.seconds + grown.seconds,
+        "outcomes": grown.outcomes, "domains": grown.domains, "control": grown.control,
+        "seconds": host.seconds + grown.seconds,
     }
     write_outputs(out, task, host, grown, summary)
     console.print(f"sample (grown): {sample_text(grown.model, task, 'The ', 60)!r}")

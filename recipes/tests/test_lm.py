@@ -118,7 +118,9 @@ def test_the_demo_grows_the_gpt_under_tamiyo_prime_and_writes_its_report(tmp_pat
         "embedding_layer": 0, "early_transformer_blocks": 4, "mid_transformer_blocks": 4, "final_layers": 0}
     assert domains["embedding_layer"]["allocated"] == domains["final_layers"]["allocated"] == 0
     assert domains["early_transformer_blocks"]["allocated"] > 0 and domains["mid_transformer_blocks"]["allocated"] > 0
-    assert sum(b["spent"] for b in domains.values()) > 0  # Narset paid for the germination from a domain's ATP
+    spent = sum(b["spent"] for b in domains.values())
+    assert spent > 0 and spent == pytest.approx(summary["control"]["atp_spent"])  # paid from a domain's ATP
+    assert summary["control"]["germinations_decided"] >= summary["control"]["germinations_paid"] == 1
     germinations = json.loads((out / "lineage.json").read_text())["germinations"]
     assert len(germinations) == 1 and germinations[0]["blueprint_name"] != "attention_head"
     printed = " ".join(capsys.readouterr().out.split())

@@ -42,7 +42,7 @@ from esper.kasmina import wrap
 from esper.lineage import Lineage, save_model
 from esper.tolaria import TolariaTrainer, TrainingHistory, evaluate, progress_bar_wanted
 from esper_kernels import LocalKernelLibrary
-from esper_narset_worker import HostConfig, NarsetHost
+from esper_narset_worker import AllocatorConfig, HostConfig, NarsetHost
 from esper_oona import connect
 from esper_policy import TamiyoConfig
 from esper_tamiyo.service import TamiyoService
@@ -76,10 +76,21 @@ class LMSettings(BaseModel):
     d_model: int = Field(default=32, ge=4)
     mlp_ratio: int = Field(default=2, ge=1)
     eval_batch_size: int = Field(default=256, ge=1)
+    narset: NarsetSettings = Field(default_factory=lambda: NarsetSettings())
+
+
+class NarsetSettings(BaseModel):
+    """The ``narset`` section: when Narset's allocator lets growth start in a region (see its docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enter_repair: float = Field(default=0.6, gt=0.0, le=1.0, description="Repair need that turns on repair mode")
+    exit_repair: float = Field(default=0.3, ge=0.0, lt=1.0, description="Repair need that turns it off again")
 
 
 def load_lm_config(path: Path = DEMO_CONFIG) -> tuple[LMSettings, EsperConfig]:
-    """The demo's settings: its ``lm`` section, and the run config (tolaria, kasmina, tamiyo) around it.
+    """The demo's settings: its ``lm`` section (with ``narset`` inside as ``settings.narset``), and the run
+    config (tolaria, kasmina, tamiyo) around it.
 
     Kernels tagged :data:`CAUSAL_KERNEL_EXCLUSIONS` are always excluded, whatever the file says.
     """
@@ -89,7 +100,7 @@ def load_lm_config(path: Path = DEMO_CONFIG) -> tuple[LMSettings, EsperConfig]:
         raise ConfigError(f"{path}: cannot read the demo config: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    settings = LMSettings.model_validate(data.pop("lm", None) or {})
+    settings = LMSettings.model_validate({**(data.pop("lm", None) or {}), "narset": data.pop("narset", None) or {}})
     config = parse_config(data, str(path))
     excluded = sorted(set(config.tamiyo.kernel_tags_excluded) | set(CAUSAL_KERNEL_EXCLUSIONS))
     tamiyo = config.tamiyo.model_copy(update={"kernel_tags_excluded": excluded})
@@ -136,8 +147,9 @@ class LMResult:
 
 
 @contextmanager
-def hierarchical_control(model: nn.Module, config: EsperConfig, domains_file: Path,
-                         kernels: LocalKernelLibrary, run_id: str) -> Iterator[tuple[NarsetHost, TamiyoService]]:
+def hierarchical_control(model: nn.Module, config: EsperConfig, domains_file: Path, kernels: LocalKernelLibrary,
+                         run_id: str, narset: NarsetSettings | None = None,
+                         ) -> Iterator[tuple[NarsetHost, TamiyoService]]:
     """Tamiyo (policy, economy, Tamiyo-Prime) and Narset's workers for ``model``, on a private memory bus.
 
     The same services the platform runs, minus the transport: Tamiyo's bus handlers start as they do under
@@ -150,7 +162,10 @@ def hierarchical_control(model: nn.Module, config: EsperConfig, domains_file: Pa
     bus = connect(bus_url, producer_name=f"trainer-{run_id}")
     host: NarsetHost | None = None
     try:
-        host = NarsetHost(model, bus, config=HostConfig(decision_timeout_s=60.0, heartbeat_interval_s=None))
+        narset = narset or NarsetSettings()
+        allocator = AllocatorConfig(enter_repair=narset.enter_repair, exit_repair=narset.exit_repair)
+        host = NarsetHost(model, bus, config=HostConfig(decision_timeout_s=60.0, heartbeat_interval_s=None),
+                          allocator_config=allocator)
         yield host, tamiyo
     finally:
         if host is not None:
@@ -204,7 +219,7 @@ def train_lm(task: TextTask, settings: LMSettings, config: EsperConfig, *, grow:
     if grow:
         library = LocalKernelLibrary(cache_mb=config.kasmina.kernel_cache_mb)
         model = wrap(model, config.kasmina, library)
-        with hierarchical_control(model, config, domains_file, library, run_id) as (host, tamiyo):
+        with hierarchical_control(model, config, domains_file, library, run_id, settings.narset) as (host, tamiyo):
             trainer = TolariaTrainer(model, host, tolaria, train_data=train, val_data=val)
             model, history = trainer.train()
             domains = domain_books(tamiyo, host)

@@ -10,13 +10,14 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof headroom evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
+        unit integration deploy-check demo demo-lm proof headroom evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
         bench-ddp bench-nissa clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
+	@echo "make demo-lm        a character-level GPT alone vs grown under Tamiyo-Prime (bits per character)"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
 	@echo "make headroom       a task with no headroom: the heuristic declines to grow (host vs Esper)"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
@@ -80,6 +81,9 @@ check: lint types imports deploy-check
 
 demo: dev
 	$(PY) -m esper_recipes.demo
+
+demo-lm: dev
+	$(PY) -m esper_recipes.lm
 
 proof: dev
 	$(PY) -m esper_recipes.proof

@@ -122,6 +122,9 @@ def plot_run(history: TrainingHistory, lineage: Lineage, *, title: str,
     ax_par.step(*_series(history, "total_params"), where="post", color="#2166ac", lw=2, label="Esper")
     if baseline is not None:
         ax_par.step(*_series(baseline, "total_params"), where="post", color="#7f7f7f", ls="--", label="host alone")
+    cuts = [int(e["epoch"]) for e in history.epochs if (e.get("pruning") or {}).get("units_removed")]
+    for k, epoch in enumerate(cuts):  # Tolaria's lysis: the parameter count falls here
+        ax_par.axvline(epoch, color="#d6604d", lw=1, ls=":", label="pruning (lysis)" if k == 0 else None)
     ax_par.set_ylabel("parameters")
     ax_par.set_xlabel("epoch")
     ax_par.grid(alpha=0.3)

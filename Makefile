@@ -11,12 +11,15 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
         unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
-        bench-ddp bench-nissa clean
+        bench-ddp bench-nissa demo-compact frontier bench-removal clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
+	@echo "make demo-compact   the demo on spirals and digits, grown by Esper then compacted (Elesh, Emrakul, Tolaria)"
+	@echo "make frontier       capability per parameter: static widths, grow-only, grow+prune, Torch-Pruning (5 seeds)"
+	@echo "make bench-removal  Elesh scoring, Emrakul planning, lysis time, pruned step speed-up vs MAC cut"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
@@ -79,6 +82,16 @@ check: lint types imports deploy-check
 
 demo: dev
 	$(PY) -m esper_recipes.demo
+
+# Growth then removal (eager kernels: a fossilized seed's own layers are then prunable, see decision 0013).
+demo-compact: dev
+	$(PY) -m esper_recipes.demo --kernels eager --compact 20
+
+frontier: dev
+	$(PY) -m esper_recipes.frontier
+
+bench-removal: dev
+	$(PY) bench/bench_removal.py
 
 proof: dev
 	$(PY) -m esper_recipes.proof

@@ -193,6 +193,11 @@ img {{ max-width: 100%; }}
 <h2>Adaptations</h2>
 {_table(["seed", "blueprint", "germinated", "why", "stages", "outcome", "val acc before", "val acc after"],
         adaptations) if adaptations else "<p>No germination.</p>"}
+<h2>Removal</h2>
+{_table(["epoch", "mode", "accepted", "parameters", "MACs", "val loss", "reason"],
+        [[r["epoch"], r["mode"], r["accepted"], f"{r['parameters_before']} → {r['parameters_after']}",
+          f"{r['macs_before']} → {r['macs_after']}", f"{_fmt(r.get('loss_before'))} → {_fmt(r.get('loss_after'))}",
+          r["reason"]] for r in lineage.removals]) if lineage.removals else "<p>No pruning.</p>"}
 <h2>Rollbacks</h2>
 {_table(["epoch", "reason", "seeds locked"], rollbacks) if rollbacks else "<p>None.</p>"}
 </body></html>

@@ -39,6 +39,9 @@ class PrunableModule(StrictModel):
     num_heads: PositiveInt | None = None
     #: the BatchNorm that normalises this module's output, if any (its |gamma| is the BN_SCALE criterion)
     batchnorm_path: Identifier | None = None
+    #: parameters one unit takes with it, coupled tensors included (the next layer's inputs, a BatchNorm),
+    #: as the trainer's dependency graph counts them; Elesh falls back to the unit's own weights without it
+    unit_parameters: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _heads_for_attention(self) -> Self:

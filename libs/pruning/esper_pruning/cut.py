@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -176,16 +177,22 @@ def _protected_outputs(group: Any, guarded: set[int]) -> str | None:
 
 
 def cuttable(model: nn.Module, paths: Sequence[str], example_inputs: torch.Tensor, *,
-             protected: Sequence[str] = ()) -> list[str]:
-    """Those of ``paths`` (Linear or Conv2d layers) whose unit 0 could be cut without touching ``protected``."""
+             protected: Sequence[str] = ()) -> dict[str, int]:
+    """Those of ``paths`` (Linear or Conv2d layers) whose units can be cut without touching ``protected``, each
+    with the parameters one of its units takes along (its group pruned on a copy of the model and counted)."""
     guarded = {id(_module(model, p)) for p in protected if _exists(model, p)}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
-    keep = []
+    keep: dict[str, int] = {}
+    total = parameter_count(model)
     for path in paths:
         module = _module(model, path)
         fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
-        if _protected_outputs(graph.get_pruning_group(module, fn, idxs=[0]), guarded) is None:
-            keep.append(path)
+        if _protected_outputs(graph.get_pruning_group(module, fn, idxs=[0]), guarded) is not None:
+            continue
+        trial = copy.deepcopy(model)
+        trial_graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs, verbose=False)
+        trial_graph.get_pruning_group(trial.get_submodule(path), fn, idxs=[0]).prune()
+        keep[path] = max(total - parameter_count(trial), 1)
     return keep
 
 

@@ -103,6 +103,8 @@ def score_state(state: Mapping[str, torch.Tensor], modules: Sequence[PrunableMod
     total = parameter_total(state)
     for module in modules:
         magnitudes, params = unit_magnitudes(state, module)
+        if module.unit_parameters is not None:  # the coupled count: what a cut really removes
+            params = [module.unit_parameters] * len(params)
         per_criterion: dict[ImportanceCriterion, list[float]] = {C.MAGNITUDE: _normalised(magnitudes)}
         if module.batchnorm_path is not None:
             gamma = _tensor(state, f"{module.batchnorm_path}.weight").abs()

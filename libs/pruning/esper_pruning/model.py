@@ -64,8 +64,9 @@ def prunable_modules(model: nn.Module, exclude: Iterable[str] = (),
     from .cut import cuttable
 
     dense = [m.module_path for m in found if m.kind != "attention"]
-    ok = set(cuttable(model, dense, example_inputs, protected=[*hosts, *excluded]))
-    return [m for m in found if m.kind == "attention" or m.module_path in ok]
+    ok = cuttable(model, dense, example_inputs, protected=[*hosts, *excluded])
+    return [m if m.kind == "attention" else m.model_copy(update={"unit_parameters": ok[m.module_path]})
+            for m in found if m.kind == "attention" or m.module_path in ok]
 
 
 def _inside_attention(path: str, named: Sequence[tuple[str, nn.Module]]) -> bool:

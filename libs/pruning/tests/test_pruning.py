@@ -44,6 +44,10 @@ def test_discovery_lists_what_can_be_cut_and_spots_the_batchnorm() -> None:
     mods = {m.module_path: m for m in prunable_modules(model, exclude=["head"])}
     assert set(mods) == {"stem", "block", "mid", "fc"}
     assert mods["stem"].batchnorm_path == "bn" and mods["stem"].kind == "conv" and mods["fc"].kind == "linear"
+    counted = {m.module_path: m.unit_parameters for m in prunable_modules(model, ["head"], _inputs()[0][:2])}
+    assert counted["fc"] == 5 * 16 + 1 + 3  # its row and bias, and the head's input column
+    # a stem channel takes its BatchNorm pair, the residual block's channel (in and out) and mid's inputs
+    assert counted["stem"] == 9 + 1 + 2 + (6 * 6 * 9 - 5 * 5 * 9 + 1) + 5 * 9
 
 
 def test_a_dead_unit_scores_lowest_under_every_criterion() -> None:

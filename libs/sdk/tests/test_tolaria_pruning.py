@@ -105,6 +105,15 @@ def test_a_probe_measures_and_restores() -> None:
     assert torch.equal(model(x), before)
 
 
+def test_a_model_with_nothing_to_cut_is_left_alone() -> None:
+    model = nn.Sequential(nn.Linear(6, 2))  # its only layer is the output
+    c = Compactor(
+        model, lambda ps: torch.optim.Adam(ps, lr=0.01), example_inputs=_data()[0][0][:2], val_data=_data(),
+        outputs=["0"], run_id="r1")
+    assert c.score_here(1, _data()[:1]) is None
+    assert compact(c, _data(), CompactionSettings(epochs=2, every=1)) == []
+
+
 def test_standalone_compaction_scores_plans_and_cuts() -> None:
     model = _model()
     c = _compactor(model)
@@ -128,6 +137,7 @@ def test_the_bus_link_sends_a_request_and_reports_each_outcome(tmp_path: Path) -
     assert blobs.exists(request.checkpoint_key) and request.checkpoint_id == link.compactor.version
     assert {m.module_path for m in request.modules} == {"0", "2"} and request.statistics
     report = link.compactor.score_here(2, _data()[:2])
+    assert report is not None
     plan = plan_pruning(report, [], 1.0)
     assert plan is not None
     bus.publish(Topic.PRUNING_PLANS, plan, key="r1")

@@ -91,8 +91,10 @@ class Compactor:
         """The current weights as safetensors bytes (what the blob store keeps for Elesh)."""
         return state_bytes(self.model)
 
-    def score_here(self, epoch: int, train_batches: Iterable[Batch]) -> ImportanceReport:
-        """Elesh in process: the same scoring the service runs, on the live model's state."""
+    def score_here(self, epoch: int, train_batches: Iterable[Batch]) -> ImportanceReport | None:
+        """Elesh in process: the same scoring the service runs, on the live model's state (None: nothing to cut)."""
+        if not self.modules():
+            return None
         request = self.request(epoch, "in-process", train_batches)
         return score_state(self.model.state_dict(), request.modules, request.statistics, zones=self.zones,
                            epoch=epoch, checkpoint_id=self.version, run_id=self.run_id, region_id=self.region_id,
@@ -219,7 +221,8 @@ def compact(compactor: Compactor, train_data: Iterable[Batch], settings: Compact
         if (k + 1) % settings.every == 0 and k + 1 < settings.epochs:
             batches = [b for _, b in zip(range(settings.stats_batches), train_data, strict=False)]
             report = compactor.score_here(epoch, batches)
-            plan = plan_pruning(report, compactor.zones, settings.intensity, settings=settings.settings)
+            plan = None if report is None else plan_pruning(report, compactor.zones, settings.intensity,
+                                                            settings=settings.settings)
             if plan is not None:
                 outcome = compactor.apply(plan, epoch)
         val_loss, val_acc = evaluate(compactor.model, compactor.val_data, compactor.loss_fn)

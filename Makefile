@@ -10,14 +10,17 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo demo-lm proof headroom evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
-        bench-ddp bench-nissa clean
+        unit integration deploy-check demo demo-lm proof headroom evolve bench bench-oona bench-kasmina bench-control \
+        bench-assets bench-platform bench-ddp bench-nissa demo-compact frontier bench-removal clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
 	@echo "make demo-lm        a character-level GPT alone vs grown under Tamiyo-Prime (bits per character)"
+	@echo "make demo-compact   the demo on spirals and digits, grown by Esper then compacted (Elesh, Emrakul, Tolaria)"
+	@echo "make frontier       capability per parameter: static widths, grow-only, grow+prune, Torch-Pruning (5 seeds)"
+	@echo "make bench-removal  Elesh scoring, Emrakul planning, lysis time, pruned step speed-up vs MAC cut"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
 	@echo "make headroom       a task with no headroom: the heuristic declines to grow (host vs Esper)"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
@@ -84,6 +87,16 @@ demo: dev
 
 demo-lm: dev
 	$(PY) -m esper_recipes.lm
+
+# Growth then removal (eager kernels: a fossilized seed's own layers are then prunable, see decision 0013).
+demo-compact: dev
+	$(PY) -m esper_recipes.demo --kernels eager --compact 20
+
+frontier: dev
+	$(PY) -m esper_recipes.frontier
+
+bench-removal: dev
+	$(PY) bench/bench_removal.py
 
 proof: dev
 	$(PY) -m esper_recipes.proof

@@ -34,7 +34,7 @@ def exposed(request: pytest.FixtureRequest, tmp_path: Path, memory_bus_url: str)
     """(service name, the families its /metrics lists once started)."""
     name: str = request.param
     overrides = {"bus_url": memory_bus_url, **SETTINGS.get(name, {})}
-    if name in ("urza", "karn"):
+    if name in ("urza", "karn", "elesh"):
         overrides["data_dir"] = tmp_path / name
     service = load_factory(name)(**overrides)
     if name == "nissa":

@@ -34,14 +34,10 @@ from .control import (
     AllocatorInputs,
     AlphaSchedule,
     HealthSummaryReport,
-    ImportanceReport,
-    ImportanceScore,
     NarsetAllocationDecision,
     PolicyUpdate,
     ProposalDecision,
     ProtectedZone,
-    PruneAction,
-    PruningPlan,
     RiskThresholds,
     ScaffoldRequest,
     StrategicOpportunityProposal,
@@ -52,9 +48,11 @@ from .enums import (
     CompilationPipeline,
     ControlMode,
     GraftingStrategy,
+    ImportanceCriterion,
     KernelStatus,
     Outcome,
     PruneGranularity,
+    PruneMode,
     SeedStage,
 )
 from .envelope import SCHEMA_VERSION, Envelope
@@ -85,6 +83,17 @@ from .lifecycle import (
 )
 from .metrics import METRICS, MetricSpec, MetricType, UnknownMetricError, exported_by, metric_of_series, metric_spec
 from .narset import Assignment, Heartbeat, RegionRegistration, RegionSpec, WorkerAssignment, WorkerQuota
+from .pruning import (
+    ImportanceReport,
+    ImportanceRequest,
+    ImportanceScore,
+    ModuleKind,
+    PrunableModule,
+    PruneAction,
+    PruningOutcome,
+    PruningPlan,
+    UnitStatistics,
+)
 from .topics import TOPICS, Topic, TopicSpec, UnknownTopicError, dead_letter_topic, payload_model, topic_spec
 
 #: Every contract model, for schema export and conformance tests.
@@ -95,6 +104,7 @@ ALL_MODELS = (
     LineageRelative, PolicyUpdate, AllocationCommand,
     HealthSummaryReport, StrategicOpportunityProposal, ProposalDecision, ScaffoldRequest, ProtectedZone,
     NarsetAllocationDecision, ImportanceReport, PruningPlan, RegionRegistration, Heartbeat, Assignment,
+    ImportanceRequest, PruningOutcome,
 )
 
 __all__ = [
@@ -135,7 +145,9 @@ __all__ = [
     "IRBuilder",
     "IREdge",
     "IRNode",
+    "ImportanceCriterion",
     "ImportanceReport",
+    "ImportanceRequest",
     "ImportanceScore",
     "KasminaControlCommand",
     "KernelNotFoundError",
@@ -146,6 +158,7 @@ __all__ = [
     "LineageRelative",
     "MetricSpec",
     "MetricType",
+    "ModuleKind",
     "MutationRecord",
     "NarsetAllocationDecision",
     "OpType",
@@ -154,8 +167,11 @@ __all__ = [
     "PolicyUpdate",
     "ProposalDecision",
     "ProtectedZone",
+    "PrunableModule",
     "PruneAction",
     "PruneGranularity",
+    "PruneMode",
+    "PruningOutcome",
     "PruningPlan",
     "RegionRegistration",
     "RegionSpec",
@@ -171,6 +187,7 @@ __all__ = [
     "TensorInterface",
     "Topic",
     "TopicSpec",
+    "UnitStatistics",
     "UnknownMetricError",
     "UnknownTopicError",
     "UrabraskValidationReport",

@@ -1,4 +1,7 @@
-"""Control-plane contracts: policy, budgets, opportunity proposals, scaffolds, Narset's allocations, pruning."""
+"""Control-plane contracts: policy, budgets, opportunity proposals, scaffolds, Narset's allocations.
+
+Removal (importance, plans, outcomes) is in :mod:`esper_contracts.pruning`.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .base import (
     UnitInterval,
     new_id,
 )
-from .enums import ControlMode, GraftingStrategy, PruneGranularity, SeedStage
+from .enums import ControlMode, GraftingStrategy, SeedStage
 
 
 class AlphaSchedule(StrictModel):
@@ -188,41 +191,3 @@ class NarsetAllocationDecision(StrictModel):
         if self.c_T + self.c_E > self.pool * (1 + 1e-9):
             raise ValueError(f"c_T + c_E = {self.c_T + self.c_E:.6g} exceeds the pool {self.pool:.6g}")
         return self
-
-
-class ImportanceScore(StrictModel):
-    """Importance of one prunable unit of the host model."""
-
-    module_path: Identifier
-    granularity: PruneGranularity
-    index: NonNegativeInt = 0
-    score: NonNegativeFloat
-
-
-class ImportanceReport(StrictModel):
-    """Elesh's importance scores for the host model at one checkpoint."""
-
-    report_id: Identifier = Field(default_factory=new_id)
-    epoch: NonNegativeInt
-    checkpoint_id: Identifier
-    scores: list[ImportanceScore] = Field(default_factory=list)
-
-
-class PruneAction(StrictModel):
-    """Physically remove units from one module."""
-
-    module_path: Identifier
-    granularity: PruneGranularity
-    indices: list[NonNegativeInt] = Field(min_length=1)
-
-
-class PruningPlan(StrictModel):
-    """Emrakul's structured pruning plan, within its allowance and outside protected zones."""
-
-    plan_id: Identifier = Field(default_factory=new_id)
-    epoch: NonNegativeInt
-    importance_report_id: Identifier
-    allowance: NonNegativeFloat
-    actions: list[PruneAction] = Field(default_factory=list)
-    estimated_parameter_reduction: NonNegativeInt = 0
-    requires_safe_boundary: bool = True

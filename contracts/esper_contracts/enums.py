@@ -104,6 +104,24 @@ class ControlMode(StrEnum):
 class PruneGranularity(StrEnum):
     """What a structured pruning action removes."""
 
-    CHANNEL = "channel"
-    HEAD = "head"
+    CHANNEL = "channel"  # an output channel of a convolution
+    NEURON = "neuron"  # an output feature of a Linear layer
+    HEAD = "head"  # one attention head (its rows of the q/k/v projections, its columns of the output projection)
     LAYER = "layer"
+    SEED = "seed"  # a whole fossilized seed (its kernel's output on its chunk)
+
+
+class ImportanceCriterion(StrEnum):
+    """How Elesh judged a unit: data-free (the weights alone) or data-aware (statistics of training data)."""
+
+    MAGNITUDE = "magnitude"  # L2 norm of the unit's weights (data-free)
+    BN_SCALE = "bn_scale"  # |gamma| of the BatchNorm that follows the unit (data-free)
+    TAYLOR = "taylor"  # |sum(w * dL/dw)| over the unit: first-order loss change if removed (data-aware)
+    ACTIVATION = "activation"  # mean |activation| of the unit's output (data-aware)
+
+
+class PruneMode(StrEnum):
+    """The blast radius of a plan: a reversible probe, or physical removal."""
+
+    PROBE = "probe"  # mask the units for a window and measure the loss change; undone after
+    LYSIS = "lysis"  # remove the units physically (tensors shrink); needs intensity and a safe boundary

@@ -25,9 +25,9 @@ class MetricType(StrEnum):
 
 
 #: Every service that runs as a process of its own (``esper serve``): each exposes the runtime's metrics.
-SERVICES = ("tamiyo", "narset-coordinator", "urza", "tezzeret", "urabrask", "karn", "nissa")
+SERVICES = ("tamiyo", "narset-coordinator", "urza", "tezzeret", "urabrask", "karn", "nissa", "elesh", "emrakul")
 #: The services built on the runtime's job worker.
-JOB_SERVICES = ("tezzeret", "urabrask")
+JOB_SERVICES = ("tezzeret", "urabrask", "elesh")
 
 #: Suffixes of the series a counter and a histogram expose beside (or instead of) the family name.
 _SUFFIXES = {
@@ -105,6 +105,13 @@ _SPECS = [
     MetricSpec("esper_urabrask_jobs", _C, ("outcome",), "Validation jobs handled, by outcome", ("urabrask",)),
     MetricSpec("esper_urabrask_latency_ms", _H, (), "Measured p50 latency of validated kernels", ("urabrask",),
                buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100)),
+    # --- Elesh and Emrakul (removal) ---------------------------------------------------------------------------
+    MetricSpec("esper_elesh_reports", _C, ("criterion",), "Importance reports published, by primary criterion",
+               ("elesh",), values=(("criterion", ("magnitude", "bn_scale", "taylor", "activation")),)),
+    MetricSpec("esper_emrakul_plans", _C, ("mode",), "Pruning plans published, by blast radius", ("emrakul",),
+               values=(("mode", ("probe", "lysis")),)),
+    MetricSpec("esper_emrakul_outcomes", _C, ("result",), "Outcomes Tolaria reported for plans", ("emrakul",),
+               values=(("result", ("applied", "rejected", "rolled_back")),)),
     # --- Urza ------------------------------------------------------------------------------------------------
     MetricSpec("esper_urza_outbox_backlog", _G, (), "Jobs written but not yet published to the bus", ("urza",)),
     MetricSpec("esper_urza_outbox_sent", _G, (), "Jobs published since start", ("urza",)),

@@ -14,16 +14,15 @@ from .blueprints import CompilationJob, CompiledKernelArtifact, UrabraskValidati
 from .control import (
     AllocationCommand,
     HealthSummaryReport,
-    ImportanceReport,
     NarsetAllocationDecision,
     PolicyUpdate,
     ProposalDecision,
     ProtectedZone,
-    PruningPlan,
     ScaffoldRequest,
     StrategicOpportunityProposal,
 )
 from .lifecycle import AdaptationSignal, FieldReport, SeedTelemetry, SystemStatePacket
+from .pruning import ImportanceReport, ImportanceRequest, PruningOutcome, PruningPlan
 
 
 class Topic:
@@ -49,8 +48,10 @@ class Topic:
     PROPOSAL_DECISIONS = "control.proposals.decisions"
     SCAFFOLD_REQUESTS = "control.scaffold.requests"
     PROTECTED_ZONES = "control.protected_zones"
+    IMPORTANCE_REQUESTS = "analysis.importance.requests"
     IMPORTANCE = "analysis.importance"
     PRUNING_PLANS = "pruning.plans"
+    PRUNING_OUTCOMES = "pruning.outcomes"
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,9 @@ _SPECS = [
               description="Epoch-boundary heartbeat from the trainer, keyed by run"),
     TopicSpec(Topic.HEALTH_SUMMARIES, HealthSummaryReport, ("narset-worker", "narset-coordinator"),
               ("tamiyo", "nissa"), description="Region/domain health (workers report to the coordinator over REST)"),
-    TopicSpec(Topic.NARSET_ALLOCATIONS, NarsetAllocationDecision, ("narset-worker",), ("nissa",),
-              ordered_by_key=True, description="Every allocator decision with its inputs, for replay"),
+    TopicSpec(Topic.NARSET_ALLOCATIONS, NarsetAllocationDecision, ("narset-worker",), ("nissa", "emrakul"),
+              ordered_by_key=True,
+              description="Every allocator decision with its inputs, for replay (Emrakul reads x_E from it)"),
     TopicSpec(Topic.FIELD_REPORTS, FieldReport, ("tamiyo", "narset-worker", "recipes"),
               ("urza", "tamiyo", "narset-worker", "karn", "nissa", "simic"), planned=("simic",),
               description="Real-world outcome of each adaptation (recipes: make evolve relays its in-process "
@@ -116,12 +118,17 @@ _SPECS = [
               description="Tamiyo's answer to every proposal"),
     TopicSpec(Topic.SCAFFOLD_REQUESTS, ScaffoldRequest, ("narset-worker",), ("tamiyo",), planned=("narset-worker",),
               description="Temporary scaffold placements"),
-    TopicSpec(Topic.PROTECTED_ZONES, ProtectedZone, ("tamiyo",), ("emrakul", "narset-worker"),
-              planned=("emrakul", "narset-worker"), description="Zones no pruning or adaptation may touch"),
-    TopicSpec(Topic.IMPORTANCE, ImportanceReport, ("elesh",), ("emrakul",), planned=("elesh", "emrakul"),
-              description="Importance scores at checkpoints"),
-    TopicSpec(Topic.PRUNING_PLANS, PruningPlan, ("emrakul",), ("tolaria",), planned=("emrakul", "tolaria"),
-              description="Structured pruning plans to apply with a rollback point"),
+    TopicSpec(Topic.PROTECTED_ZONES, ProtectedZone, ("tamiyo",), ("emrakul", "elesh", "narset-worker"),
+              planned=("narset-worker",), description="Zones no pruning or adaptation may touch"),
+    # Removal (decision 0013): Tolaria asks, Elesh scores, Emrakul plans within x_E and outside zones, Tolaria cuts.
+    TopicSpec(Topic.IMPORTANCE_REQUESTS, ImportanceRequest, ("tolaria",), ("elesh",),
+              description="A stored checkpoint (blob key) and the trainer's unit statistics, to score"),
+    TopicSpec(Topic.IMPORTANCE, ImportanceReport, ("elesh",), ("emrakul",), ordered_by_key=True,
+              description="Importance scores at checkpoints, keyed by run (zone members diagnostic-only)"),
+    TopicSpec(Topic.PRUNING_PLANS, PruningPlan, ("emrakul",), ("tolaria",), ordered_by_key=True,
+              description="Structured pruning plans (probe or lysis) to apply at a safe boundary, keyed by run"),
+    TopicSpec(Topic.PRUNING_OUTCOMES, PruningOutcome, ("tolaria",), ("emrakul",), ordered_by_key=True,
+              description="What each plan came to: rejected (and why), or applied with parameters, MACs, loss"),
 ]
 
 #: topic name -> spec

@@ -237,10 +237,11 @@ def seed_interfaces(task: str, config: EsperConfig) -> list[TensorInterface]:
 
 
 def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Console,
-                  platform: LocalPlatform | None = None) -> dict[str, Any]:
+                  platform: LocalPlatform | None = None, compact_epochs: int = 0) -> dict[str, Any]:
     """Esper and the host alone on one task; writes model, lineage and report; returns the summary row.
 
     With ``platform``, seeds run compiled kernels from its Urza (prepared first); otherwise eager ones.
+    With ``compact_epochs``, the grown model is then compacted for that many epochs (esper_recipes.compact).
     """
     from esper.report import write_report
 
@@ -275,6 +276,17 @@ def run_demo_task(task: str, out_root: Path, *, epochs: int | None, console: Con
         "outcomes": esper_run.outcomes,
         "seconds": esper_run.seconds + host_run.seconds,
     }
+    if compact_epochs:
+        from .compact import compact_grown
+
+        console.print(f"[dim]{task}: growth over; Elesh scores, Emrakul plans, Tolaria cuts "
+                      f"({compact_epochs} epochs)[/dim]")
+        grown = compact_grown(esper_run.model, load_task(task, 0), learning_rate=config.tolaria.learning_rate,
+                              batch_size=config.tolaria.batch_size, seed=0, history=esper_run.history,
+                              lineage=esper_run.lineage, epochs=compact_epochs)
+        esper_run.model = grown.model
+        summary |= {"compacted_parameters": grown.parameters_after, "compacted_test_accuracy": grown.test_accuracy,
+                    "cuts": sum(1 for o in grown.outcomes if o.accepted and o.units_removed)}
     save_model(esper_run.model, out, extra={"task": spec.name, "host": spec.description, "summary": summary})
     write_report(out, task=spec.name, history=esper_run.history, baseline=host_run.history, summary=summary,
                  lineage=esper_run.lineage)
@@ -292,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compiled: Urza + Tezzeret + Urabrask in process (default); eager: interpreted IR")
     parser.add_argument("--pipeline", choices=["standard", "fast"], default="standard",
                         help="compile pipeline: standard = AOTInductor (native code), fast = torch.export program")
+    parser.add_argument("--compact", type=int, default=0, metavar="EPOCHS",
+                        help="after growth, compact for EPOCHS epochs (Elesh scores, Emrakul plans, Tolaria cuts)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: threads cost more than they give
     console = Console(highlight=False, width=None if progress_bar_wanted() else 120)  # logs: no 80-column wrap
@@ -306,23 +320,29 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"starting the standalone platform (Urza, Tezzeret, Urabrask) in {args.out / 'platform'}")
         try:
             with LocalPlatform(args.out / "platform", pipelines=[args.pipeline]) as platform:
-                rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, platform=platform)
-                        for task in tasks]
+                rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, platform=platform,
+                                      compact_epochs=args.compact) for task in tasks]
         except (DemoError, PlatformError) as exc:
             console.print(f"[red]demo stopped:[/red] {exc}")
             return 2
     else:
-        rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console) for task in tasks]
+        rows = [run_demo_task(task, args.out, epochs=args.epochs, console=console, compact_epochs=args.compact)
+                for task in tasks]
 
     table = Table(title="Esper demo: the weak host alone vs grown by Esper (held-out test split)")
-    for column in ("task", "host alone", "Esper", "params host → Esper", "adaptations"):
+    compacted = any("compacted_parameters" in row for row in rows)
+    columns = ["task", "host alone", "Esper", "params host → Esper", "adaptations"]
+    for column in columns + (["compacted (acc, params, cuts)"] if compacted else []):
         table.add_column(column)
     for row in rows:
         gain = row["esper_test_accuracy"] - row["host_test_accuracy"]
         outcomes = ", ".join(f"{k.lower()} {v}" for k, v in sorted(row["outcomes"].items())) or "none"
-        table.add_row(row["task"], f"{row['host_test_accuracy']:.3f}",
-                      f"{row['esper_test_accuracy']:.3f} ({gain:+.3f})",
-                      f"{row['host_parameters']} → {row['esper_parameters']}", outcomes)
+        cells = [row["task"], f"{row['host_test_accuracy']:.3f}", f"{row['esper_test_accuracy']:.3f} ({gain:+.3f})",
+                 f"{row['host_parameters']} → {row['esper_parameters']}", outcomes]
+        if compacted:
+            cells.append(f"{row.get('compacted_test_accuracy', float('nan')):.3f}, {row['esper_parameters']} → "
+                         f"{row.get('compacted_parameters', '?')}, {row.get('cuts', 0)}")
+        table.add_row(*cells)
     console.print(table)
     for row in rows:
         out = args.out / f"demo-{row['task']}"

@@ -55,6 +55,8 @@ class Lineage:
 
     run_id: str
     germinations: list[Germination] = field(default_factory=list)
+    #: every pruning outcome (PruningOutcome as JSON): probes, cuts, refusals and rollbacks
+    removals: list[dict[str, Any]] = field(default_factory=list)
 
     def live(self, seed_id: str) -> Germination | None:
         """The seed's adaptation that has no outcome yet, if any."""
@@ -109,12 +111,14 @@ class Lineage:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values."""
-        return {"run_id": self.run_id, "germinations": [asdict(g) for g in self.germinations]}
+        return {"run_id": self.run_id, "germinations": [asdict(g) for g in self.germinations],
+                "removals": list(self.removals)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lineage:
         """Inverse of :meth:`to_dict`."""
-        return cls(run_id=data["run_id"], germinations=[Germination(**g) for g in data["germinations"]])
+        return cls(run_id=data["run_id"], germinations=[Germination(**g) for g in data["germinations"]],
+                   removals=list(data.get("removals", [])))
 
 
 def attach_lineage(model: nn.Module, lineage: Lineage) -> None:

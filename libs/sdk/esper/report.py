@@ -122,6 +122,9 @@ def plot_run(history: TrainingHistory, lineage: Lineage, *, title: str,
     ax_par.step(*_series(history, "total_params"), where="post", color="#2166ac", lw=2, label="Esper")
     if baseline is not None:
         ax_par.step(*_series(baseline, "total_params"), where="post", color="#7f7f7f", ls="--", label="host alone")
+    cuts = [int(e["epoch"]) for e in history.epochs if (e.get("pruning") or {}).get("units_removed")]
+    for k, epoch in enumerate(cuts):  # Tolaria's lysis: the parameter count falls here
+        ax_par.axvline(epoch, color="#d6604d", lw=1, ls=":", label="pruning (lysis)" if k == 0 else None)
     ax_par.set_ylabel("parameters")
     ax_par.set_xlabel("epoch")
     ax_par.grid(alpha=0.3)
@@ -190,6 +193,11 @@ img {{ max-width: 100%; }}
 <h2>Adaptations</h2>
 {_table(["seed", "blueprint", "germinated", "why", "stages", "outcome", "val acc before", "val acc after"],
         adaptations) if adaptations else "<p>No germination.</p>"}
+<h2>Removal</h2>
+{_table(["epoch", "mode", "accepted", "parameters", "MACs", "val loss", "reason"],
+        [[r["epoch"], r["mode"], r["accepted"], f"{r['parameters_before']} → {r['parameters_after']}",
+          f"{r['macs_before']} → {r['macs_after']}", f"{_fmt(r.get('loss_before'))} → {_fmt(r.get('loss_after'))}",
+          r["reason"]] for r in lineage.removals]) if lineage.removals else "<p>No pruning.</p>"}
 <h2>Rollbacks</h2>
 {_table(["epoch", "reason", "seeds locked"], rollbacks) if rollbacks else "<p>None.</p>"}
 </body></html>

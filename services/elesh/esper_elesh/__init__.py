@@ -1,1 +1,1 @@
-"""Esper elesh service."""
+"""Esper elesh service: scores the importance of the host's units at checkpoint boundaries (Elesh)."""

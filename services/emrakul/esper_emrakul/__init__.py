@@ -1,1 +1,1 @@
-"""Esper emrakul service."""
+"""Esper emrakul service: plans structured pruning within its allowance, outside protected zones (Emrakul)."""

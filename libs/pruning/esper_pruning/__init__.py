@@ -1,0 +1,1 @@
+"""Removal on torch: importance scoring (Elesh) and structured cuts (probes as masks, lysis by Torch-Pruning)."""

@@ -10,7 +10,7 @@ export UV_PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
-        unit integration deploy-check demo proof evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
+        unit integration deploy-check demo proof proof-scaffold evolve bench bench-oona bench-kasmina bench-control bench-assets bench-platform \
         bench-ddp bench-nissa clean
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make test           everything CI runs: lint, types, import boundaries, unit + integration tests"
 	@echo "make demo           standalone Esper growing a weak model on digits and two-spirals"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
+	@echo "make proof-scaffold scaffolds through a learning-rate crisis, with vs without, 5 seeds (rollbacks, retained gain)"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
 	@echo "make bench-oona     bus throughput vs the raw pulsar client"
@@ -85,6 +86,9 @@ proof: dev
 
 evolve: dev
 	$(PY) -m esper_recipes.evolve
+
+proof-scaffold: dev
+	$(PY) -m esper_recipes.proof_scaffold
 
 bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp bench-nissa
 

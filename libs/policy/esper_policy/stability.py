@@ -37,7 +37,7 @@ class StabilityConfig:
     spike_ratio: float = 1.3  # a loss this much above its baseline is spiking
     persistent_windows: int = 2  # ... and a spike lasting this many windows in a row is persistent
     jitter_at_full: float = 0.15  # a relative-change standard deviation of 15% counts as fully jittery
-    rollback_weight: float = 0.5
+    rollback_weight: float = 0.8  # a rollback is the trainer declaring a window failed: the strongest evidence
     anomaly_weight: float = 0.5
     jitter_weight: float = 0.3
     spike_weight: float = 0.5

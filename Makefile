@@ -11,7 +11,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
         unit integration deploy-check demo demo-lm proof headroom evolve bench bench-oona bench-kasmina bench-control \
-        bench-assets bench-platform bench-ddp bench-nissa demo-compact frontier bench-removal clean
+        bench-assets bench-platform bench-ddp bench-nissa demo-compact frontier bench-removal proof-scaffold clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-removal  Elesh scoring, Emrakul planning, lysis time, pruned step speed-up vs MAC cut"
 	@echo "make proof          multi-seed comparison: host only / Esper / random policy / static model"
 	@echo "make headroom       a task with no headroom: the heuristic declines to grow (host vs Esper)"
+	@echo "make proof-scaffold scaffolds through a learning-rate crisis, with vs without, 5 seeds (rollbacks, retained gain)"
 	@echo "make evolve         Karn's innovation loop: generations of mutated blueprints, trained and judged"
 	@echo "make infra-up|down  local Pulsar, PostgreSQL, S3 (SeaweedFS) and Prometheus on 127.0.0.1"
 	@echo "make bench-oona     bus throughput vs the raw pulsar client"
@@ -106,6 +107,9 @@ headroom: dev
 
 evolve: dev
 	$(PY) -m esper_recipes.evolve
+
+proof-scaffold: dev
+	$(PY) -m esper_recipes.proof_scaffold
 
 bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp bench-nissa
 

@@ -59,8 +59,6 @@ PLANNED_SERVICES = {
 }
 #: Roles that open issues give to services that exist today.
 PLANNED_ROLES = {
-    (Topic.SCAFFOLD_REQUESTS, "narset-worker"): "#17 Scaffolds: a worker requests one for an unstable region",
-    (Topic.PROTECTED_ZONES, "narset-worker"): "#17 Scaffolds: the embargo ring holds against Narset",
     (Topic.SEED_HEALTH, "kasmina"): "#15 Nissa consumes seed health from the bus, so the trainer publishes it",
 }
 

@@ -124,6 +124,8 @@ class ScaffoldRequest(StrictModel):
     reason: Text = Field(min_length=1, max_length=2000)
     ttl_epochs: PositiveInt
     emergency: bool = False
+    #: Emergency energy asked for (Tamiyo grants all of it or nothing).
+    ask: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
 
 
 class ProtectedZone(StrictModel):

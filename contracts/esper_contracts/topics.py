@@ -116,10 +116,10 @@ _SPECS = [
               description="Requests for budget beyond the allocation"),
     TopicSpec(Topic.PROPOSAL_DECISIONS, ProposalDecision, ("tamiyo",), ("narset-worker",),
               description="Tamiyo's answer to every proposal"),
-    TopicSpec(Topic.SCAFFOLD_REQUESTS, ScaffoldRequest, ("narset-worker",), ("tamiyo",), planned=("narset-worker",),
+    TopicSpec(Topic.SCAFFOLD_REQUESTS, ScaffoldRequest, ("narset-worker",), ("tamiyo",),
               description="Temporary scaffold placements"),
     TopicSpec(Topic.PROTECTED_ZONES, ProtectedZone, ("tamiyo",), ("emrakul", "elesh", "narset-worker"),
-              planned=("narset-worker",), description="Zones no pruning or adaptation may touch"),
+              description="Zones no pruning or adaptation may touch"),
     # Removal (decision 0013): Tolaria asks, Elesh scores, Emrakul plans within x_E and outside zones, Tolaria cuts.
     TopicSpec(Topic.IMPORTANCE_REQUESTS, ImportanceRequest, ("tolaria",), ("elesh",),
               description="A stored checkpoint (blob key) and the trainer's unit statistics, to score"),

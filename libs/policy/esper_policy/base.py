@@ -26,6 +26,7 @@ from esper_contracts import (
     KasminaControlCommand,
     KernelQuery,
     Outcome,
+    ProtectedZone,
     SeedStage,
     SeedTelemetry,
     SystemStatePacket,
@@ -100,6 +101,10 @@ class PolicyBase:
         self._last_germination: int | None = None
         self._epoch = 0
         self._hardware: str | None = None  # the trainer's, from its packets: kernels are queried for it
+        # Protected zones in force (set by Tamiyo's scaffold steward or from the bus): no germination inside
+        # a zone or its embargo ring. Scaffold seeds are left to Kasmina's scaffold supervisor.
+        self.zones: list[ProtectedZone] = []
+        self.hands_off: set[str] = set()
 
     # ----------------------------------------------------------------------------------- the boundary
 
@@ -114,6 +119,9 @@ class PolicyBase:
         live = 0
         for t in packet.seeds:  # one pass; cheap attribute reads only, so 1000 seeds cost well under a ms
             stage, sid = t.stage, t.seed_id
+            if sid in self.hands_off:  # a scaffold: it counts against the caps, Kasmina steers it
+                live += stage in ACTIVE_STAGES
+                continue
             if stage in ACTIVE_STAGES:
                 rec = self._live.get(sid) or self._adopt(t, metric)
                 if t.kernel_trainable is not None:
@@ -276,6 +284,8 @@ class PolicyBase:
         if sid in self._locked:
             return False
         if self._epoch < max(self._embargo.get(sid, 0), t.embargo_until_epoch or 0):
+            return False
+        if any(z.covers(sid, self._epoch) for z in self.zones):
             return False
         return not any(fnmatch.fnmatchcase(t.layer_id, p) for p in self.config.protected_regions)
 

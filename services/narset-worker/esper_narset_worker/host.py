@@ -36,6 +36,7 @@ from esper_contracts import (
     Heartbeat,
     KasminaControlCommand,
     ProposalDecision,
+    ProtectedZone,
     RegionRegistration,
     RegionSpec,
     SeedTelemetry,
@@ -104,12 +105,14 @@ class NarsetHost:
         self._tamiyo_state: dict[str, Any] | None = None  # Tamiyo's state after its last answer (checkpointed)
         self._push_tamiyo_state = False  # after a restore: the next packet carries that state to Tamiyo
         self._decide_lock = threading.Lock()
+        self.zones: dict[str, ProtectedZone] = {}  # zone id -> latest version (a lifted one carries its expiry)
         sub = f"narset-host-{self.host_id}"
         self._subscriptions: list[Subscription] = [
             bus.subscribe(Topic.ADAPTATION_SIGNALS, sub, self._on_signal),
             bus.subscribe(Topic.BUDGET_ALLOCATIONS, sub, self._on_allocation),
             bus.subscribe(Topic.PROPOSAL_DECISIONS, sub, self._on_proposal_decision),
             bus.subscribe(Topic.FIELD_REPORTS, sub, self._on_field_report),
+            bus.subscribe(Topic.PROTECTED_ZONES, sub, self._on_zone),
         ]
         self._link_lock = threading.Lock()  # one exchange with the coordinator at a time
         specs = [RegionSpec(region_id=r, seed_count=n) for r, n in self.geometry.seed_counts().items()]
@@ -141,6 +144,11 @@ class NarsetHost:
             self._decisions.append(decision)
             if not decision.approved:
                 self._rejected[decision.proposal_id] = decision.reason
+
+    def _on_zone(self, envelope: Envelope[Any]) -> None:
+        zone: ProtectedZone = envelope.payload
+        with self._cond:
+            self.zones[zone.zone_id] = zone
 
     def _on_field_report(self, envelope: Envelope[Any]) -> None:
         report: FieldReport = envelope.payload
@@ -241,9 +249,12 @@ class NarsetHost:
             commands.setdefault(c.layer_id, []).append(c)
         with self._cond:
             rejected, self._rejected = self._rejected, {}
+            zones = list(self.zones.values())
         metric = packet.validation_metric
+        rolled_back = 0 < packet.epoch <= self._last_epoch  # an epoch that does not follow: a checkpoint restored
         return Boundary(window=packet.epoch, epoch=packet.epoch, run_id=packet.run_id, trend=trend, metric=metric,
-                        seeds=seeds, commands=commands, rejected_proposals=rejected)
+                        seeds=seeds, commands=commands, rejected_proposals=rejected, val_loss=packet.val_loss,
+                        rolled_back=rolled_back, zones=zones)
 
     def _run_workers(self, boundary: Boundary, regions: set[str] | None) -> tuple[list[WorkerOutput], list[str]]:
         """Step every worker (only over ``regions`` when given); a worker that raises is reported crashed."""
@@ -272,6 +283,8 @@ class NarsetHost:
         self.bus.publish_many(Topic.NARSET_ALLOCATIONS, decisions, key=lambda d: d.region_id)
         self.bus.publish_many(Topic.PROPOSALS, proposals, key=lambda p: p.region_id)
         self.bus.publish_many(Topic.FIELD_REPORTS, cancelled)
+        self.bus.publish_many(Topic.SCAFFOLD_REQUESTS, [r for out in outputs for r in out.scaffold_requests],
+                              key=lambda r: r.region_id)
         self.spent_total += sum(out.spent for out in outputs)
 
         passed = {c.command_id for out in outputs for c in out.commands}

@@ -35,11 +35,13 @@ def _clamp(x: float, low: float, high: float) -> float:
     return low if x < low else high if x > high else x
 
 
-def allocator_inputs(seeds: Sequence[SeedTelemetry], trend: float) -> AllocatorInputs:
+def allocator_inputs(seeds: Sequence[SeedTelemetry], trend: float, windowed: float | None = None) -> AllocatorInputs:
     """Progress, stability and efficiency of a region (see the allocator's input ranges).
 
     * progress: the loss trend scaled so that a 2% drop per window is 1 and a rise is negative;
-    * stability: 1 minus twice the share of failed seeds (errors, culled, rolled back) minus a rising loss;
+    * stability: 1 minus twice the share of failed seeds (errors, culled, rolled back) minus a rising loss,
+      and no more than ``windowed`` (the region's :class:`~esper_policy.stability.StabilityTracker` score:
+      rollback rate, anomaly rate, loss jitter, persistent spikes) when it is given;
     * efficiency: 1 minus the mean waste (dead units and sparsity) of the region's outputs.
     """
     progress = _clamp(-trend / PROGRESS_AT_FULL, -1.0, 1.0)
@@ -47,6 +49,8 @@ def allocator_inputs(seeds: Sequence[SeedTelemetry], trend: float) -> AllocatorI
     failed = sum(1 for t in seeds if t.error_count > 0 or t.stage in _FAILED) / n if n else 0.0
     rising = _clamp(trend / TREND_AT_FULL_INSTABILITY, 0.0, 1.0)
     stability = 1.0 - _clamp(2 * failed + 0.5 * rising, 0.0, 1.0)
+    if windowed is not None:
+        stability = min(stability, _clamp(windowed, 0.0, 1.0))
     waste = sum(t.dead_node_ratio + t.activation_sparsity for t in seeds) / (2 * n) if n else 0.0
     return AllocatorInputs(progress=progress, stability=stability, efficiency=1.0 - _clamp(waste, 0.0, 1.0))
 

@@ -12,6 +12,13 @@ At each boundary, for each of its regions, a worker
    region's allocation, and dropped (reported CANCELLED so Tamiyo forgets them) after ``hold_cycles``,
    when their proposal is rejected, or when the seed is no longer dormant.
 
+Stability is windowed per region (:class:`~esper_policy.stability.StabilityTracker`: rollback rate, anomaly
+rate, loss jitter, persistent spikes) and caps the allocator's stability input. A region whose stability stays
+bad for ``scaffold_after_windows`` windows gets a :class:`~esper_contracts.ScaffoldRequest` filed for it
+(once; again only after its scaffold's zone is lifted). Protected zones are honoured: a GERMINATE inside a
+zone or its embargo ring is dropped (reported CANCELLED), except the zone's own scaffold, which passes free
+(Tamiyo paid for it from the emergency pool).
+
 Spending goes through a :class:`BudgetLedger` that the host shares between its workers, so a worker that
 crashes loses no record of what was already spent in the cycle.
 """
@@ -32,11 +39,15 @@ from esper_contracts import (
     KasminaControlCommand,
     NarsetAllocationDecision,
     Outcome,
+    ProtectedZone,
+    ScaffoldRequest,
     SeedStage,
     SeedTelemetry,
     StrategicOpportunityProposal,
     field_report,
 )
+from esper_policy.scaffolds import blocking_zone, is_scaffold_command
+from esper_policy.stability import StabilityConfig, StabilityObservation, StabilityTracker
 
 from .allocator import Allocator, AllocatorConfig, growth_permitted, pressures
 from .pricing import SlotGeometry, adaptation_cost, kernel_risk
@@ -53,6 +64,11 @@ class WorkerConfig:
     default_risk: float = 0.5  # risk of a kernel without a validation report
     hold_cycles: int = 3  # a germination waits at most this many cycles for budget or intensity
     proposal_margin: float = 1.05  # ask a little more than the shortfall, so rounding never leaves it short
+    scaffold_after_windows: int = 3  # bad-stability windows in a row before a scaffold is requested
+    scaffold_blueprint: str = "scaffold_mlp"  # the scaffold family asked for
+    scaffold_ttl_epochs: int = 12
+    scaffold_ask: float = 1.0  # emergency energy asked for
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
 
 class BudgetLedger:
@@ -135,6 +151,9 @@ class Boundary:
     seeds: Mapping[str, Sequence[SeedTelemetry]]
     commands: Mapping[str, Sequence[KasminaControlCommand]]
     rejected_proposals: Mapping[str, str] = field(default_factory=dict)  # proposal id -> Tamiyo's reason
+    val_loss: float | None = None  # the window's validation loss, for the stability trackers
+    rolled_back: bool = False  # the trainer restored a checkpoint since the last boundary
+    zones: Sequence[ProtectedZone] = ()  # protected zones in force
 
 
 @dataclass
@@ -146,6 +165,7 @@ class WorkerOutput:
     reports: list[HealthSummaryReport] = field(default_factory=list)
     proposals: list[StrategicOpportunityProposal] = field(default_factory=list)
     cancelled: list[FieldReport] = field(default_factory=list)
+    scaffold_requests: list[ScaffoldRequest] = field(default_factory=list)
     spent: float = 0.0
     waiting: int = 0
 
@@ -174,6 +194,10 @@ class NarsetWorker:
         self.allocator = Allocator(allocator_config)
         self.regions: set[str] = set()
         self.waiting: dict[str, _Waiting] = {}  # seed id -> germination waiting for budget or intensity
+        self.stability: dict[str, StabilityTracker] = {}
+        self._errors: dict[str, int] = {}  # region -> kernel errors seen so far (telemetry counts are cumulative)
+        self.scaffold_requested: dict[str, str] = {}  # region -> request id, while its scaffold or zone lasts
+        self._requested_at: dict[str, int] = {}  # region -> epoch its request was filed
 
     # ------------------------------------------------------------------------------------------ regions
 
@@ -204,7 +228,8 @@ class NarsetWorker:
         seeds = b.seeds.get(region_id, ())
         alloc = ledger.allocation(region_id)
         pool = alloc.energy_budget if alloc is not None and alloc.energy_budget > 0 else None
-        decision = self.allocator.step(region_id, allocator_inputs(seeds, b.trend), b.window, pool)
+        windowed = self._observe_stability(region_id, seeds, b, out)
+        decision = self.allocator.step(region_id, allocator_inputs(seeds, b.trend, windowed), b.window, pool)
         out.decisions.append(decision)
 
         dormant: set[str] = {t.seed_id for t in seeds if t.stage is SeedStage.DORMANT}
@@ -214,6 +239,15 @@ class NarsetWorker:
         bundles: dict[str, list[KasminaControlCommand]] = {}
         for cmd in b.commands.get(region_id, ()):
             seed_id: str = cmd.seed_id
+            if is_scaffold_command(cmd):  # paid from the emergency pool by Tamiyo
+                out.commands.append(cmd)
+                continue
+            zone = blocking_zone(cmd, b.zones, b.epoch)
+            if zone is not None:
+                log.info("narset %s: germination of %s dropped: inside protected zone %s", self.worker_id, seed_id,
+                         zone.zone_id)
+                out.cancelled.append(_cancelled(cmd, b))
+                continue
             if seed_id in bundles:
                 bundles[seed_id].append(cmd)
             elif cmd.command is CommandType.GERMINATE:
@@ -255,6 +289,37 @@ class NarsetWorker:
         domain = alloc.domain_id if alloc is not None else None
         out.reports.append(summarize_region(region_id, domain, seeds, window=b.window, epoch=b.epoch, trend=b.trend,
                                             budget_spent=ledger.spent_this_cycle(region_id)))
+
+    def _observe_stability(self, region_id: str, seeds: Sequence[SeedTelemetry], b: Boundary,
+                           out: WorkerOutput) -> float | None:
+        """Fold this window into the region's stability tracker; file a scaffold request when it stays bad."""
+        if b.val_loss is None:
+            return None
+        tracker = self.stability.setdefault(region_id, StabilityTracker(self.config.stability))
+        errors = sum(t.error_count for t in seeds)
+        new_errors = max(0, errors - self._errors.get(region_id, 0))
+        self._errors[region_id] = errors
+        gradient = max((t.gradient_norm for t in seeds), default=None)
+        signals = tracker.observe(StabilityObservation(loss=b.val_loss, rolled_back=b.rolled_back,
+                                                       kernel_errors=new_errors, gradient_norm=gradient))
+        requested = self.scaffold_requested.get(region_id)
+        if requested is not None and not any(z.scaffold_id == requested and z.covers(region_id, b.epoch)
+                                             for z in b.zones) \
+                and b.epoch >= self._requested_at.get(region_id, 0) + self.config.scaffold_ttl_epochs:
+            del self.scaffold_requested[region_id]  # refused, or its zone lifted: a TTL later it may ask again
+        if signals.bad_windows >= self.config.scaffold_after_windows and region_id not in self.scaffold_requested:
+            request = ScaffoldRequest(
+                request_id=f"scaffold-{region_id}-e{b.epoch}-{b.run_id}"[:256], region_id=region_id,
+                blueprint_id=self.config.scaffold_blueprint, ttl_epochs=self.config.scaffold_ttl_epochs,
+                emergency=True, ask=self.config.scaffold_ask,
+                reason=(f"stability {signals.score:.2f} for {signals.bad_windows} windows: rollback rate "
+                        f"{signals.rollback_rate:.2f}, anomaly rate {signals.anomaly_rate:.2f}, loss jitter "
+                        f"{signals.loss_jitter:.3f}, persistent spike {signals.persistent_spike}"),
+            )
+            self.scaffold_requested[region_id] = request.request_id
+            self._requested_at[region_id] = b.epoch
+            out.scaffold_requests.append(request)
+        return signals.score
 
     def _give_up_reason(self, w: _Waiting, seed_id: str, dormant: set[str], b: Boundary) -> str | None:
         if w.proposal_id is not None and w.proposal_id in b.rejected_proposals:
@@ -299,6 +364,10 @@ class NarsetWorker:
             "waiting": {s: {"bundle": [c.model_dump(mode="json") for c in w.bundle],
                             "since_window": w.since_window, "proposal_id": w.proposal_id}
                         for s, w in self.waiting.items()},
+            "stability": {r: t.state_dict() for r, t in self.stability.items()},
+            "errors": dict(self._errors),
+            "scaffold_requested": dict(self.scaffold_requested),
+            "requested_at": dict(self._requested_at),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -307,6 +376,13 @@ class NarsetWorker:
         self.allocator.load_state_dict(state["allocator"])
         self.waiting = {s: _Waiting([KasminaControlCommand.model_validate(c) for c in w["bundle"]],
                                     int(w["since_window"]), w["proposal_id"]) for s, w in state["waiting"].items()}
+        self.stability = {}
+        for region, tracker_state in state.get("stability", {}).items():
+            self.stability[region] = StabilityTracker(self.config.stability)
+            self.stability[region].load_state_dict(tracker_state)
+        self._errors = {r: int(n) for r, n in state.get("errors", {}).items()}
+        self.scaffold_requested = dict(state.get("scaffold_requested", {}))
+        self._requested_at = {r: int(e) for r, e in state.get("requested_at", {}).items()}
 
 
 def _cancelled(cmd: KasminaControlCommand, b: Boundary) -> FieldReport:

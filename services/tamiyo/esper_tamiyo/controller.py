@@ -7,8 +7,11 @@ One cycle per SystemStatePacket (one epoch boundary), in this order:
    for epoch ``e + 1`` right after ``e`` means ``e``'s checkpoint held: Tolaria checkpoints only healthy
    epochs, and a rollback shows up as an epoch that does not follow);
 3. mint the cycle's budget (Tamiyo-Prime shares it between domains by criticality), grant queued
-   scaffold requests (protected zone, emergency energy when in crisis), fund queued proposals;
-4. run the control policy on the packet;
+   scaffold requests (the scaffold steward funds them from its emergency pool, protects the region and its
+   embargo ring, and germinates a scaffold kernel there; emergency ATP for the cycle when in crisis), fund
+   queued proposals;
+4. run the control policy on the packet, with the zones in force (no germination inside a zone or ring) and
+   hands off the scaffold seeds (Kasmina's scaffold supervisor steers them);
 5. emit, in this order: zones, proposal decisions, allocations, the adaptation signal with its commands
    (last, so a trainer that has its answer also has its allocations in flight), field reports.
 
@@ -33,6 +36,8 @@ from esper_contracts import (
     AdaptationSignal,
     FieldReport,
     HealthSummaryReport,
+    KasminaControlCommand,
+    KernelQuery,
     PolicyUpdate,
     ProposalDecision,
     ScaffoldRequest,
@@ -42,7 +47,8 @@ from esper_contracts import (
     SystemStatePacket,
     Topic,
 )
-from esper_policy import ControlPolicy, TamiyoConfig
+from esper_policy import ControlPolicy, PolicyBase, TamiyoConfig
+from esper_policy.scaffolds import ScaffoldSteward
 
 from .domains import HierarchicalControlConfig
 from .economy import BudgetEconomy, Cycle, Region, reject_unknown_region
@@ -97,6 +103,7 @@ class ControllerOptions:
     volatile_enter: float = 0.6
     volatile_exit: float = 0.3
     history: int = 500
+    scaffold_pool: float = 2.0  # the scaffold steward's emergency pool (energy; unused energy returns to it)
 
 
 class TamiyoController:
@@ -126,6 +133,8 @@ class TamiyoController:
         self._proposals: dict[str, StrategicOpportunityProposal] = {}  # queued until the next cycle
         self._answered: dict[str, ProposalDecision] = {}  # for redelivered proposals
         self._scaffolds: list[ScaffoldRequest] = []
+        self.steward = ScaffoldSteward(self.options.scaffold_pool, self.options.ring_radius)
+        self.escalations: list[dict[str, Any]] = []  # regions whose scaffold ran out of time
         self._last_epoch: int | None = None
         self.run_id: str | None = None
         self.summaries_received = 0
@@ -203,10 +212,12 @@ class TamiyoController:
         patterns = {d: self.domains.domains[d].module_paths for d in domain_names if d in self.domains.domains}
         zones = self.zones.observe_volatility(epoch, {d: c.volatility for d, c in criticality.items()}, patterns)
         zones += self.zones.observe_boundary(epoch, live, clean)
+        zones += self._follow_scaffolds(packet, clean)
 
         books = self.economy.mint(epoch, list(self.regions.values()), self.update.risk_posture,
                                   self.update.resource_budget)
-        zones += self._grant_scaffolds(books, epoch)
+        scaffold_zones, scaffold_commands = self._grant_scaffolds(books, packet)
+        zones += scaffold_zones
         decisions = self.economy.settle_proposals(books, list(self._proposals.values()), self.regions,
                                                   protected=self._policy_protected)
         self.tally.minted_atp += from_micro(books.pool)
@@ -222,7 +233,13 @@ class TamiyoController:
             "criticality": {d: round(c.score, 6) for d, c in books.criticality.items()},
         }, books.summary())
 
+        if isinstance(self.policy, PolicyBase):
+            self.policy.zones = [*self.steward.zones(), *self.zones.active()]
+            self.policy.hands_off = self.steward.scaffold_seeds()
         signal = self._decide(packet)
+        if scaffold_commands:
+            signal = signal.model_copy(update={"commands": [*scaffold_commands, *signal.commands],
+                                               "optimizer_rebuild_required": True})
         self.tally.commands.update(c.command.value for c in signal.commands)
         self.packet = packet
         self._record("adaptation", epoch, _packet_inputs(packet, stages), {
@@ -247,7 +264,8 @@ class TamiyoController:
         """
         return {"version": 1, "run_id": self.run_id, "last_epoch": self._last_epoch,
                 "policy": self.policy.state_dict(),
-                "answered": {pid: d.model_dump(mode="json") for pid, d in self._answered.items()}}
+                "answered": {pid: d.model_dump(mode="json") for pid, d in self._answered.items()},
+                "scaffolds": self.steward.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output (sent back by the trainer)."""
@@ -257,6 +275,8 @@ class TamiyoController:
         self._last_epoch = state["last_epoch"]
         self.policy.load_state_dict(state["policy"])
         self._answered = {pid: ProposalDecision.model_validate(d) for pid, d in state["answered"].items()}
+        if "scaffolds" in state:
+            self.steward.load_state_dict(state["scaffolds"])
 
     def _decide(self, packet: SystemStatePacket) -> AdaptationSignal:
         """The policy's answer; when the kernel source is down, "wait" with the reason (and no half-made decision)."""
@@ -269,25 +289,62 @@ class TamiyoController:
             log.warning("no decision at epoch %d: %s", packet.epoch, exc)
             return AdaptationSignal(epoch=packet.epoch, reason=f"waiting: {exc}"[:2000])
 
-    def _grant_scaffolds(self, books: Cycle, epoch: int) -> list[Any]:
-        zones = []
-        order = list(self.regions)
+    def _grant_scaffolds(self, books: Cycle, packet: SystemStatePacket) -> tuple[list[Any], list[
+            KasminaControlCommand]]:
+        """Answer the queued scaffold requests through the steward: zones to publish, GERMINATEs to send."""
+        epoch = packet.epoch
+        zones: list[Any] = []
+        commands: list[KasminaControlCommand] = []
+        if not self._scaffolds:
+            return zones, commands
+        dormant: dict[str, list[int]] = {}
+        interfaces = {}
+        for t in packet.seeds:
+            if t.stage is SeedStage.DORMANT and t.interface is not None:
+                dormant.setdefault(t.layer_id, []).append(t.seed_index)
+                interfaces[t.layer_id, t.seed_index] = t.interface
+
+        def find_kernel(layer_id: str, index: int, blueprint: str) -> str | None:
+            query = KernelQuery(interface=interfaces[layer_id, index], tags_required=[blueprint],
+                                hardware=packet.hardware, limit=1)
+            try:
+                found = self.kernels.query(query).artifacts
+            except KernelsUnavailable as exc:
+                log.warning("no scaffold kernel at epoch %d: %s", epoch, exc)
+                return None
+            return found[0].artifact_id if found else None
+
         for request in self._scaffolds:
-            if request.region_id not in self.regions:
-                self._record("scaffold", epoch, request.model_dump(mode="json"),
-                             {"accepted": False, "reason": f"unknown region {request.region_id!r}"})
-                continue
-            zone = self.zones.open_scaffold_zone(request, epoch, order)
+            verdict = self.steward.consider(request, epoch, list(self.regions), dormant, find_kernel)
             granted = 0
-            if request.emergency:
-                tranche = from_micro(books.emergency_pool) * self.options.emergency_tranche_fraction
-                granted = self.economy.grant_emergency(books, request.region_id, tranche)
-            zones.append(zone)
-            self._record("scaffold", epoch, request.model_dump(mode="json"),
-                         {"accepted": True, "zone": zone.zone_id, "ring": zone.module_patterns,
-                          "emergency_granted": from_micro(granted)})
+            if verdict.accepted and verdict.command is not None:
+                commands.append(verdict.command)
+                dormant[request.region_id].remove(verdict.command.seed_index)
+                if verdict.zone is not None:
+                    zones.append(verdict.zone)
+                if request.emergency:
+                    tranche = from_micro(books.emergency_pool) * self.options.emergency_tranche_fraction
+                    granted = self.economy.grant_emergency(books, request.region_id, tranche)
+            self._record("scaffold", epoch, request.model_dump(mode="json"), {
+                "accepted": verdict.accepted, "reason": verdict.reason, "energy_granted": verdict.granted,
+                "zone": verdict.zone.zone_id if verdict.zone is not None else None,
+                "seed": verdict.command.seed_id if verdict.command is not None else None,
+                "emergency_atp": from_micro(granted), "emergency_left": self.steward.emergency_left})
         self._scaffolds = []
-        return zones
+        return zones, commands
+
+    def _follow_scaffolds(self, packet: SystemStatePacket, clean: bool) -> list[Any]:
+        """Sunsets (weaned or out of time, energy refunded), escalations, and zones lifted after a clean checkpoint."""
+        stages: dict[str, SeedStage] = {str(t.seed_id): t.stage for t in packet.seeds}
+        report = self.steward.observe(packet.epoch, stages, clean)
+        for s in report.sunsets:
+            self._record("scaffold", packet.epoch, {"request_id": s.request.request_id, "region_id": s.layer_id},
+                         {"sunset": s.outcome, "refunded": s.refunded, "emergency_left": self.steward.emergency_left})
+        for region in report.escalations:
+            self.escalations.append({"region_id": region, "epoch": packet.epoch,
+                                     "reason": "scaffold TTL expired before it was weaned"})
+            log.warning("scaffold in %s ran out of time at epoch %d: escalated", region, packet.epoch)
+        return list(report.zones)
 
     def _policy_protected(self, region_id: str) -> bool:
         return any(fnmatch.fnmatchcase(region_id, p) for p in self.update.protected_regions)
@@ -387,7 +444,9 @@ class TamiyoController:
         return {
             "cycle": self.books.summary() if self.books is not None else None,
             "atp_global_budget": self.domains.tamiyo_prime.atp_global_budget,
-            "protected_zones": [z.model_dump(mode="json") for z in self.zones.active()],
+            "protected_zones": [z.model_dump(mode="json") for z in [*self.steward.zones(), *self.zones.active()]],
+            "scaffold_emergency_left": self.steward.emergency_left,
+            "scaffold_escalations": self.escalations[-10:],
             "recently_lifted_zones": [z.model_dump(mode="json") for z in self.zones.recently_lifted()[-10:]],
             "pending_proposals": sorted(self._proposals),
             "health_summaries_received": self.summaries_received,

@@ -50,6 +50,7 @@ class TamiyoSettings(ServiceSettings):
     emergency_tranche_fraction: float = Field(default=0.5, gt=0, le=1)
     ring_radius: int = Field(default=1, ge=0, description="Embargo ring: neighbouring regions on each side")
     history: int = Field(default=500, ge=10, description="Decisions kept for the decisions API")
+    scaffold_pool: float = Field(default=2.0, ge=0, description="The scaffold steward's emergency pool (energy)")
 
 
 class TamiyoService(Service):
@@ -74,7 +75,8 @@ class TamiyoService(Service):
             policy = policy.model_copy(update={"kernel_status": KernelStatus.VALIDATED})
         options = ControllerOptions(allocator_pool=settings.allocator_pool,
                                     emergency_tranche_fraction=settings.emergency_tranche_fraction,
-                                    ring_radius=settings.ring_radius, history=settings.history)
+                                    ring_radius=settings.ring_radius, history=settings.history,
+                                    scaffold_pool=settings.scaffold_pool)
         self.controller = TamiyoController(build_policy, RiskFilter(kernels, require_report=from_urza), policy,
                                            load_domains(settings.domains_file), options)
         self.lock = threading.RLock()

@@ -155,7 +155,7 @@ def test_proposals_are_funded_best_first_and_unknown_regions_rejected_on_the_bus
     assert budgets["cycle"]["allocated"] <= budgets["cycle"]["pool"]
 
 
-def test_emergency_scaffold_gets_energy_and_a_protected_ring(tamiyo: Any) -> None:
+def test_emergency_scaffold_gets_energy_a_protected_ring_and_its_germination(tamiyo: Any) -> None:
     _service, bus, probe, client = tamiyo
     bus.publish("telemetry.system.state", packet(1), key="run-1")
     probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
@@ -164,13 +164,38 @@ def test_emergency_scaffold_gets_energy_and_a_protected_ring(tamiyo: Any) -> Non
     time.sleep(0.2)
     bus.publish("telemetry.system.state", packet(2), key="run-1")
     (zone,) = probe.wait("control.protected_zones", lambda z: len(z) == 1)
-    assert zone.zone_id == "scaffold-s1" and zone.module_patterns == ["fc1", "fc2"]
+    assert zone.zone_id == "scaffold-s1" and zone.module_patterns == ["fc2"] and zone.ring_patterns == ["fc1"]
+    signal = probe.wait("control.adaptation.signals", lambda s: len(s) == 2)[1]
+    scaffold = [c for c in signal.commands if "scaffold" in c.selected_for_tags]
+    assert [(c.layer_id, c.command.value) for c in scaffold] == [("fc2", "GERMINATE")]
+    # The policy germinates nowhere in the zone or its ring (both layers here).
+    assert all("scaffold" in c.selected_for_tags for c in signal.commands if c.command.value == "GERMINATE")
     budgets = client.get("/api/v1/budgets").json()
     assert budgets["cycle"]["regions"]["fc2"]["emergency"] == pytest.approx(1.0)  # half the 2-ATP emergency pool
+    assert budgets["scaffold_emergency_left"] == pytest.approx(1.0)  # the steward's pool of 2, less the ask of 1
     for epoch in (3, 4, 5):
         bus.publish("telemetry.system.state", packet(epoch), key="run-1")
     zones = probe.wait("control.protected_zones", lambda z: len(z) == 2)
     assert zones[1].zone_id == "scaffold-s1" and zones[1].expires_after_epoch is not None
+    assert client.get("/api/v1/budgets").json()["scaffold_escalations"][0]["region_id"] == "fc2"  # never went live
+
+
+def test_scaffold_requests_refused_with_the_reason(tamiyo: Any) -> None:
+    _service, bus, probe, client = tamiyo
+    bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    for rid, region, ask in (("u", "nowhere", 1.0), ("big", "fc1", 5.0), ("ok", "fc2", 1.0), ("again", "fc2", 0.5)):
+        bus.publish("control.scaffold.requests", ScaffoldRequest(request_id=rid, region_id=region, blueprint_id="bp",
+                                                                 reason="r", ttl_epochs=4, ask=ask))
+    time.sleep(0.3)
+    bus.publish("telemetry.system.state", packet(2), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 2)
+    answers = {d["inputs"]["request_id"]: d["outputs"] for d in
+               client.get("/api/v1/decisions", params={"kind": "scaffold"}).json()}
+    assert "unknown region" in answers["u"]["reason"] and not answers["u"]["accepted"]
+    assert "emergency pool holds 2" in answers["big"]["reason"] and answers["big"]["energy_granted"] == 0
+    assert answers["ok"]["accepted"] and answers["ok"]["emergency_left"] == pytest.approx(1.0)
+    assert "already holds a scaffold" in answers["again"]["reason"]
 
 
 def test_policy_post_validates_and_applies(tamiyo: Any) -> None:
@@ -204,6 +229,21 @@ def test_out_of_range_policy_update_on_the_bus_goes_to_the_dead_letter_topic(tam
         letters = bus.read_dead_letters("control.policy.updates", timeout_s=0.5)
     assert letters and "resource_budget 99" in letters[0].error
     assert service.controller.update.resource_budget == 1.0
+
+
+def test_a_malformed_scaffold_request_goes_to_the_dead_letter_topic(tamiyo: Any) -> None:
+    service, bus, probe, _client = tamiyo
+    good = ScaffoldRequest(request_id="ok", region_id="fc2", blueprint_id="bp", reason="r", ttl_epochs=2)
+    raw = bus.publish("control.scaffold.requests", good).model_dump_json()
+    bus.publish_raw("control.scaffold.requests", raw.replace('"ttl_epochs":2', '"ttl_epochs":-3').encode())
+    deadline = time.monotonic() + 10
+    letters: list[Any] = []
+    while not letters and time.monotonic() < deadline:
+        letters = bus.read_dead_letters("control.scaffold.requests", timeout_s=0.5)
+    assert letters and b'"ttl_epochs":-3' in letters[0].data
+    bus.publish("telemetry.system.state", packet(1), key="run-1")
+    probe.wait("control.adaptation.signals", lambda s: len(s) == 1)
+    assert service.controller.steward.emergency_left == pytest.approx(1.0)  # only the good one was funded
 
 
 def test_seeds_are_paged_and_filtered_and_bad_filters_are_400(tamiyo: Any) -> None:

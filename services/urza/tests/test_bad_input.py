@@ -100,3 +100,13 @@ def test_a_nul_character_in_a_filter_or_a_status_reason_is_a_400(client: TestCli
     artifact_id = kit.artifact_id(blueprint_id)
     failed = client.post(f"/api/v1/kernels/{artifact_id}/status", json={"status": "FAILED", "reason": "boom\x00"})
     assert failed.status_code == 400 and "NUL character" in failed.json()["detail"]
+
+
+def test_a_scaffold_blueprint_without_sunset_metadata_is_a_400(client: TestClient, kit: Any) -> None:
+    body = kit.ir_json(kit.make_ir())
+    body["blueprint_class"] = "scaffold"  # a scaffold must say when it leaves (seed 002 §7)
+    body.pop("sunset", None)
+    response = client.post("/api/v1/blueprints", json=body)
+    assert response.status_code == 400, response.text
+    assert "sunset" in response.json()["detail"]
+    assert client.get("/api/v1/blueprints").json()["total"] == 0

@@ -11,6 +11,10 @@ Per-step behaviour by stage (the host always runs first; ``chunk`` is the seed's
 * STABILIZATION, EVALUATING, FINE_TUNING, FOSSILIZED: α = 1, ``seed(chunk)``. The input is no longer
   detached: once blended in, the seed is part of the network and the host upstream keeps learning
   through it. Seed parameters are frozen except in FINE_TUNING.
+* A scaffold being weaned (``set_wean_alpha``, driven by :class:`~esper.kasmina.scaffold.ScaffoldSupervisor`):
+  ``(1-α)·chunk + α·seed(chunk)`` with α ramping down, and the host chunk is distilled towards that blended
+  output (``distillation_loss``). A scaffold never goes to EVALUATING, FINE_TUNING or FOSSILIZED; it leaves
+  through ``retire_scaffold`` (back to DORMANT, its module and parameters gone).
 
 Transitions happen only in ``apply_command`` and at epoch boundaries (``begin_boundary``), and each one
 is reported as a SeedTransition (``drain_transitions``). Kasmina alone makes the automatic moves: a
@@ -32,7 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper_contracts import GraftingStrategy, KasminaControlCommand, SeedId, SeedStage, SeedTelemetry, blueprint_id_of
+from esper_contracts import (
+    CommandType,
+    GraftingStrategy,
+    KasminaControlCommand,
+    SeedId,
+    SeedStage,
+    SeedTelemetry,
+    blueprint_id_of,
+)
 from esper_kernels import KernelSource
 
 from .blending import STRATEGIES, ChunkLayout, alpha_at, blend, chunk_bounds
@@ -54,6 +66,8 @@ _STATE_VERSION = 1
 #: Stages whose seed output is part of the layer's output.
 _BLENDED_STAGES = frozenset({SeedStage.GRAFTING, SeedStage.STABILIZATION, SeedStage.EVALUATING,
                              SeedStage.FINE_TUNING, SeedStage.FOSSILIZED})
+#: Stages a scaffold never enters: it is weaned off and leaves instead of being kept.
+_NEVER_SCAFFOLD = frozenset({SeedStage.EVALUATING, SeedStage.FINE_TUNING, SeedStage.FOSSILIZED})
 
 
 class KasminaLayer(HostAttributeFallback):
@@ -79,6 +93,9 @@ class KasminaLayer(HostAttributeFallback):
         self._transitions: list[SeedTransition] = []
         self._failures: dict[int, str] = {}  # seed -> why its kernel failed, until the cull that follows
         self._recon: list[torch.Tensor] = []
+        self.scaffold_seeds: set[int] = set()  # seeds holding a scaffold (they never fossilize)
+        self._wean_alpha: dict[int, float] = {}  # scaffold seeds being weaned -> their current alpha
+        self._distill: list[torch.Tensor] = []
         # Forwards until the next telemetry sample, in a list so the hot path mutates it without going through
         # nn.Module.__setattr__. The first forward is sampled, so telemetry exists from the first boundary.
         self._countdown = [1]
@@ -117,6 +134,7 @@ class KasminaLayer(HostAttributeFallback):
         st, training = self.seed_state, self.training
         if training:
             self._recon.clear()
+            self._distill.clear()
         replaced: dict[int, torch.Tensor] = {}
         for i, stage, module in self._plan:
             if st.get(StateField.FAILED, i):
@@ -148,6 +166,11 @@ class KasminaLayer(HostAttributeFallback):
                 st.add(StateField.STEPS_IN_STAGE, i)
             y = self._run(i, module, chunk, sample)
             if y is not None:
+                wean = self._wean_alpha.get(i)
+                if wean is not None:  # a scaffold being weaned: blend, and the host learns the blended output
+                    y = blend(chunk, y, wean)
+                    if training and torch.is_grad_enabled():
+                        self._distill.append(F.mse_loss(chunk, y.detach()))
                 replaced[i] = y
         return self.chunks.compose(out, replaced)
 
@@ -190,6 +213,8 @@ class KasminaLayer(HostAttributeFallback):
         if i >= self.seed_state.n:
             return f"{where}: no such seed; layer {self.layer_id!r} has {self.seed_state.n} seed(s)"
         facts = self._facts(i)
+        if i in self.scaffold_seeds and cmd.command is CommandType.ADVANCE and cmd.target_stage in _NEVER_SCAFFOLD:
+            return f"{where}: {cmd.command.value} refused: a scaffold never goes to {cmd.target_stage.value}"
         res = resolve_command(facts, cmd.command, cmd.target_stage, cmd.kernel_artifact_id, epoch)
         if res.error is not None or res.target is None:
             return f"{where}: {cmd.command.value} refused: {res.error}"
@@ -216,9 +241,12 @@ class KasminaLayer(HostAttributeFallback):
         old = st.stage(i)
         # Transitions happen between steps: the last forward's reconstruction losses were used (their graph is
         # freed), and a forward that runs no seed would not clear them.
-        self._recon = []
+        self._recon, self._distill = [], []
+        if target in _RELEASE_STAGES:
+            self._wean_alpha.pop(i, None)
         if target is SeedStage.DORMANT:
             st.reset(i)
+            self.scaffold_seeds.discard(i)
         st.set(StateField.STAGE, i, target.code)
         for f in (StateField.STEPS_IN_STAGE, StateField.EPOCHS_IN_STAGE, StateField.READY):
             st.set(f, i, 0.0)
@@ -466,6 +494,32 @@ class KasminaLayer(HostAttributeFallback):
         """Sum of this layer's TRAINING seeds' MSE from its last training forward, or None."""
         return torch.stack(self._recon).sum() if self._recon else None
 
+    # ------------------------------------------------------------------ scaffolds
+
+    def mark_scaffold(self, i: int) -> None:
+        """Seed ``i`` holds a scaffold: it will be weaned and retired, never fossilized."""
+        self.scaffold_seeds.add(i)
+
+    def set_wean_alpha(self, i: int, alpha: float) -> None:
+        """Blend scaffold ``i`` at ``alpha`` (weaning), with the host distilled towards the blend."""
+        if i not in self.scaffold_seeds:
+            raise ValueError(f"{SeedId(self.layer_id, i)} is not a scaffold")
+        a = min(1.0, max(0.0, alpha))
+        self._wean_alpha[i] = a
+        self.seed_state.set(StateField.ALPHA, i, a)
+
+    def distillation_loss(self) -> torch.Tensor | None:
+        """Sum of the weaning scaffolds' host-vs-blend MSE from the last training forward, or None."""
+        return torch.stack(self._distill).sum() if self._distill else None
+
+    def retire_scaffold(self, i: int, epoch: int, reason: str) -> None:
+        """Convert scaffold ``i`` to a no-op: back to DORMANT, its module and parameters removed."""
+        self.begin_boundary(epoch)
+        self._wean_alpha.pop(i, None)
+        self.scaffold_seeds.discard(i)
+        self._distill = []
+        self._enter(i, SeedStage.DORMANT, epoch, reason, commanded=False)
+
     def seed_parameter_count(self) -> int:
         """Parameters held by this layer's attached seed modules, in any stage."""
         return sum(p.numel() for p in self.seeds.parameters())
@@ -510,7 +564,8 @@ class KasminaLayer(HostAttributeFallback):
             "version": _STATE_VERSION, "state": self.seed_state.tensor.clone(), "health": self.health.state(),
             "kernels": list(self.kernel_table), "attached": sorted(int(k) for k in self.seeds),
             "layout": self.chunks.layout, "infer_layout": self._infer_layout, "countdown": self._countdown[0],
-            "boundary": self._boundary,
+            "boundary": self._boundary, "scaffolds": sorted(self.scaffold_seeds),
+            "wean": {str(i): a for i, a in self._wean_alpha.items()},
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -530,7 +585,9 @@ class KasminaLayer(HostAttributeFallback):
         self._set_layout(state["layout"])
         self._infer_layout = bool(state["infer_layout"])
         self._countdown, self._boundary = [int(state["countdown"])], int(state["boundary"])
-        self._recon = []
+        self._recon, self._distill = [], []
+        self.scaffold_seeds = {int(i) for i in state.get("scaffolds", [])}
+        self._wean_alpha = {int(i): float(a) for i, a in state.get("wean", {}).items()}
         for key in list(self.seeds):
             del self.seeds[key]
         self._failures = {}
@@ -550,7 +607,7 @@ class KasminaLayer(HostAttributeFallback):
     def __getstate__(self) -> dict[str, Any]:
         # Futures and autograd graphs cannot be copied; a copy restarts unfinished loads at its next boundary.
         state = self.__dict__.copy()
-        state["_pending"], state["_recon"] = {}, []
+        state["_pending"], state["_recon"], state["_distill"] = {}, [], []
         return state
 
     def extra_repr(self) -> str:

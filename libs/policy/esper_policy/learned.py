@@ -192,8 +192,10 @@ class LearnedPolicy(HeuristicPolicy):
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
+        """Restore :meth:`state_dict`'s output; a heuristic's state (Tamiyo switching policy) starts counts afresh."""
         super().load_state_dict(state)
+        if "learned" not in state:
+            return
         learned = state["learned"]
         self.builder.load_state_dict(learned["builder"])
         self._rollbacks = [int(e) for e in learned["rollbacks"]]

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from esper_policy import LearnedPolicy, TamiyoConfig, build_policy
-from esper_policy.network import load_artifact
+from esper_policy.network import load_artifact, random_network
 from esper_policy.observation import N_ACTIONS, OBSERVATION_SIZE, Op, decode, encode
 from esper_simic.env import EsperEnv
+from esper_simic.publish import publish_policy
 from esper_simic.runs import host_shape, load_task
 from esper_simic.train import actor_logits, export_network, load_episodes, make_agent, train
+from esper_tamiyo.service import create_service as create_tamiyo
+from esper_urza.service import create_service as create_urza
+from esper_urza_client import UrzaClient
 
 
 def test_tasks_are_generated_or_bundled_and_hosts_vary_with_the_seed() -> None:
@@ -79,3 +86,24 @@ def test_the_exported_numpy_network_gives_the_agents_logits() -> None:
     got = np.stack([network.logits(o) for o in obs])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     env.close()
+
+
+def test_publish_stores_the_version_in_urza_and_a_running_tamiyo_serves_it(tmp_path: Path) -> None:
+
+
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(random_network("simic-pub", hidden=(8,)).to_artifact()))
+    bus_url = f"memory://publish-{uuid.uuid4().hex[:8]}"
+    urza = create_urza(data_dir=tmp_path / "urza", bus_url=bus_url, seed_library=False)
+    tamiyo = create_tamiyo(bus_url=bus_url)
+    with TestClient(urza.app) as urza_http, TestClient(tamiyo.app):
+        client = UrzaClient(http=urza_http)  # type: ignore[arg-type]
+        tamiyo.controller.policy_fetcher = client.policy
+        update = publish_policy(path, bus_url=bus_url, policy_version=5, urza=client)
+        assert update.learned_policy is not None and update.learned_policy.version == "simic-pub"
+        deadline = time.monotonic() + 10
+        while tamiyo.controller.network is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tamiyo.controller.network is not None and tamiyo.controller.network.version == "simic-pub"
+        assert client.policy("simic-pub")[1] == update.learned_policy.sha256

@@ -91,7 +91,7 @@ def settings(epochs: int = EPOCHS) -> tuple[TolariaConfig, KasminaConfig, Tamiyo
     kasmina = KasminaConfig(exclude_modules=["1"], chunks_per_layer=1, alpha_ramp_steps=20, training_max_steps=30,
                             stabilization_steps=5, evaluation_steps=5, fine_tuning_steps=20, embargo_epochs=2)
     tamiyo = TamiyoConfig(warmup_epochs=3, plateau_patience_epochs=2, plateau_min_delta=0.01,
-                          max_concurrent_adaptations=1, max_germinations=3, last_germination_epoch=epochs - 6,
+                          max_concurrent_adaptations=1, max_germinations=3, last_germination_epoch=max(0, epochs - 6),
                           evaluation_epochs=1, fine_tuning_epochs=2, cull_regression_tolerance=0.02,
                           blueprint_preference=["capacity"], random_germination_probability=0.15)
     return tolaria, kasmina, tamiyo

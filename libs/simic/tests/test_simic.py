@@ -107,3 +107,21 @@ def test_publish_stores_the_version_in_urza_and_a_running_tamiyo_serves_it(tmp_p
             time.sleep(0.05)
         assert tamiyo.controller.network is not None and tamiyo.controller.network.version == "simic-pub"
         assert client.policy("simic-pub")[1] == update.learned_policy.sha256
+
+
+def test_the_evaluation_pairs_arms_by_seed_and_prints_its_closing_lines(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from esper_simic.evaluate import evaluate, paired, report
+
+    assert paired([0.5, 0.6], [0.5, 0.6]) == (0.0, 1.0)
+    diff, p = paired([0.60, 0.71, 0.80], [0.50, 0.60, 0.71])
+    assert diff == pytest.approx(10.0, abs=0.1) and p < 0.05
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        evaluate(random_network("e", hidden=(4,)), ["moons"], [10_000])
+    results = evaluate(random_network("e", hidden=(4,)), ["circles"], [0], epochs=4, say=lambda _: None)
+    assert set(results["accuracy"]["circles"]) == {"learned", "heuristic", "random"}
+    lines = report(results, tmp_path, Console(file=open(tmp_path / "out.txt", "w")))  # noqa: SIM115
+    assert lines[0].startswith("learned_vs_heuristic_pts: ") and lines[1].startswith("learned_vs_heuristic_p: ")
+    assert lines[2].startswith("task_circles: ") and "never trained on" in lines[2]
+    assert (tmp_path / "eval.png").exists() and (tmp_path / "table.txt").exists()

@@ -131,3 +131,19 @@ def test_a_policy_update_switches_tamiyo_to_the_learned_version_and_bad_ones_are
     assert any("could not be fetched" in r and "404" in r for r in reasons)
     assert tamiyo.controller.network.version == "simic-good"  # kept
     assert tamiyo.controller.update.policy_version == 2
+
+
+def test_policy_learned_in_the_service_config_serves_the_artifact_file(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(random_network("from-config", hidden=(8,)).to_artifact()))
+    tamiyo = create_service(bus_url=f"memory://cfg-{uuid.uuid4().hex[:8]}", kernels=ResidualKernel(),
+                            policy={"policy": "learned", "learned_policy_path": str(path)})
+    assert isinstance(tamiyo.controller.policy, LearnedPolicy)
+    assert tamiyo.controller.policy_stats()["version"] == "from-config"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"format": "pickle"}))
+    with pytest.raises(ValueError, match="format"):
+        create_service(bus_url="memory://cfg-broken", kernels=ResidualKernel(),
+                       policy={"policy": "learned", "learned_policy_path": str(broken)})

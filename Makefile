@@ -11,7 +11,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: help dev uv infra-deps infra-up infra-down infra-status test check lint types imports \
         unit integration deploy-check demo demo-lm proof headroom evolve bench bench-oona bench-kasmina bench-control \
-        bench-assets bench-platform bench-ddp bench-nissa demo-compact frontier bench-removal proof-scaffold clean
+        bench-assets bench-platform bench-ddp bench-nissa demo-compact frontier bench-removal proof-scaffold simic-train simic-eval clean
 
 help:
 	@echo "make dev            create .venv with every package (uv workspace)"
@@ -33,6 +33,8 @@ help:
 	@echo "make bench-platform the distributed platform: boundary round trip, epoch time vs standalone, submit-to-validated"
 	@echo "make bench-ddp      Tolaria under DDP (2 ranks, gloo): dormant-seed step overhead, boundary time"
 	@echo "make bench-nissa    observability costs: one Prometheus scrape of Nissa holding 10k seeds"
+	@echo "make simic-train    Simic: imitate the heuristic from recorded episodes, then MaskablePPO (runs/simic/)"
+	@echo "make simic-eval     learned vs heuristic vs random germination on held-out seeds (runs/simic-eval/)"
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --quiet --user uv
@@ -110,6 +112,13 @@ evolve: dev
 
 proof-scaffold: dev
 	$(PY) -m esper_recipes.proof_scaffold
+
+simic-train: dev
+	nice -n 15 $(PY) -m esper_simic.train --out runs/simic
+
+simic-eval: dev
+	@test -f runs/simic/policy.json || $(MAKE) simic-train
+	nice -n 15 $(PY) -m esper_simic.evaluate --policy runs/simic/policy.json --out runs/simic-eval
 
 bench: bench-oona bench-kasmina bench-control bench-assets bench-platform bench-ddp bench-nissa
 

@@ -42,8 +42,23 @@ class RiskThresholds(StrictModel):
     embargo_epochs: NonNegativeInt = 5
 
 
+class PolicyArtifactRef(StrictModel):
+    """A learned policy version stored in Urza (``GET /api/v1/policies/{version}``) and the digest it must have.
+
+    The digest is sha256 of the artifact's canonical JSON (sorted keys, no spaces), so Tamiyo can tell a
+    tampered or swapped artifact from the one Simic published.
+    """
+
+    version: Identifier = Field(max_length=128, description="As Urza stores it: letters, digits, . _ -")
+    sha256: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")
+
+
 class PolicyUpdate(StrictModel):
-    """A change to Tamiyo's posture: alpha schedule, resource budget, risk thresholds, protected regions."""
+    """A change to Tamiyo's posture: alpha schedule, resource budget, risk thresholds, protected regions.
+
+    ``learned_policy`` (from Simic) switches Tamiyo to that learned policy version; a version Tamiyo cannot
+    fetch, verify or serve is refused with the reason, and Tamiyo keeps the policy it had.
+    """
 
     policy_version: PositiveInt = 1
     risk_posture: Identifier = Field(default="balanced", pattern=r"^(conservative|balanced|aggressive)$")
@@ -52,6 +67,7 @@ class PolicyUpdate(StrictModel):
     max_concurrent_adaptations: PositiveInt = 1
     risk_thresholds: RiskThresholds = Field(default_factory=RiskThresholds)
     protected_regions: list[Identifier] = Field(default_factory=list)
+    learned_policy: PolicyArtifactRef | None = None
 
 
 class AllocationCommand(StrictModel):

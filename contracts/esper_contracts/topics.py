@@ -108,7 +108,7 @@ _SPECS = [
               description="Artifacts to benchmark and characterise"),
     TopicSpec(Topic.VALIDATION_REPORTS, UrabraskValidationReport, ("urabrask",), ("urza", "karn"),
               description="Measured profile and tags of an artifact"),
-    TopicSpec(Topic.POLICY_UPDATES, PolicyUpdate, ("simic",), ("tamiyo",), planned=("simic",),
+    TopicSpec(Topic.POLICY_UPDATES, PolicyUpdate, ("simic",), ("tamiyo",),
               description="Tamiyo's risk posture and thresholds (operators use POST /api/v1/policy)"),
     TopicSpec(Topic.BUDGET_ALLOCATIONS, AllocationCommand, ("tamiyo",), ("narset-coordinator", "narset-worker"),
               ordered_by_key=True, description="Per-region budget grants each cycle"),

@@ -18,8 +18,11 @@ class TamiyoConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: Literal["heuristic", "random", "none"] = Field(
+    policy: Literal["heuristic", "random", "none", "learned"] = Field(
         default="heuristic", description="Which controller the SDK builds from this section"
+    )
+    learned_policy_path: str | None = Field(
+        default=None, description="policy: learned — the policy artifact (JSON, see esper_policy.network) to serve"
     )
     warmup_epochs: int = Field(default=3, ge=0, description="No germination before this epoch")
     plateau_patience_epochs: int = Field(default=3, ge=1, description="Epochs without val-loss improvement = plateau")

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 from esper_contracts import (
     CommandType,
-    CompilationPipeline,
-    CompiledKernelArtifact,
     FieldReport,
-    KernelQuery,
-    KernelQueryResult,
     Outcome,
     SeedStage,
     SeedTelemetry,
     SystemStatePacket,
     TensorInterface,
-    artifact_id,
 )
 from esper_policy import (
     ControlPolicy,
@@ -31,47 +25,9 @@ from esper_policy import (
     build_policy,
     next_stage,
 )
+from esper_policy.testing import FakeLibrary, make_artifact, packet, seed
 
 S = SeedStage
-
-
-def make_artifact(name: str, features: int = 8, tags: tuple[str, ...] = ()) -> CompiledKernelArtifact:
-    bp = hashlib.sha256(name.encode()).hexdigest()
-    return CompiledKernelArtifact(
-        artifact_id=artifact_id(bp, "cpu", CompilationPipeline.EAGER, "0" * 12),
-        blueprint_id=bp,
-        hardware="cpu",
-        pipeline=CompilationPipeline.EAGER,
-        toolchain_hash="0" * 12,
-        input_shape=[1, features],
-        tags=[name, *tags],
-    )
-
-
-class FakeLibrary:
-    """Answers every query with the artifacts whose feature count matches the interface."""
-
-    def __init__(self, artifacts: list[CompiledKernelArtifact]) -> None:
-        self.artifacts = artifacts
-        self.queries: list[KernelQuery] = []
-
-    def query(self, query: KernelQuery) -> KernelQueryResult:
-        self.queries.append(query)
-        found = [a for a in self.artifacts if query.interface is None or a.input_shape[-1] == query.interface.features]
-        found = [a for a in found if all(t in a.tags for t in query.tags_required)]
-        return KernelQueryResult(artifacts=found, total=len(found))
-
-
-def seed(layer: str, index: int = 0, stage: SeedStage = S.DORMANT, **kw: object) -> SeedTelemetry:
-    fields: dict[str, object] = {"interface": TensorInterface(layout="BD", features=8), "gradient_norm": 1.0,
-                                 "chunk_variance": 1.0}
-    fields.update(kw)
-    return SeedTelemetry(layer_id=layer, seed_index=index, epoch=0, stage=stage, **fields)  # type: ignore[arg-type]
-
-
-def packet(epoch: int, val_loss: float, seeds: list[SeedTelemetry], acc: float | None = None) -> SystemStatePacket:
-    return SystemStatePacket(run_id="r", epoch=epoch, train_loss=val_loss, val_loss=val_loss, val_accuracy=acc,
-                             seeds=seeds)
 
 
 CFG = TamiyoConfig(warmup_epochs=0, plateau_patience_epochs=2, plateau_min_delta=0.01, embargo_epochs=3)

@@ -43,6 +43,11 @@ class TamiyoController:
         """Field reports of the adaptations the policy ended since the last call."""
         return self.policy.drain_field_reports()
 
+    def stats(self) -> dict[str, Any] | None:
+        """The policy's own counters (a learned policy's vetoes and invalid actions), None if it keeps none."""
+        stats = getattr(self.policy, "stats", None)
+        return stats() if callable(stats) else None
+
     def state_dict(self) -> dict[str, Any]:
         """The policy's state (checkpointed by Tolaria)."""
         return self.policy.state_dict()

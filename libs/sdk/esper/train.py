@@ -247,6 +247,9 @@ def run_training(config: EsperConfig, *, resume: Path | None = None, kernels: st
                          seconds=seconds)
     summary = {"task": task.name, "esper_test_accuracy": test_acc, "esper_parameters": result.parameters,
                "outcomes": result.outcomes, "seconds": seconds}
+    controller_stats = getattr(controller, "stats", None)
+    if callable(controller_stats) and controller_stats() is not None:
+        summary["controller"] = controller_stats()  # a learned policy's veto count, reported with the run
     if rank != 0:  # rank 0 writes the run directory
         return result
     save_model(model, run_dir, extra={"task": task.name, "summary": summary})

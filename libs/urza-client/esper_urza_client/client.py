@@ -128,6 +128,27 @@ class UrzaClient:
             return r.status_code == 201
         raise self._fail(r, f"PUT binary of {artifact_id}")
 
+    # -- learned policies -------------------------------------------------------------------------------
+    def put_policy(self, version: str, artifact: dict[str, Any]) -> str:
+        """Store a learned policy version (JSON artifact); returns the sha256 Urza computed.
+
+        Storing the same document again is fine; BinaryConflictError when Urza holds another under ``version``.
+        """
+        r = self._request("PUT", f"/api/v1/policies/{version}", json=artifact)
+        if r.status_code in (200, 201):
+            return str(r.json()["sha256"])
+        raise self._fail(r, f"PUT policy {version}")
+
+    def policy(self, version: str) -> tuple[dict[str, Any], str]:
+        """A stored policy artifact and the digest Urza sent with it; UrzaError (status 404) when there is none."""
+        r = self._request("GET", f"/api/v1/policies/{version}")
+        if r.status_code != 200:
+            raise self._fail(r, f"GET policy {version}")
+        body = r.json()
+        if not isinstance(body, dict):
+            raise UrzaError(f"GET policy {version}: the body is not a JSON object")
+        return body, r.headers.get("X-Content-SHA256", "")
+
     def query(self, q: KernelQuery) -> KernelQueryResult:
         """POST /api/v1/kernels/query."""
         r = self._request("POST", "/api/v1/kernels/query", content=q.model_dump_json(),

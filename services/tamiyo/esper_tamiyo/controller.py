@@ -47,7 +47,16 @@ from esper_contracts import (
     SystemStatePacket,
     Topic,
 )
-from esper_policy import ControlPolicy, PolicyBase, TamiyoConfig
+from esper_policy import (
+    ControlPolicy,
+    LearnedPolicy,
+    PolicyArtifactError,
+    PolicyBase,
+    PolicyNetwork,
+    TamiyoConfig,
+    load_artifact,
+)
+from esper_policy.network import artifact_sha256
 from esper_policy.scaffolds import ScaffoldSteward
 
 from .domains import HierarchicalControlConfig
@@ -71,6 +80,10 @@ class PolicyUpdateError(ValueError):
 
 class StalePolicyError(ValueError):
     """A policy update older than the one in force."""
+
+
+#: Fetches a learned policy version: (the artifact document, the digest its store sent with it).
+PolicyFetcher = Callable[[str], tuple[dict[str, Any], str]]
 
 
 @dataclass(frozen=True)
@@ -116,8 +129,11 @@ class TamiyoController:
         base_config: TamiyoConfig,
         domains: HierarchicalControlConfig,
         options: ControllerOptions | None = None,
+        policy_fetcher: PolicyFetcher | None = None,
     ) -> None:
         self.options = options or ControllerOptions()
+        self.policy_fetcher = policy_fetcher
+        self.network: PolicyNetwork | None = None  # a learned policy served from a PolicyUpdate (None: the config's)
         self.kernels = kernels
         self.policy_factory = policy_factory
         self.base_config = base_config
@@ -387,6 +403,7 @@ class TamiyoController:
         if update.policy_version < self.update.policy_version:
             raise StalePolicyError(f"policy_version {update.policy_version} is older than the active version "
                                    f"{self.update.policy_version}")
+        network = self._learned_network(update) if update.learned_policy is not None else self.network
         config = self.base_config.model_copy(update={
             "plateau_patience_epochs": thresholds.plateau_patience_epochs,
             "plateau_min_delta": thresholds.plateau_min_delta,
@@ -396,13 +413,39 @@ class TamiyoController:
             "protected_regions": sorted(set(self.base_config.protected_regions) | set(update.protected_regions)),
         })
         state = self.policy.state_dict()
-        policy = self.policy_factory(config, self.kernels)
+        policy: ControlPolicy
+        if network is not None:
+            policy = LearnedPolicy(config.model_copy(update={"policy": "learned"}), self.kernels, network=network)
+        else:
+            policy = self.policy_factory(config, self.kernels)
         policy.load_state_dict(state)
-        self.policy, self.update = policy, update
+        self.policy, self.update, self.network = policy, update, network
         self.kernels.max_risk = thresholds.max_kernel_risk
         epoch = self.packet.epoch if self.packet is not None else 0
         self._record("policy", epoch, update.model_dump(mode="json"), {"applied": True})
         return self.policy_view()
+
+    def _learned_network(self, update: PolicyUpdate) -> PolicyNetwork:
+        """Fetch, verify and load the learned policy an update names; PolicyUpdateError says why it cannot be served."""
+        ref = update.learned_policy
+        assert ref is not None
+        if self.policy_fetcher is None:
+            raise PolicyUpdateError(f"learned policy {ref.version}: this Tamiyo has no Urza to fetch policies from")
+        try:
+            artifact, _ = self.policy_fetcher(ref.version)
+        except Exception as exc:  # unreachable, 404, not JSON: all mean "cannot serve it", with the cause
+            raise PolicyUpdateError(f"learned policy {ref.version} could not be fetched: {exc}") from exc
+        digest = artifact_sha256(artifact)
+        if digest != ref.sha256:
+            raise PolicyUpdateError(f"learned policy {ref.version}: sha256 {digest} does not match the update's "
+                                    f"{ref.sha256}")
+        try:
+            network = load_artifact(artifact)
+        except PolicyArtifactError as exc:
+            raise PolicyUpdateError(f"learned policy {ref.version} refused: {exc}") from exc
+        if network.version != ref.version:
+            raise PolicyUpdateError(f"learned policy {ref.version}: the artifact is version {network.version}")
+        return network
 
     # ------------------------------------------------------------------------------------------ views
 
@@ -425,7 +468,16 @@ class TamiyoController:
             "regions": len(self.regions),
             "risk_posture": self.update.risk_posture,
             "policy_version": self.update.policy_version,
+            "policy": self.policy_stats(),
         }
+
+    def policy_stats(self) -> dict[str, Any]:
+        """Which policy decides, and a learned one's veto and invalid-action counts."""
+        stats = getattr(self.policy, "stats", None)
+        if callable(stats):
+            found: dict[str, Any] = stats()
+            return found
+        return {"policy": self.base_config.policy}
 
     def seeds(self, stage: SeedStage | None, region: str | None, page: int, page_size: int) -> dict[str, Any]:
         """One page of the latest packet's seeds, filtered by stage and region (glob)."""

@@ -22,6 +22,7 @@ from esper_contracts import Envelope, KernelStatus, Topic
 from esper_policy import KernelSelector, TamiyoConfig, build_policy
 from esper_runtime import Service, ServiceSettings, load_settings
 from esper_runtime.metrics import StateCollector
+from esper_urza_client import UrzaClient
 
 from .api import bad_request, build_router
 from .controller import ControllerOptions, Outgoing, TamiyoController
@@ -77,8 +78,12 @@ class TamiyoService(Service):
                                     emergency_tranche_fraction=settings.emergency_tranche_fraction,
                                     ring_radius=settings.ring_radius, history=settings.history,
                                     scaffold_pool=settings.scaffold_pool)
+        fetcher = None
+        if settings.urza_url:  # learned policy versions (PolicyUpdate.learned_policy) are fetched from Urza
+            urza = UrzaClient(settings.urza_url, token=settings.urza_token)
+            fetcher = urza.policy
         self.controller = TamiyoController(build_policy, RiskFilter(kernels, require_report=from_urza), policy,
-                                           load_domains(settings.domains_file), options)
+                                           load_domains(settings.domains_file), options, policy_fetcher=fetcher)
         self.lock = threading.RLock()
         # Delivery is at least once: a redelivered packet gets the same answer again, never a second cycle.
         self._answers: OrderedDict[str, list[Outgoing]] = OrderedDict()

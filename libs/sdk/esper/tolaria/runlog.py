@@ -1,8 +1,9 @@
 """What a run leaves behind and what it shows while it runs.
 
 :class:`RunLog` appends one JSON object per line to ``<run dir>/metrics.jsonl`` (one per epoch) and
-``events.jsonl`` (lifecycle transitions, rollbacks, kernel errors, field reports), flushed at every
-write so a crashed run still leaves a readable trail.
+``events.jsonl`` (lifecycle transitions, rollbacks, kernel errors, field reports) and ``episode.jsonl``
+(one decision per boundary as Simic learns from it: seed 004's observation vector, the action taken,
+its outcomes), flushed at every write so a crashed run still leaves a readable trail.
 
 :class:`ConsoleProgress` draws a rich progress bar over the epochs with log lines printed above it.
 The bar turns itself off when stdout is not a terminal or ``CI`` is set; the log lines remain.
@@ -42,6 +43,7 @@ class RunLog:
         mode = "w" if fresh else "a"  # a fresh run starts empty files; a resumed one appends
         self._metrics: IO[str] = open(self.run_dir / "metrics.jsonl", mode, encoding="utf-8")  # noqa: SIM115
         self._events: IO[str] = open(self.run_dir / "events.jsonl", mode, encoding="utf-8")  # noqa: SIM115
+        self._episode: IO[str] = open(self.run_dir / "episode.jsonl", mode, encoding="utf-8")  # noqa: SIM115
 
     @staticmethod
     def truncate_after(run_dir: Path, epoch: int) -> int:
@@ -51,7 +53,7 @@ class RunLog:
         trains the epoch again, so its first, lost attempt must not stay in the record.
         """
         dropped = 0
-        for name in ("metrics.jsonl", "events.jsonl"):
+        for name in ("metrics.jsonl", "events.jsonl", "episode.jsonl"):
             path = Path(run_dir) / name
             if not path.exists():
                 continue
@@ -75,15 +77,20 @@ class RunLog:
         """One event (``kind`` names it: transition, rollback, kernel_error, field_report, ...)."""
         self._write(self._events, {"kind": kind, "epoch": epoch, **fields})
 
+    def episode(self, record: dict[str, Any]) -> None:
+        """One decision step of the run's episode (it carries its ``epoch``)."""
+        self._write(self._episode, record)
+
     @staticmethod
     def _write(stream: IO[str], record: dict[str, Any]) -> None:
         stream.write(json.dumps(_jsonable(record), allow_nan=False, default=str) + "\n")
         stream.flush()
 
     def close(self) -> None:
-        """Close both files."""
+        """Close the three files."""
         self._metrics.close()
         self._events.close()
+        self._episode.close()
 
 
 def progress_bar_wanted() -> bool:

@@ -54,6 +54,7 @@ from esper_contracts import (
     validation_metric,
 )
 from esper_policy import ControlPolicy
+from esper_policy.observation import OBSERVATION_VERSION, ObservationBuilder, action_of_signal
 
 from ..config import TolariaConfig
 from ..kasmina import (
@@ -224,6 +225,7 @@ class TolariaTrainer:
         self.guard = LossSpikeGuard(window=cfg.spike_window, ratio=cfg.max_loss_spike_ratio,
                                     floor=cfg.spike_min_increase, mad_k=cfg.spike_mad_k,
                                     patience=cfg.spike_patience, explosion_ratio=cfg.explosion_ratio)
+        self._observer = ObservationBuilder()  # the episode's observation vectors (episode.jsonl)
         self._rebuild_seed_optimizer()
         # The module the training step calls: the host under DDP when there are several ranks.
         self._step_model = self.ranks.wrap(self.model) if self.ranks is not None else self.model
@@ -385,12 +387,16 @@ class TolariaTrainer:
             epoch_time_s=elapsed, device=str(self.device), hardware=self.hardware,
             metrics={"train_accuracy": metrics["train_accuracy"]}, seeds=telemetry,
         )
+        observation = self._observer.observe(packet) if self.log is not None else []
         signal = broadcast_signal(self.controller.decide(packet) if is_rank_zero() else None)
         if signal.emergency_rollback_required:
             return signal
         self._apply(epoch, signal.commands, metrics)
-        for report in self.controller.drain_field_reports() if is_rank_zero() else []:
+        reports = self.controller.drain_field_reports() if is_rank_zero() else []
+        for report in reports:
             self._record_report(epoch, report)
+        if self.log is not None:
+            self._record_step(packet, observation, signal, reports)
         self._rebuild_seed_optimizer(force=signal.optimizer_rebuild_required)
         if self.ranks is not None:
             self.ranks.check_lifecycle(self.model, epoch)
@@ -464,6 +470,22 @@ class TolariaTrainer:
             germinated_epoch=germ.germinated_epoch if germ else None,
             pre_metric=score(germ.metrics_before) if germ else 0.0, post_metric=score(metrics),
         )
+
+    def _record_step(self, packet: SystemStatePacket, observation: list[float], signal: AdaptationSignal,
+                     reports: list[FieldReport]) -> None:
+        """One line of episode.jsonl: what the controller saw, what it did, and what came of it."""
+        assert self.log is not None
+        action = action_of_signal(packet, signal)
+        stats = getattr(self.controller, "stats", None)
+        self.log.episode({
+            "epoch": packet.epoch, "observation_version": OBSERVATION_VERSION, "observation": observation,
+            "action": action.encode(), "action_name": action.describe(), "commands": len(signal.commands),
+            "outcomes": {"val_accuracy": packet.val_accuracy, "val_loss": packet.val_loss,
+                         "seed_parameters": packet.seed_parameters,
+                         "reports": [{"seed_id": r.seed_id, "outcome": r.outcome.value, "blueprint_id": r.blueprint_id}
+                                     for r in reports]},
+            "controller": stats() if callable(stats) else None,
+        })
 
     def _record_report(self, epoch: int, report: FieldReport) -> None:
         data = report.model_dump(mode="json")
@@ -560,6 +582,9 @@ class TolariaTrainer:
         live = self._live_seeds()
         self.history.rollbacks.append({"epoch": failed_epoch, "reason": reason, "seeds": live})
         self._event(failed_epoch, "rollback", reason=reason, seeds=live)
+        self._observer.note_rollback(failed_epoch)
+        if self.log is not None:
+            self.log.episode({"epoch": failed_epoch, "rollback": reason, "seeds": live})
         self._say(f"epoch {failed_epoch:3d}  ROLLBACK: {reason}; seeds locked: {', '.join(live) or 'none'}")
         if len(self.history.rollbacks) > self.config.max_rollbacks:
             raise TrainingDivergedError(f"{len(self.history.rollbacks)} rollbacks (max {self.config.max_rollbacks}); "

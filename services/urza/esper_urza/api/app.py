@@ -11,6 +11,7 @@ from .blueprints import router as blueprints_router
 from .errors import ErrorBoundary, install_error_handlers
 from .kernels import router as kernels_router
 from .pipeline import router as pipeline_router
+from .policies import router as policies_router
 
 
 def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSettings) -> None:
@@ -21,6 +22,7 @@ def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSe
     app.include_router(blueprints_router)
     app.include_router(kernels_router)
     app.include_router(pipeline_router)
+    app.include_router(policies_router)
     install_error_handlers(app)
     # Outermost: it wraps the service's body guard (esper_runtime), so a 413 or 408 carries the trace id.
     app.add_middleware(ErrorBoundary)

@@ -126,6 +126,15 @@ field_reports = Table(
     Index(None, "blueprint_id", "received_at"),
 )
 
+policies = Table(
+    "policies", metadata,
+    Column("version", String(128), primary_key=True, comment="the learned policy version Simic named it by"),
+    Column("sha256", String(HASH), nullable=False, comment="sha256 of the canonical JSON (sorted keys, compact)"),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("artifact_json", Text, nullable=False, comment="config + float32 weights as JSON; never pickle"),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 outbox = Table(
     "outbox", metadata,
     Column("id", AutoId, primary_key=True, autoincrement=True),

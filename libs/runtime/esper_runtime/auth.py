@@ -308,6 +308,18 @@ class RoleRequirement:
         auth: Authenticator = request.app.state.esper_auth
         if auth.open:
             return OPEN_ACCESS
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:  # not yet verified by another requirement of this route (a router's, say)
+            principal = await self._authenticate(auth, request, credentials)
+        if not principal.may(self.role):
+            held = principal.role.label if principal.role else "no role"
+            raise HTTPException(403, f"this needs the {self.role.label} role; {principal.subject} holds {held}",
+                                headers=_challenge("insufficient_scope", f"requires {self.role.label}"))
+        return principal
+
+    @staticmethod
+    async def _authenticate(auth: Authenticator, request: Request,
+                            credentials: HTTPAuthorizationCredentials | None) -> Principal:
         if credentials is None or not credentials.credentials:
             raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -320,10 +332,6 @@ class RoleRequirement:
         except InvalidTokenError as exc:
             raise HTTPException(401, f"invalid bearer token: {exc}",
                                 headers=_challenge("invalid_token", str(exc))) from None
-        if not principal.may(self.role):
-            held = principal.role.label if principal.role else "no role"
-            raise HTTPException(403, f"this needs the {self.role.label} role; {principal.subject} holds {held}",
-                                headers=_challenge("insufficient_scope", f"requires {self.role.label}"))
         request.state.principal = principal
         return principal
 

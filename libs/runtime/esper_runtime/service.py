@@ -61,6 +61,7 @@ class Service:
         self.up = gauge(self.registry, "esper_service_up")
         self.registry.register(BusCollector(self.name, lambda: self._bus))
         self.auth = Authenticator.from_settings(settings)
+        self._auth_checked = False
         self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
         self.app.state.esper_auth = self.auth
         install_http_layers(self.app)
@@ -132,7 +133,7 @@ class Service:
     def check_auth(self) -> None:
         """Refuse to start (AuthConfigError) with protected routes and no key, unless in development mode."""
         protected = [f"{m} {p}" for (m, p), role in route_roles(self.app).items() if role is not None]
-        if not protected or not self.auth.open:
+        if not protected or not self.auth.open or self._auth_checked:
             return
         if not self.settings.development:
             raise AuthConfigError(
@@ -140,6 +141,7 @@ class Service:
                 f"provider's JWKS (ESPER_AUTH_JWKS); ESPER_DEVELOPMENT=true runs it open, for development only")
         log.warning("development mode: the API is open, every caller acts as an admin (set ESPER_AUTH_JWKS or "
                     "ESPER_AUTH_HS256_SECRET to verify tokens)")
+        self._auth_checked = True
 
     @asynccontextmanager
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -179,7 +178,7 @@ def join_platform(model: nn.Module, platform: PlatformConfig, run_id: str) -> Co
 
 def urza_token(platform: PlatformConfig) -> str | None:
     """Urza's bearer token from the environment variable the config names (never from the file)."""
-    return os.environ.get(platform.urza_token_env) if platform.urza_token_env else None
+    return platform.urza_token()
 
 
 # ---------------------------------------------------------------------------------------------- the run

@@ -1,10 +1,14 @@
-"""Karn's REST API (``/api/v1``): what it knows, what its policy believes, and proposal rounds on request."""
+"""Karn's REST API (``/api/v1``): what it knows, what its policy believes, and proposal rounds on request.
+
+Viewers read; asking for a round (it submits blueprints to Urza) needs the operator role.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from esper_runtime import Role, require
 from esper_urza_client import UrzaError
 
 from .diversity import diversity_score
@@ -50,7 +54,7 @@ class StatusView(BaseModel):
 
 def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
     """Mount ``/api/v1`` on ``app`` (whose /healthz, /metrics and /docs come from esper_runtime)."""
-    router = APIRouter(prefix="/api/v1", tags=["karn"])
+    router = APIRouter(prefix="/api/v1", tags=["karn"], dependencies=[require(Role.VIEWER)])
 
     @router.get("/status", response_model=StatusView)
     def status() -> StatusView:
@@ -70,7 +74,7 @@ def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
         return [ArmView(kind=a.kind, operator=a.operator, alpha=a.alpha, beta=a.beta, mean=a.mean, trials=a.trials)
                 for a in sorted(arms, key=lambda a: -a.mean)]
 
-    @router.post("/rounds", response_model=RoundReport)
+    @router.post("/rounds", response_model=RoundReport, dependencies=[require(Role.OPERATOR)])
     def run_round(request: RoundRequest) -> RoundReport:
         """Run a proposal round now: 200 with what was submitted (possibly nothing, with the reason)."""
         try:

@@ -342,14 +342,20 @@ def require(role: Role) -> Any:
 
 
 def route_roles(app: Any) -> dict[tuple[str, str], Role | None]:
-    """``(method, path) -> least role`` for every API route of ``app`` (None: the route requires none)."""
-    from fastapi.routing import APIRoute
+    """``(method, path) -> least role`` for every API route of ``app`` (None: the route requires none).
 
+    Routes of included routers count with their router's dependencies (what FastAPI will really run).
+    """
+    from fastapi import routing
+
+    # FastAPI >= 0.120 keeps included routers as one route each; iter_route_contexts flattens them.
+    flatten = getattr(routing, "iter_route_contexts", None)
     found: dict[tuple[str, str], Role | None] = {}
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
+    for route in flatten(app.routes) if flatten is not None else app.routes:
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:  # not an API route: /docs, /openapi.json
             continue
-        roles = [d.call.role for d in route.dependant.dependencies if isinstance(d.call, RoleRequirement)]
+        roles = [d.call.role for d in dependant.dependencies if isinstance(d.call, RoleRequirement)]
         for method in route.methods or ():
             found[(method, route.path)] = max(roles) if roles else None
     return found

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 #: A development HS256 secret for tests (32 bytes, as the runtime requires). Never used outside tests.
 DEV_SECRET = "esper-tests-only-hs256-secret-0123456789"
 AUDIENCE = "esper"
+ISSUER = "https://idp.test/realms/esper"
 
 
 def _claims(roles: list[str] | str, subject: str, lifetime_s: float, extra: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +42,7 @@ class TestIdentityProvider:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, issuer: str = "https://idp.test/realms/esper", kid: str | None = None) -> None:
+    def __init__(self, issuer: str = ISSUER, kid: str | None = None) -> None:
         self.issuer = issuer
         self.kid = kid or uuid.uuid4().hex[:16]
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -139,9 +139,11 @@ class _JwksFile:
 class _JwksUrl:
     """Signing keys fetched from the identity provider's JWKS URL (cached; fetched again for a new key id)."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, cooldown_s: float) -> None:
         self.url = url
-        self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=int(max(1, timeout_s)))
+        # The cooldown bounds how often tokens naming unknown key ids can make the service fetch the JWKS.
+        self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=int(max(1, timeout_s)),
+                                       cooldown_duration=cooldown_s)
         self._seen: dict[str, Any] = {}
 
     def key(self, kid: str) -> Any:
@@ -162,10 +164,10 @@ class _JwksUrl:
         return kid in self._seen
 
 
-def _open_jwks(source: str, timeout_s: float) -> _JwksFile | _JwksUrl:
+def _open_jwks(source: str, timeout_s: float, cooldown_s: float) -> _JwksFile | _JwksUrl:
     parsed = urlparse(source)
     if parsed.scheme in ("http", "https"):
-        return _JwksUrl(source, timeout_s)
+        return _JwksUrl(source, timeout_s, cooldown_s)
     if parsed.scheme == "file":
         return _JwksFile(Path(parsed.path))
     if parsed.scheme:
@@ -185,17 +187,18 @@ def _claim(claims: Mapping[str, Any], path: str) -> Any:
 class Authenticator:
     """Verifies bearer tokens and finds the caller's role (see the module docstring).
 
-    ``open`` is True when nothing is verified (development flag, no key configured).
+    ``open`` is True when nothing is verified (development flag, no key configured). A JWKS URL is fetched
+    again for an unknown key id at most once per ``refetch_cooldown_s``.
     """
 
     def __init__(self, *, jwks: str | None = None, hs256_secret: str | None = None, issuer: str | None = None,
                  audience: str | None = None, roles_claim: str = "roles", leeway_s: float = 30.0,
-                 fetch_timeout_s: float = 5.0) -> None:
+                 fetch_timeout_s: float = 5.0, refetch_cooldown_s: float = 30.0) -> None:
         if jwks and hs256_secret:
             raise AuthConfigError("configure either a JWKS (RS256) or an HS256 secret, not both")
         if hs256_secret is not None and len(hs256_secret.encode()) < 32:
             raise AuthConfigError("the HS256 secret must be at least 32 bytes long")
-        self._keys = _open_jwks(jwks, fetch_timeout_s) if jwks else None
+        self._keys = _open_jwks(jwks, fetch_timeout_s, refetch_cooldown_s) if jwks else None
         self._secret = hs256_secret.encode() if hs256_secret else None
         self.issuer = issuer or None
         self.audience = audience or None

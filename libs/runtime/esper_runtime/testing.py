@@ -26,7 +26,7 @@ ISSUER = "https://idp.test/realms/esper"
 
 def _claims(roles: list[str] | str, subject: str, lifetime_s: float, extra: dict[str, Any]) -> dict[str, Any]:
     now = int(time.time())
-    names = [roles] if isinstance(roles, str) else list(roles)
+    names = roles if isinstance(roles, str) else list(roles)  # a string is a space-separated claim
     return {"sub": subject, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + int(lifetime_s),
             "jti": uuid.uuid4().hex, "roles": names} | extra
 

@@ -12,6 +12,7 @@ trace id on every 500) and its authenticator (``app.state.esper_auth``). /health
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -43,6 +44,14 @@ MetricsText = Callable[[], bytes]
 _HEALTH_KEYS = frozenset({"status", "service", "checks", "uptime_s"})
 
 
+def _without_fastapi_spans() -> dict[str, Any]:
+    """FastAPI's own request spans off, where it has them: the runtime's request context makes the one server span
+    (with the trace id that error bodies quote), and per-dependency spans would cost every request."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "operation_spans": False}}
+    return {}
+
+
 class Service:
     """Base of every Esper service process."""
 
@@ -62,7 +71,8 @@ class Service:
         self.registry.register(BusCollector(self.name, lambda: self._bus))
         self.auth = Authenticator.from_settings(settings)
         self._auth_checked = False
-        self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
+        self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan,
+                           **_without_fastapi_spans())
         self.app.state.esper_auth = self.auth
         install_http_layers(self.app)
         self.app.add_api_route("/healthz", self._healthz, methods=["GET"], tags=["ops"])

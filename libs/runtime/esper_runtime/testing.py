@@ -4,19 +4,29 @@
     jwks = idp.write_jwks(tmp_path / "jwks.json")                  # ESPER_AUTH_JWKS for the service
     headers = idp.headers("operator")                              # {"Authorization": "Bearer ..."}
 
-:data:`DEV_SECRET` and :func:`hs256_token` mint development (HS256) tokens.
+:data:`DEV_SECRET` and :func:`hs256_token` mint development (HS256) tokens. :func:`capture_spans` records the
+spans made inside a block, with an in-memory exporter.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
 #: A development HS256 secret for tests (32 bytes, as the runtime requires). Never used outside tests.
 DEV_SECRET = "esper-tests-only-hs256-secret-0123456789"
@@ -66,3 +76,44 @@ class TestIdentityProvider:
     def headers(self, roles: list[str] | str, **options: Any) -> dict[str, str]:
         """``Authorization`` header carrying :meth:`token`."""
         return {"Authorization": f"Bearer {self.token(roles, **options)}"}
+
+
+class _CaptureSwitch(Sampler):
+    """Records spans only while a :func:`capture_spans` block runs (the process's provider outlives it)."""
+
+    recording = False
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None, attributes: Any = None,
+                      links: Any = None, trace_state: Any = None) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if self.recording else Decision.DROP, attributes)
+
+    def get_description(self) -> str:
+        return "esper-tests-capture-switch"
+
+
+_capture_lock = threading.Lock()
+_capture: tuple[_CaptureSwitch, InMemorySpanExporter] | None = None
+
+
+@contextmanager
+def capture_spans() -> Iterator[InMemorySpanExporter]:
+    """Record every span the process makes inside the block into an in-memory exporter (tests only).
+
+    The first call installs the process's tracer provider (OpenTelemetry allows one per process), so from then
+    on tracing is active in this process; outside a block, spans are made but dropped.
+    """
+    global _capture
+    with _capture_lock:
+        if _capture is None:
+            switch, exporter = _CaptureSwitch(), InMemorySpanExporter()
+            provider = TracerProvider(resource=Resource.create({"service.name": "esper-tests"}), sampler=switch)
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)
+            _capture = switch, exporter
+    switch, exporter = _capture
+    exporter.clear()
+    switch.recording = True
+    try:
+        yield exporter
+    finally:
+        switch.recording = False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,36 +18,18 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from esper_runtime import AuthConfigError, Role, Service
+from esper_runtime import AuthConfigError, Role
 from esper_runtime.auth import route_roles
-from esper_runtime.registry import load_factory, runnable_services
-from esper_runtime.testing import DEV_SECRET, ISSUER, TestIdentityProvider, hs256_token
+from esper_runtime.registry import load_factory
+from esper_runtime.testing import DEV_SECRET, TestIdentityProvider, hs256_token
 
-SERVICES = sorted(runnable_services())
+from .services import SERVICES, build
+
 #: Routes open to anyone: probes and Prometheus. (/docs and /openapi.json are not API routes.)
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/metrics")}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 #: POSTs that only read, so a viewer may call them (a query too large for a URL, a dry-run validation).
 READING_POSTS = {("urza", "/api/v1/kernels/query"), ("urza", "/api/v1/blueprints/check")}
-
-
-def _env(data_dir: Path, jwks: Path | None, development: bool) -> dict[str, str | None]:
-    """What every service is given through the environment (each reads only the settings it has)."""
-    return {"ESPER_DATA_DIR": str(data_dir), "ESPER_BUS_URL": f"memory://auth-{uuid.uuid4().hex[:8]}",
-            "ESPER_SEED_LIBRARY": "false", "ESPER_LOG_LEVEL": "WARNING", "ESPER_AUTO_PROPOSE": "false",
-            "ESPER_AUTH_JWKS": str(jwks) if jwks else None, "ESPER_AUTH_ISSUER": ISSUER,
-            "ESPER_DEVELOPMENT": "true" if development else None}
-
-
-def build(name: str, data_dir: Path, jwks: Path | None, *, development: bool = False) -> Service:
-    """Service ``name`` verifying against ``jwks``, in production mode unless ``development``."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in _env(data_dir, jwks, development).items():
-            if value is None:
-                patch.delenv(key, raising=False)
-            else:
-                patch.setenv(key, value)
-        return load_factory(name)()
 
 
 def _route_cases() -> list[Any]:

@@ -44,7 +44,7 @@ def _claims(roles: list[str] | str, subject: str, lifetime_s: float, extra: dict
 def hs256_token(roles: list[str] | str, *, secret: str = DEV_SECRET, subject: str = "test-user",
                 lifetime_s: float = 600, **extra: Any) -> str:
     """A development token holding ``roles`` (``viewer``, ``operator``, ``admin``), signed with ``secret``."""
-    return jwt.encode(_claims(roles, subject, lifetime_s, extra), secret, algorithm="HS256")
+    return jwt.encode(_claims(roles, subject, lifetime_s, {"iss": ISSUER} | extra), secret, algorithm="HS256")
 
 
 class TestIdentityProvider:

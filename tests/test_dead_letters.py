@@ -25,8 +25,8 @@ from esper_contracts import (
     Outcome,
     SeedStage,
     TensorInterface,
+    builtin_blueprints,
 )
-from esper_kernels import builtin_blueprints
 from esper_oona import REASON_MALFORMED, REASON_OVERSIZED, Bus, connect
 from esper_oona.codec import codec_for
 from esper_oona.testing import Recorder, wait_for

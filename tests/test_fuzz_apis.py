@@ -5,9 +5,8 @@ requests, schema-conforming and schema-violating, each sent twice: without a tok
 an admin's (development HS256). Examples are derandomised, so a failure reproduces. Karn and Tamiyo talk
 to a real Urza served beside them.
 
-Known server errors (faults issue 15 lists for Urza's bad-input handling, which the faults work fixes) are in
-:data:`KNOWN_SERVER_ERRORS`, one place, each with its reason and a test of the request that names exactly the
-fault: a 5xx on any other request still fails. Known ones are printed, not hidden.
+No server error is excused: the integer bounds issue 15's faults named (query offsets, interface features,
+IR versions beyond 64 bits) are in the contracts and the API schemas now, so those requests get 400.
 """
 
 from __future__ import annotations
@@ -31,36 +30,6 @@ from .services import SERVICES, build
 #: Generated requests per operation and generation mode (each sent with and without a token).
 EXAMPLES = 60
 
-def _integers(value: Any) -> Iterator[int]:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, str) and value.lstrip("-").isdigit():
-        yield int(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _integers(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _integers(item)
-
-
-def _beyond_int64(case: Any) -> bool:
-    """The request holds an integer SQLite cannot store (query, path or JSON body)."""
-    parts = [case.query or {}, case.path_parameters or {}, case.body if isinstance(case.body, dict | list) else {}]
-    return any(abs(n) >= 2**63 for part in parts for n in _integers(part))
-
-
-#: service -> (why it may still answer 5xx, which requests the fault covers). Only faults another piece of work
-#: owns: issue 15, "Faults and bad input found by outside testing".
-KNOWN_SERVER_ERRORS: dict[str, tuple[str, Any]] = {
-    "urza": ("integer overflow: a query offset, an interface's features or an IR version beyond 64 bits reaches "
-             "the SQL store and fails there (500) instead of being refused (400); the bounds belong in the "
-             "contracts and the API schemas (issue 15, faults)", _beyond_int64),
-}
-
-
 @pytest.fixture(scope="module")
 def urza_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An Urza for Karn and Tamiyo to call (development mode, HS256)."""
@@ -77,14 +46,12 @@ def urza_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class _Outcome:
     """What fuzzing one service found."""
 
-    failures: list[str] = field(default_factory=list)  # server errors nobody owns: the test fails
-    known: list[str] = field(default_factory=list)  # server errors of KNOWN_SERVER_ERRORS
+    failures: list[str] = field(default_factory=list)  # every server error fails the test
     calls: Counter[tuple[bool, bool]] = field(default_factory=Counter)  # (refused, with a token) -> requests
 
 
 def _fuzz_operation(service: str, operation: Any, mode: Any, token: dict[str, str], out: _Outcome) -> None:
     """Bounded generated requests for one operation in one generation mode, each without and with ``token``."""
-    known_fault = KNOWN_SERVER_ERRORS[service][1] if service in KNOWN_SERVER_ERRORS else None
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
@@ -98,7 +65,7 @@ def _fuzz_operation(service: str, operation: Any, mode: Any, token: dict[str, st
             if response.status_code >= 500:
                 line = (f"{service} {operation.label} [{mode.value}, {'token' if headers else 'no token'}] -> "
                         f"{response.status_code}: {case.as_curl_command()}  {response.text[:300]}")
-                (out.known if known_fault is not None and known_fault(case) else out.failures).append(line)
+                out.failures.append(line)
 
     with contextlib.suppress(Unsatisfiable):  # nothing to generate in this mode (no parameters: no bad input)
         run()
@@ -125,7 +92,4 @@ def test_no_generated_request_gets_a_server_error(name: str, tmp_path: Path, urz
                     ESPER_URZA_TOKEN=hs256_token("operator", lifetime_s=3600))
     with TestClient(service.app):
         out = _fuzz(service.app, name)
-    if out.known:
-        print(f"{len(out.known)} known server errors of {name}: {KNOWN_SERVER_ERRORS[name][0]}\n"
-              + "\n".join(out.known[:5]))
     assert not out.failures, f"{len(out.failures)} server errors:\n" + "\n".join(out.failures[:20])

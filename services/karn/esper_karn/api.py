@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from esper_contracts.base import PositiveInt32, Text
 from esper_runtime import Role, require
 from esper_urza_client import UrzaError
 
@@ -21,10 +22,11 @@ class RoundRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     count: int = Field(default=2, ge=1, le=64, description="children wanted")
-    tags: list[str] = Field(default_factory=list, max_length=8, description="extra design tags for the children")
+    tags: list[Text] = Field(default_factory=list, max_length=8, description="extra design tags for the children")
     parent_ids: list[str] | None = Field(default=None, description="only these parents (default: every validated)")
     layout: str | None = Field(default=None, pattern=r"^(BD|BTD|BCHW)$")
-    features: int | None = Field(default=None, ge=1)
+    features: PositiveInt32 | None = Field(default=None, description="the interface's feature size (int32, as in "
+                                           "the contracts)")
 
 
 class ArmView(BaseModel):

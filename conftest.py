@@ -39,6 +39,10 @@ import pytest
 
 _ROOT = Path(__file__).resolve().parent
 
+# Services under test run in development mode (esper_runtime.auth): their APIs are open unless a test gives
+# them keys, and the tests of production mode remove the variable. Set before any settings are built.
+os.environ.setdefault("ESPER_DEVELOPMENT", "true")
+
 # Which services each public fixture needs.
 _FIXTURE_SERVICES: dict[str, str] = {
     "pulsar_url": "pulsar",

@@ -161,7 +161,7 @@ def populate_urza(data_dir: Path, library: Library) -> dict[str, list[float]]:
 
     rng = random.Random(1)
     service = create_service(data_dir=data_dir, bus_url="memory://bench-populate", seed_library=False,
-                             consume=False, validate_compiled=False)
+                             consume=False, validate_compiled=False, development=True)
     t0 = time.perf_counter()
     with TestClient(service.app):  # runs the migrations
         for i, (ir, arts) in enumerate(library):
@@ -203,6 +203,7 @@ class UrzaProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
         env |= {"ESPER_PORT": str(self.port), "ESPER_DATA_DIR": str(data_dir), "ESPER_SEED_LIBRARY": "false",
+                "ESPER_DEVELOPMENT": "true",
                 "ESPER_LOG_LEVEL": "WARNING", "ESPER_VALIDATE_COMPILED": "false"}
         self.log = open(data_dir / "urza.log", "ab")  # noqa: SIM115 (closed in stop)
         # Niced: in a deployment Urza runs on another machine; here it shares two cores with the trainer,

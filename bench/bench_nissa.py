@@ -10,6 +10,15 @@ figures' lines are printed last, in the order of ``FIGURES``:
   new epoch's telemetry, so it writes everything afresh. The median of ``SCRAPES`` scrapes after one warm-up;
   the slowest is shown in the table, with the machine's load average (the figure is wall time).
 
+* ``auth_overhead_us``: per request, a route that verifies a bearer token (viewer role, HS256 development
+  key; the verified-token cache holds it after the first request, as for a client reusing its token) minus
+  the same route open (development mode, no key), through the runtime's full HTTP stack in process
+  (``TestClient``); medians of interleaved batches (goal < 100).
+* ``tracing_overhead_ratio``: a boundary's bus round trip (a SystemStatePacket published, consumed by a
+  handler that answers with an AdaptationSignal, the answer consumed) with tracing on (the SDK provider and
+  an in-memory exporter: every span made and recorded) over tracing off (goal <= 1.02). It is the bus part of
+  a Tolaria boundary, not a whole training boundary, whose model work would dilute the ratio.
+
 Add a figure by writing a function that returns a :class:`Figure` and appending it to ``FIGURES``.
 """
 
@@ -138,7 +147,66 @@ def nissa_scrape_ms_10k_seeds() -> Figure:
                   "< 500")
 
 
-FIGURES: list[Callable[[], Figure]] = [nissa_scrape_ms_10k_seeds]
+def auth_overhead_us() -> Figure:
+    """Per request: a viewer route behind a verified bearer token, minus the same route open."""
+    from fastapi.testclient import TestClient
+
+    from esper_runtime import Role, Service, ServiceSettings, require
+    from esper_runtime.testing import DEV_SECRET, hs256_token
+
+    def app(**auth: object) -> Service:
+        service = Service(ServiceSettings(service_name="bench-auth", development=True, **auth))  # type: ignore[arg-type]
+        service.app.add_api_route("/api/v1/thing", lambda: {"ok": True}, methods=["GET"],
+                                  dependencies=[require(Role.VIEWER)])
+        return service
+
+    headers = {"Authorization": f"Bearer {hs256_token('viewer', lifetime_s=3600)}"}
+    batches: dict[bool, list[float]] = {True: [], False: []}
+    with TestClient(app(auth_hs256_secret=DEV_SECRET).app) as verified, TestClient(app().app) as open_:
+        for _ in range(30):
+            for secured, client, extra in ((True, verified, headers), (False, open_, {})):
+                start = time.perf_counter()
+                for _ in range(100):
+                    assert client.get("/api/v1/thing", headers=extra).status_code == 200
+                batches[secured].append((time.perf_counter() - start) / 100 * 1e6)
+        assert verified.get("/api/v1/thing").status_code == 401  # the key really is checked
+    on, off = statistics.median(batches[True]), statistics.median(batches[False])
+    return Figure("auth_overhead_us", on - off, f"{on:.0f} us verified vs {off:.0f} us open per request (median "
+                  "of 30 batches of 100)", "< 100")
+
+
+def tracing_overhead_ratio() -> Figure:
+    """A boundary's bus round trip with tracing on over off (off measured first: a provider stays installed)."""
+    from esper_contracts import AdaptationSignal
+    from esper_runtime.testing import capture_spans
+
+    def round_trips(n: int) -> float:
+        url = f"memory://bench-trace-{uuid.uuid4().hex[:8]}"
+        trainer, tamiyo = connect(url, producer_name="trainer"), connect(url, producer_name="tamiyo")
+        answered = threading.Semaphore(0)
+        tamiyo.subscribe(Topic.SYSTEM_STATE, "tamiyo", lambda e: tamiyo.publish(
+            Topic.ADAPTATION_SIGNALS, AdaptationSignal(epoch=e.payload.epoch), parent=e))
+        trainer.subscribe(Topic.ADAPTATION_SIGNALS, "trainer", lambda _e: answered.release())
+        start = time.perf_counter()
+        for epoch in range(1, n + 1):
+            trainer.publish(Topic.SYSTEM_STATE, SystemStatePacket(run_id="bench", epoch=epoch, train_loss=1.0,
+                                                                  val_loss=1.0), key="bench")
+            assert answered.acquire(timeout=30)
+        elapsed = time.perf_counter() - start
+        trainer.close()
+        tamiyo.close()
+        return elapsed / n
+
+    round_trips(200)  # warm-up
+    off = statistics.median(round_trips(300) for _ in range(5))
+    with capture_spans() as exporter:
+        on = statistics.median(round_trips(300) for _ in range(5))
+        spans = len(exporter.get_finished_spans())
+    return Figure("tracing_overhead_ratio", on / off, f"{on * 1e6:.0f} us on vs {off * 1e6:.0f} us off per round "
+                  f"trip; {spans:,} spans recorded", "<= 1.02")
+
+
+FIGURES: list[Callable[[], Figure]] = [auth_overhead_us, nissa_scrape_ms_10k_seeds, tracing_overhead_ratio]
 
 
 def main() -> None:

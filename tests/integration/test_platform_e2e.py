@@ -6,6 +6,9 @@ slots get the built-in blueprints submitted to Urza: Tezzeret compiles them, Ura
 the Tamiyo service chooses one through Urza's query, Kasmina fetches and loads it, and it reaches FOSSILIZED;
 the field report is stored in Urza and the run's lineage names the artifact id.
 
+The platform runs in production mode: every service verifies RS256 tokens against a JWKS (a test identity
+provider's), and each service and the trainer call with a token of their own role.
+
 Faults, in the same platform: Tamiyo killed (-9) mid-run and restarted (the run completes and Tamiyo continues
 from the state the trainer checkpointed), and the trainer killed (-9) then ``esper train --resume`` (the run
 continues from its last checkpoint; no epoch is trained twice and no adaptation is made twice).
@@ -36,6 +39,7 @@ from esper.train import PlatformUnreachableError, check_platform, default_host
 from esper_contracts import ArtifactId, KernelStatus, builtin_blueprints
 from esper_devtools.processes import ESPER, ROOT, Proc, free_port
 from esper_kernels import LocalKernelLibrary
+from esper_runtime.testing import TestIdentityProvider
 from esper_urza_client import UrzaClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
@@ -56,6 +60,17 @@ class Platform:
     hardware: str
     procs: dict[str, Proc]
     tmp: Path
+    idp: TestIdentityProvider
+
+    def urza(self) -> UrzaClient:
+        """A client of Urza with an operator's token (it submits blueprints)."""
+        return UrzaClient(self.urza_url, token=self.idp.token("operator", subject="e2e-test", lifetime_s=3600))
+
+    def trainer_env(self) -> dict[str, str]:
+        """The trainer's environment: its own tokens for Urza (viewer) and the coordinator (operator)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
+        return env | {"ESPER_URZA_TOKEN": self.idp.token("viewer", subject="trainer", lifetime_s=3600),
+                      "ESPER_COORDINATOR_TOKEN": self.idp.token("operator", subject="trainer", lifetime_s=3600)}
 
     def run_config(self, run_id: str, epochs: int) -> Path:
         config = {
@@ -99,10 +114,16 @@ def platform(tmp_path_factory: pytest.TempPathFactory, pulsar_url: str, postgres
         "endpoint_url": s3_config["endpoint_url"], "access_key_id": s3_config["access_key"],
         "secret_access_key": s3_config["secret_key"], "region": s3_config.get("region", "us-east-1")})
 
+    idp = TestIdentityProvider()
     base = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
-    base |= {"ESPER_BUS_URL": pulsar_url, "ESPER_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+    base |= {"ESPER_BUS_URL": pulsar_url, "ESPER_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
+             "ESPER_AUTH_JWKS": str(idp.write_jwks(tmp / "jwks.json")), "ESPER_AUTH_ISSUER": idp.issuer}
     ports = {name: free_port() for name in ("urza", "tezzeret", "urabrask", "tamiyo", "narset-coordinator")}
     urza_url = f"http://127.0.0.1:{ports['urza']}"
+
+    def token(role: str, service: str) -> dict[str, str]:
+        return {"ESPER_URZA_TOKEN": idp.token(role, subject=service, lifetime_s=3600)}
+
     workers = base | {"ESPER_URZA_URL": urza_url, "ESPER_HARDWARE": hardware, "ESPER_NACK_DELAY_MS": "500",
                       "ESPER_SUBSCRIPTION": ""}
     envs = {
@@ -110,16 +131,19 @@ def platform(tmp_path_factory: pytest.TempPathFactory, pulsar_url: str, postgres
                         "ESPER_PIPELINES": '["fast"]', "ESPER_HARDWARE": f'["{hardware}"]', "ESPER_BATCH_SIZE": "8",
                         "ESPER_OUTBOX_INTERVAL_S": "0.5", "ESPER_SUBSCRIPTION": f"urza-{run}",
                         "ESPER_DATA_DIR": str(tmp / "urza")},
-        "tezzeret": workers | {"ESPER_SUBSCRIPTION": f"tezzeret-{run}"},
-        "urabrask": workers | {"ESPER_SUBSCRIPTION": f"urabrask-{run}", "ESPER_BUDGET_S": "2"},
-        "tamiyo": base | {"ESPER_URZA_URL": urza_url, "ESPER_POLICY": json.dumps(TAMIYO_POLICY)},
+        "tezzeret": workers | token("operator", "tezzeret") | {"ESPER_SUBSCRIPTION": f"tezzeret-{run}"},
+        "urabrask": workers | token("viewer", "urabrask") | {"ESPER_SUBSCRIPTION": f"urabrask-{run}",
+                                                              "ESPER_BUDGET_S": "2"},
+        "tamiyo": base | token("viewer", "tamiyo") | {"ESPER_URZA_URL": urza_url,
+                                                      "ESPER_POLICY": json.dumps(TAMIYO_POLICY)},
         "narset-coordinator": base | {"ESPER_SEEDS_PER_WORKER": "4"},
     }
     procs = {name: Proc(name, env | {"ESPER_PORT": str(ports[name])}, tmp) for name, env in envs.items()}
     try:
         for proc in procs.values():
             proc.start()
-        yield Platform(urza_url, f"http://127.0.0.1:{ports['narset-coordinator']}", pulsar_url, hardware, procs, tmp)
+        yield Platform(urza_url, f"http://127.0.0.1:{ports['narset-coordinator']}", pulsar_url, hardware, procs, tmp,
+                       idp)
     except BaseException:
         for p in procs.values():
             sys.stderr.write(f"\n----- {p.service} log -----\n{p.tail(80)}\n")
@@ -136,7 +160,7 @@ def submit_kernels_for_the_trainer(platform: Platform) -> list[str]:
     """The built-in blueprints for every seed slot of the trainer's model, submitted and waited to VALIDATED."""
     torch.manual_seed(0)
     probe = wrap(default_host(spirals(0)), KasminaConfig(**KASMINA), LocalKernelLibrary())
-    urza = UrzaClient(platform.urza_url)
+    urza = platform.urza()
     ids = [urza.submit_blueprint(ir).blueprint_id for i in slot_interfaces(probe) for ir in builtin_blueprints(i)]
 
     def settled() -> bool:
@@ -154,7 +178,7 @@ def submit_kernels_for_the_trainer(platform: Platform) -> list[str]:
 
 def train(platform: Platform, *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([ESPER, "train", *args, "--quiet"], capture_output=True, text=True, timeout=timeout_s,
-                          cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+                          cwd=ROOT, env=platform.trainer_env())
 
 
 def germinated(run_dir: Path) -> list[tuple[str, int]]:
@@ -167,13 +191,30 @@ def metrics_epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_the_platform_runs_in_production_mode_with_tokens(platform: Platform) -> None:
+    import httpx
+
+    def url(service: str, path: str) -> str:
+        return f"http://127.0.0.1:{platform.procs[service].port}{path}"
+
+    viewer = {"Authorization": f"Bearer {platform.idp.token('viewer')}"}
+    for service, path in (("urza", "/api/v1/blueprints"), ("tamiyo", "/api/v1/policy"),
+                          ("narset-coordinator", "/api/v1/workers")):
+        refused = httpx.get(url(service, path), timeout=10)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer"), service
+        assert httpx.get(url(service, path), headers=viewer, timeout=10).status_code == 200, service
+    assert httpx.post(url("tamiyo", "/api/v1/policy"), json={}, headers=viewer, timeout=10).status_code == 403
+    other = TestIdentityProvider()  # a token no configured key signed
+    forged = {"Authorization": f"Bearer {other.token('admin', kid=platform.idp.kid)}"}
+    assert httpx.get(url("urza", "/api/v1/blueprints"), headers=forged, timeout=10).status_code == 401
+
+
 def test_a_blueprint_goes_from_urza_to_fossilized_in_a_run_that_survives_a_tamiyo_crash(platform: Platform) -> None:
     validated = submit_kernels_for_the_trainer(platform)
     config = platform.run_config("e2e-fossil", epochs=16)
     run_dir = platform.tmp / "runs" / "e2e-fossil"
     trainer = subprocess.Popen([ESPER, "train", str(config), "--quiet"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+                               stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=platform.trainer_env())
     try:
         # Tamiyo dies (no shutdown hook) while an adaptation it decided is live, and comes back: only the state
         # the trainer checkpointed lets the restarted Tamiyo steer that seed on to FOSSILIZED.
@@ -199,7 +240,7 @@ def test_a_blueprint_goes_from_urza_to_fossilized_in_a_run_that_survives_a_tamiy
     assert len(germinations) == len(set(germinations)) and len(germinations) <= TAMIYO_POLICY["max_germinations"]
     # The restarted Tamiyo asked for the trainer's checkpointed state and continued from it.
     assert "resending epoch" in out, out
-    urza = UrzaClient(platform.urza_url)
+    urza = platform.urza()
     blueprint_id = ArtifactId.parse(next(iter(kernel_ids))).blueprint_id
     reports = urza.http.get(f"/api/v1/blueprints/{blueprint_id}/field-reports").json()
     assert any(r["outcome"] == "FOSSILIZED" for r in reports["items"]), reports
@@ -211,8 +252,7 @@ def test_a_killed_trainer_resumes_from_its_last_checkpoint_with_nothing_applied_
     config = platform.run_config("e2e-resume", epochs=10)
     run_dir = platform.tmp / "runs" / "e2e-resume"
     trainer = subprocess.Popen([ESPER, "train", str(config), "--quiet"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=ROOT,
-                               env={k: v for k, v in os.environ.items() if not k.startswith("ESPER_")})
+                               stderr=subprocess.DEVNULL, cwd=ROOT, env=platform.trainer_env())
     try:
         _wait("epoch 5 of the run", lambda: (run_dir / "metrics.jsonl").exists() and len(metrics_epochs(run_dir)) >= 5,
               300)

@@ -9,6 +9,7 @@ from .bus import Bus, BusOptions, DeadLetter, Subscription
 from .delivery import (
     DEAD_LETTER_SUBSCRIPTION,
     REASON_MALFORMED,
+    REASON_OVERSIZED,
     REASON_REDELIVERY_LIMIT,
     REASON_REJECTED,
     Handler,
@@ -31,6 +32,7 @@ __all__ = [
     "BACKENDS",
     "DEAD_LETTER_SUBSCRIPTION",
     "REASON_MALFORMED",
+    "REASON_OVERSIZED",
     "REASON_REDELIVERY_LIMIT",
     "REASON_REJECTED",
     "BrokerError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from esper_contracts import Envelope
 
 from .codec import TopicCodec
 from .errors import MalformedMessageError
+from .tracing import consume_span
 
 logger = logging.getLogger("esper_oona")
 
@@ -26,6 +27,7 @@ Handler = Callable[[Envelope[Any]], None]
 
 #: Dead-letter reasons, written into each dead letter's properties.
 REASON_MALFORMED = "malformed"
+REASON_OVERSIZED = "oversized"
 REASON_REDELIVERY_LIMIT = "redelivery_limit"
 REASON_REJECTED = "rejected"
 
@@ -80,14 +82,22 @@ def process(
     redelivery_count: int,
     max_redeliveries: int,
     subscription: str,
+    properties: Mapping[str, str] | None = None,
+    max_bytes: int | None = None,
 ) -> Outcome:
-    """Decode ``data`` and run ``handler`` on it; decide ack, nack or dead letter.
+    """Decode ``data`` and run ``handler`` on it (in the message's trace); decide ack, nack or dead letter.
 
-    Malformed bytes, and messages the handler rejects with :class:`RejectMessage`, go straight to the
-    dead-letter topic: redelivering them cannot help. A handler that raises anything else on a message
-    already redelivered ``max_redeliveries`` times sends it to the dead-letter topic instead of asking
-    for another try, so the handler runs at most ``max_redeliveries + 1`` times.
+    Messages over ``max_bytes``, malformed bytes (not an envelope of the topic's model, or of a newer
+    schema version than this build reads), and messages the handler rejects with :class:`RejectMessage`
+    go straight to the dead-letter topic: redelivering them cannot help. A handler that raises anything
+    else on a message already redelivered ``max_redeliveries`` times sends it to the dead-letter topic
+    instead of asking for another try, so the handler runs at most ``max_redeliveries + 1`` times.
     """
+    if max_bytes is not None and len(data) > max_bytes:
+        error = f"{len(data)} bytes, over the bus limit of {max_bytes}"
+        logger.warning("oona: oversized message on %s/%s goes to the dead-letter topic: %s", codec.topic,
+                       subscription, error)
+        return Outcome(Verdict.DEAD_LETTER, REASON_OVERSIZED, error)
     try:
         envelope = codec.decode(data)
     except MalformedMessageError as exc:
@@ -95,7 +105,8 @@ def process(
                        codec.topic, subscription, _truncate(str(exc), 300))
         return Outcome(Verdict.DEAD_LETTER, REASON_MALFORMED, _truncate(str(exc)))
     try:
-        handler(envelope)
+        with consume_span(envelope, properties, subscription):
+            handler(envelope)
     except RejectMessage as exc:
         error = _truncate(f"{type(exc).__name__}: {exc}")
         logger.error("oona: handler of %s/%s rejected message %s; dead-lettered: %s",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from .bus import Bus, BusOptions
+from .bus import DEFAULT_MAX_MESSAGE_BYTES, Bus, BusOptions
 
 
 def _connect_memory(url: str, options: BusOptions) -> Bus:
@@ -48,13 +48,15 @@ def connect(
     send_timeout_ms: int = 30000,
     operation_timeout_s: int = 30,
     receiver_queue_size: int = 1000,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Bus:
     """A bus for ``url``: ``memory://[name]`` (in-process) or ``pulsar://host:port``.
 
     ``producer_name`` is written into every envelope this bus publishes. ``topic_prefix`` isolates
     tests or environments sharing a broker. ``max_redeliveries`` and ``nack_delay_ms`` are the
     subscription defaults. The remaining settings tune Pulsar and are ignored by ``memory://``, so the
-    same call works for both. Raises ValueError for any other scheme.
+    same call works for both. ``max_message_bytes`` bounds every message both ways: a larger publish is
+    refused, a larger delivery is dead-lettered. Raises ValueError for any other scheme.
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
@@ -73,5 +75,6 @@ def connect(
         send_timeout_ms=send_timeout_ms,
         operation_timeout_s=operation_timeout_s,
         receiver_queue_size=receiver_queue_size,
+        max_message_bytes=max_message_bytes,
     )
     return backend(url, options)

@@ -283,7 +283,8 @@ class MemorySubscription(Subscription):
                 state.take_back(self)
                 return
             outcome = process(self._codec, self._handler, pending.record.data, pending.redelivery_count,
-                              self._max_redeliveries, state.name)
+                              self._max_redeliveries, state.name, pending.record.properties,
+                              self._bus.options.max_message_bytes)
             if outcome.verdict is Verdict.DEAD_LETTER:
                 self._bus._dead_letter(self._codec, state.name, pending, outcome)
             if state.settle(self, pending, outcome.verdict, self._nack_delay_ms):

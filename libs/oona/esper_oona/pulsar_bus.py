@@ -142,7 +142,7 @@ class PulsarSubscription(Subscription):
         consumer = self._consumer
         redelivery_count = message.redelivery_count()
         outcome = process(self._codec, self._handler, message.data(), redelivery_count, self._max_redeliveries,
-                          self.name)
+                          self.name, message.properties(), self._bus.options.max_message_bytes)
         try:
             if outcome.verdict is Verdict.ACK:
                 consumer.acknowledge(message)

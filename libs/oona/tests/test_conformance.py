@@ -428,3 +428,18 @@ def test_initial_position_earliest_sees_messages_published_before_it(make_bus: A
     latest.wait_received(1)
     time.sleep(0.2)
     assert epochs(latest.received) == [2]
+
+
+def test_an_oversized_publish_is_refused_before_anything_is_sent(make_bus: Any) -> None:
+    bus = make_bus(max_message_bytes=2048)
+    recorder = Recorder()
+    bus.subscribe(STATE, "oversized", recorder)
+    packet = SystemStatePacket(run_id="r", epoch=1, train_loss=1.0, val_loss=1.0,
+                               metrics={f"metric_{i}": float(i) for i in range(200)})
+    with pytest.raises(PayloadValidationError, match="over the bus limit of 2048"):
+        bus.publish(STATE, packet, key="r")
+    with pytest.raises(PayloadValidationError, match="over the bus limit"):
+        bus.publish_many(STATE, [SystemStatePacket(run_id="r", epoch=0, train_loss=1.0, val_loss=1.0), packet])
+    bus.publish(STATE, SystemStatePacket(run_id="r", epoch=2, train_loss=1.0, val_loss=1.0), key="r")
+    bus.flush()
+    assert [e.payload.epoch for e in recorder.wait_received(1)] == [2]  # publish_many sent none of its two

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from esper_contracts import TOPICS
 
+from .auth import AuthConfigError
 from .registry import IN_TRAINER_PROCESS, KNOWN_SERVICES, UnknownServiceError, load_factory, runnable_services
 
 #: The entry-point group whose members become ``esper <name>``: a ``typer.Typer`` (a group of sub-commands) or a
@@ -42,7 +43,11 @@ def serve(
     except UnknownServiceError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    factory(config_file=config, port=port, bus_url=bus_url).run()
+    try:
+        factory(config_file=config, port=port, bus_url=bus_url).run()
+    except AuthConfigError as exc:  # production without an identity provider: say why, start nothing
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -1,12 +1,18 @@
 """One shared way for a service to start: settings, logging, /healthz, /metrics, the bus, graceful shutdown.
 
-A service subclasses :class:`Service`, adds its routes to ``self.app`` and its bus subscriptions in
-``on_start``; :meth:`Service.run` serves it with uvicorn until SIGTERM/SIGINT, then stops consumers and
-flushes the bus before exiting, so nothing acknowledged is lost.
+A service subclasses :class:`Service`, adds its routes to ``self.app`` (each declaring the role it needs
+with ``esper_runtime.auth.require``) and its bus subscriptions in ``on_start``; :meth:`Service.run` serves
+it with uvicorn until SIGTERM/SIGINT, then stops consumers and flushes the bus before exiting, so nothing
+acknowledged is lost.
+
+Every app gets the runtime's HTTP layers (``esper_runtime.http``: a trace per request, one error body, a
+trace id on every 500) and its authenticator (``app.state.esper_auth``). /healthz and /metrics stay open
+(probes and Prometheus); /docs and /openapi.json too (the schema is no secret).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -17,10 +23,13 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import Scope
 
+from .auth import AuthConfigError, Authenticator, route_roles
 from .body_guard import BodyGuard
+from .http import add_inner_middleware, install_http_layers
 from .logs import configure_logging
 from .metrics import BusCollector, gauge
 from .settings import ServiceSettings
+from .tracing import configure_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
     from esper_oona import Bus
@@ -33,6 +42,14 @@ HealthView = Callable[[], Mapping[str, Any]]
 MetricsText = Callable[[], bytes]
 #: Keys of the /healthz answer that a health view cannot take.
 _HEALTH_KEYS = frozenset({"status", "service", "checks", "uptime_s"})
+
+
+def _without_fastapi_spans() -> dict[str, Any]:
+    """FastAPI's own request spans off, where it has them: the runtime's request context makes the one server span
+    (with the trace id that error bodies quote), and per-dependency spans would cost every request."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "operation_spans": False}}
+    return {}
 
 
 class Service:
@@ -52,11 +69,17 @@ class Service:
         self._started_at = time.time()
         self.up = gauge(self.registry, "esper_service_up")
         self.registry.register(BusCollector(self.name, lambda: self._bus))
-        self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan)
+        self.auth = Authenticator.from_settings(settings)
+        self._auth_checked = False
+        self.app = FastAPI(title=f"Esper {self.name}", description=self.description, lifespan=self._lifespan,
+                           **_without_fastapi_spans())
+        self.app.state.esper_auth = self.auth
+        install_http_layers(self.app)
         self.app.add_api_route("/healthz", self._healthz, methods=["GET"], tags=["ops"])
         self.app.add_api_route("/metrics", self._metrics, methods=["GET"], tags=["ops"])
-        # Innermost of the middleware: what a subclass adds later (an error boundary) wraps it.
-        self.app.add_middleware(BodyGuard, limit_for=self.body_limit, read_timeout_s=settings.body_read_timeout_s)
+        # Inside the request context (its refusals carry the trace id), and innermost of the middleware.
+        add_inner_middleware(self.app, BodyGuard, limit_for=self.body_limit,
+                             read_timeout_s=settings.body_read_timeout_s)
 
     def body_limit(self, scope: Scope) -> int:
         """The largest body this request may carry; override to allow larger uploads on some paths."""
@@ -117,9 +140,24 @@ class Service:
             body = b"".join([body, *(text() for text in self._texts)])
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    def check_auth(self) -> None:
+        """Refuse to start (AuthConfigError) with protected routes and no key, unless in development mode."""
+        protected = [f"{m} {p}" for (m, p), role in route_roles(self.app).items() if role is not None]
+        if not protected or not self.auth.open or self._auth_checked:
+            return
+        if not self.settings.development:
+            raise AuthConfigError(
+                f"{self.name} refuses to start: its API ({len(protected)} protected routes) needs the identity "
+                f"provider's JWKS (ESPER_AUTH_JWKS); ESPER_DEVELOPMENT=true runs it open, for development only")
+        log.warning("development mode: the API is open, every caller acts as an admin (set ESPER_AUTH_JWKS or "
+                    "ESPER_AUTH_HS256_SECRET to verify tokens)")
+        self._auth_checked = True
+
     @asynccontextmanager
     async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        log.info("starting", extra={"bus_url": self.settings.bus_url, "port": self.settings.port})
+        self.check_auth()
+        log.info("starting", extra={"bus_url": self.settings.bus_url, "port": self.settings.port,
+                                    "auth": self.auth.mode})
         self.on_start()
         self.up.labels(self.name).set(1)
         try:
@@ -148,4 +186,10 @@ class Service:
         import uvicorn
 
         configure_logging(self.name, self.settings.log_level, self.settings.log_format)
-        uvicorn.Server(self.uvicorn_config()).run()
+        self.check_auth()  # before the port opens, so a misconfigured service fails at once and says why
+        configure_tracing(self.name, otlp_endpoint=self.settings.otlp_endpoint,
+                          sample_ratio=self.settings.trace_sample_ratio)
+        try:
+            uvicorn.Server(self.uvicorn_config()).run()
+        finally:
+            shutdown_tracing()

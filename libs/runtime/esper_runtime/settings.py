@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -35,6 +35,28 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="largest request body (413 beyond)")
     body_read_timeout_s: float = Field(default=30.0, gt=0, description="408 when a request body stops arriving "
                                                                         "for this long")
+
+    # Who may call the REST API (esper_runtime.auth). Production (the default) needs a JWKS; development may
+    # use an HS256 secret, or nothing at all (an open API).
+    development: bool = Field(default=False, description="development mode: HS256 secrets are accepted and, with "
+                              "no key configured, the API is open (every caller acts as an admin). Never in "
+                              "production: there, a service with an API refuses to start without ESPER_AUTH_JWKS")
+    auth_jwks: str | None = Field(default=None, description="the identity provider's JWKS (RS256 keys): a file "
+                                  "path, file://, or an http(s):// URL fetched when a token names a new key id")
+    auth_issuer: str | None = Field(default=None, description="required `iss` of every token (unset: not checked)")
+    auth_audience: str | None = Field(default="esper", description="required `aud` of every token (empty: not "
+                                      "checked)")
+    auth_roles_claim: str = Field(default="roles", min_length=1, description="claim holding the roles (viewer, "
+                                  "operator, admin); a dotted path reaches nested claims, e.g. realm_access.roles")
+    auth_hs256_secret: SecretStr | None = Field(default=None, description="development only: shared secret of "
+                                                "HS256 tokens (at least 32 bytes)")
+    auth_leeway_s: float = Field(default=30.0, ge=0, description="clock skew allowed on exp, nbf and iat")
+
+    # Tracing (esper_runtime.tracing): spans are exported only when an endpoint is set.
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint, e.g. "
+                                      "http://otel-collector:4318/v1/traces; unset: tracing off, nothing exported")
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of new traces recorded (a "
+                                      "trace started elsewhere follows its caller's decision)")
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ and keys take their defaults.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,8 +76,9 @@ class TolariaConfig(BaseModel):
 class PlatformConfig(BaseModel):
     """Where the distributed platform runs. Present in a run config, the trainer joins it instead of starting one.
 
-    Credentials never sit in the file: ``urza_token_env`` names the environment variable that holds Urza's
-    bearer token (a Kubernetes Secret or a compose env_file sets it).
+    Credentials never sit in the file: ``urza_token_env`` and ``coordinator_token_env`` name the environment
+    variables holding the trainer's bearer tokens for Urza (viewer role) and the Narset coordinator (operator
+    role); a Kubernetes Secret or a compose env_file sets them. They may name the same variable.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -87,8 +89,19 @@ class PlatformConfig(BaseModel):
     topic_prefix: str = Field(default="", description="Prefix of every bus topic (isolates one platform's runs)")
     urza_token_env: str | None = Field(default="ESPER_URZA_TOKEN",
                                        description="Environment variable holding Urza's token (unset: no token)")
+    coordinator_token_env: str | None = Field(
+        default="ESPER_COORDINATOR_TOKEN",
+        description="Environment variable holding the Narset coordinator's token (unset: no token)")
     connect_timeout_s: float = Field(default=30.0, gt=0.0, description="Give up joining the platform after this")
     decision_timeout_s: float = Field(default=30.0, gt=0.0, description="Wait this long for Tamiyo's answer")
+
+    def urza_token(self) -> str | None:
+        """Urza's bearer token from the environment variable ``urza_token_env`` names (never from the file)."""
+        return (os.environ.get(self.urza_token_env) or None) if self.urza_token_env else None
+
+    def coordinator_token(self) -> str | None:
+        """The coordinator's bearer token from the variable ``coordinator_token_env`` names."""
+        return (os.environ.get(self.coordinator_token_env) or None) if self.coordinator_token_env else None
 
 
 class EsperConfig(BaseModel):

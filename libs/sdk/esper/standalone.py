@@ -140,7 +140,8 @@ class LocalPlatform:
             factories = {name: load_factory(name) for name in wanted}
         except UnknownServiceError as exc:
             raise PlatformError(f"standalone mode needs the urza, tezzeret and urabrask packages: {exc}") from exc
-        quiet = {"log_level": "WARNING", "bus_url": self.bus_url}
+        # Development mode: the in-process services' APIs listen on 127.0.0.1 only and are open to this process.
+        quiet = {"log_level": "WARNING", "bus_url": self.bus_url, "development": True}
         try:
             self._serve("urza", factories["urza"](
                 data_dir=self.data_dir, seed_library=False, pipelines=self.pipelines, hardware=[self.hardware],

@@ -179,7 +179,7 @@ def join_platform(model: nn.Module, platform: PlatformConfig, run_id: str) -> Co
 
 def urza_token(platform: PlatformConfig) -> str | None:
     """Urza's bearer token from the environment variable the config names (never from the file)."""
-    return os.environ.get(platform.urza_token_env) if platform.urza_token_env else None
+    return platform.urza_token()
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -344,6 +344,11 @@ def main(config_path: Path | None, resume: Path | None = None, kernels: str = "c
     """The ``esper train`` command: run, print a summary line, return an exit code (see :data:`EXIT_CODES`)."""
     console = console or Console(highlight=False)
     say = functools.partial(console.print, markup=False)  # messages quote paths and errors, not markup
+    from esper_runtime.tracing import configure_tracing, shutdown_tracing
+
+    # The trainer's spans (boundaries, transitions, the packets it sends) join the platform's traces when an
+    # OTLP endpoint is set, exactly like a service's (ESPER_OTLP_ENDPOINT); off otherwise.
+    configure_tracing("esper-trainer", otlp_endpoint=os.environ.get("ESPER_OTLP_ENDPOINT") or None)
     loaded = _attempt(lambda: _read_config(config_path, resume))
     tolaria = loaded.tolaria if isinstance(loaded, EsperConfig) else TolariaConfig()
     try:
@@ -367,6 +372,7 @@ def main(config_path: Path | None, resume: Path | None = None, kernels: str = "c
         return EXIT_RANK_FAILED
     finally:
         stop()
+        shutdown_tracing()
     if not leader:
         return EXIT_OK
     say(f"{result.run_dir}: test accuracy {result.test_accuracy:.4f}, {result.parameters} parameters, "

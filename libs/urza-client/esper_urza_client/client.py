@@ -1,9 +1,12 @@
 """The one client of Urza's REST API (``/api/v1``): kernel records and binaries, queries, blueprints, reports.
 
 Torch-free, so the SDK, Tamiyo, Tezzeret, Urabrask and every service to come share one place that knows
-Urza's URLs and error shapes. Errors: :class:`UrzaError` for an error status (``status``) or an unreachable
-Urza (``status`` 0), :class:`BinaryConflictError` for other bytes already stored under an artifact id, and the
-contracts' ``KernelNotFoundError`` for a 404 on a kernel or blueprint.
+Urza's URLs and error shapes. Every request carries the caller's bearer token (``token``) and the current
+trace context (W3C ``traceparent``), so Urza's span of a request sits in the caller's trace.
+
+Errors: :class:`UrzaError` for an error status (``status``) or an unreachable Urza (``status`` 0),
+:class:`BinaryConflictError` for other bytes already stored under an artifact id, and the contracts'
+``KernelNotFoundError`` for a 404 on a kernel or blueprint.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry import propagate
 
 from esper_contracts import (
     BlueprintIR,
@@ -49,13 +53,18 @@ class KernelRecord:
     binary_size: int | None
 
 
+def _send_trace_context(request: httpx.Request) -> None:
+    propagate.inject(request.headers)
+
+
 class UrzaClient:
     """Synchronous client of Urza's REST API. ``http`` may be any ``httpx.Client`` (a TestClient in tests)."""
 
     def __init__(self, base_url: str = "", *, token: str | None = None, timeout_s: float = 30.0,
                  http: httpx.Client | None = None) -> None:
         self._owned = http is None
-        self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout_s)
+        self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout_s,
+                                                               event_hooks={"request": [_send_trace_context]})
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 

@@ -1,10 +1,15 @@
-"""Karn's REST API (``/api/v1``): what it knows, what its policy believes, and proposal rounds on request."""
+"""Karn's REST API (``/api/v1``): what it knows, what its policy believes, and proposal rounds on request.
+
+Viewers read; asking for a round (it submits blueprints to Urza) needs the operator role.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from esper_contracts.base import PositiveInt32, Text
+from esper_runtime import Role, require
 from esper_urza_client import UrzaError
 
 from .diversity import diversity_score
@@ -17,10 +22,11 @@ class RoundRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     count: int = Field(default=2, ge=1, le=64, description="children wanted")
-    tags: list[str] = Field(default_factory=list, max_length=8, description="extra design tags for the children")
+    tags: list[Text] = Field(default_factory=list, max_length=8, description="extra design tags for the children")
     parent_ids: list[str] | None = Field(default=None, description="only these parents (default: every validated)")
     layout: str | None = Field(default=None, pattern=r"^(BD|BTD|BCHW)$")
-    features: int | None = Field(default=None, ge=1)
+    features: PositiveInt32 | None = Field(default=None, description="the interface's feature size (int32, as in "
+                                           "the contracts)")
 
 
 class ArmView(BaseModel):
@@ -50,7 +56,7 @@ class StatusView(BaseModel):
 
 def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
     """Mount ``/api/v1`` on ``app`` (whose /healthz, /metrics and /docs come from esper_runtime)."""
-    router = APIRouter(prefix="/api/v1", tags=["karn"])
+    router = APIRouter(prefix="/api/v1", tags=["karn"], dependencies=[require(Role.VIEWER)])
 
     @router.get("/status", response_model=StatusView)
     def status() -> StatusView:
@@ -70,7 +76,7 @@ def install_api(app: FastAPI, tinkerer: Tinkerer) -> None:
         return [ArmView(kind=a.kind, operator=a.operator, alpha=a.alpha, beta=a.beta, mean=a.mean, trials=a.trials)
                 for a in sorted(arms, key=lambda a: -a.mean)]
 
-    @router.post("/rounds", response_model=RoundReport)
+    @router.post("/rounds", response_model=RoundReport, dependencies=[require(Role.OPERATOR)])
     def run_round(request: RoundRequest) -> RoundReport:
         """Run a proposal round now: 200 with what was submitted (possibly nothing, with the reason)."""
         try:

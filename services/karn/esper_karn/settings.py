@@ -20,7 +20,8 @@ class KarnSettings(ServiceSettings):
                                                                "default sqlite:///<data_dir>/karn.db")
     database_password: str | None = Field(default=None, description="fills in a database URL without a password")
     urza_url: str = Field(default="http://127.0.0.1:8000", description="base URL of Urza's REST API")
-    urza_token: str | None = Field(default=None, description="bearer token with write access to Urza")
+    urza_token: str | None = Field(default=None,
+                                   description="bearer token for Urza (operator role: it submits children)")
 
     consume: bool = Field(default=True, description="subscribe to field and validation reports on the bus")
     subscription: str = Field(default="karn", min_length=1)

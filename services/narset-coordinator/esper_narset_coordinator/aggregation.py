@@ -12,6 +12,7 @@ the maximum gradient norm stays a maximum, and ``source_reports`` counts the reg
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +33,11 @@ def fold(reports: Sequence[HealthSummaryReport], *, region_id: str, domain_id: s
     total = sum(weights)
 
     def mean(attr: str) -> float:
-        return sum(w * getattr(r, attr) for w, r in zip(weights, reports, strict=True)) / total
+        # Scaled by the largest magnitude, so that huge (finite) values cannot overflow to inf on the way:
+        # every term is at most 1 and the result lies between the smallest and the largest value.
+        values = [float(getattr(r, attr)) for r in reports]
+        scale = max(abs(v) for v in values) or 1.0
+        return scale * sum(w / total * (v / scale) for w, v in zip(weights, values, strict=True))
 
     stages: dict[SeedStage, int] = {}
     for r in reports:
@@ -52,7 +57,7 @@ def fold(reports: Sequence[HealthSummaryReport], *, region_id: str, domain_id: s
         mean_activation_sparsity=min(1.0, mean("mean_activation_sparsity")),
         mean_chunk_variance=mean("mean_chunk_variance"),
         loss_trend=mean("loss_trend"),
-        budget_spent=sum(r.budget_spent for r in reports),
+        budget_spent=min(sum(r.budget_spent for r in reports), sys.float_info.max),
         source_reports=sum(max(1, r.source_reports) for r in reports),
     )
 

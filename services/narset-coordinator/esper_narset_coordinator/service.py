@@ -6,6 +6,8 @@ REST (for the trainer-side host):
 * ``POST /api/v1/heartbeat`` live and crashed workers plus one window of region reports, get the map;
 * ``GET  /api/v1/assignments`` and ``GET /api/v1/workers`` for people and tools.
 
+The trainer's token needs the operator role for the two POSTs; the reads need a viewer.
+
 Bus: it reads ``control.budget.allocations`` (to state each worker's budget quota) and publishes one
 ``HealthSummaryReport`` per domain and window on ``telemetry.health.summaries`` — the only health
 telemetry Tamiyo needs, constant in size and count whatever the number of seeds. A background reaper
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from esper_contracts import AllocationCommand, Envelope, HealthSummaryReport, Topic
-from esper_runtime import Service, ServiceSettings, load_settings
+from esper_runtime import Role, Service, ServiceSettings, load_settings, require
 from esper_runtime.metrics import StateCollector, counter, family
 
 from .aggregation import TelemetryTree
@@ -86,14 +88,15 @@ class CoordinatorService(Service):
         self.windows = counter(self.registry, "esper_narset_windows_folded")
         self.summaries = counter(self.registry, "esper_narset_summaries_published")
         self.registry.register(StateCollector(self._pool_families))
+        trainer, viewer = [require(Role.OPERATOR)], [require(Role.VIEWER)]
         self.app.add_api_route("/api/v1/regions", self.register_regions, methods=["POST"], tags=["pool"],
-                               response_model=Assignment)
+                               response_model=Assignment, dependencies=trainer)
         self.app.add_api_route("/api/v1/heartbeat", self.heartbeat, methods=["POST"], tags=["pool"],
-                               response_model=Assignment)
+                               response_model=Assignment, dependencies=trainer)
         self.app.add_api_route("/api/v1/assignments", self.assignments, methods=["GET"], tags=["pool"],
-                               response_model=Assignment)
+                               response_model=Assignment, dependencies=viewer)
         self.app.add_api_route("/api/v1/workers", self.workers, methods=["GET"], tags=["pool"],
-                               response_model=PoolView)
+                               response_model=PoolView, dependencies=viewer)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 

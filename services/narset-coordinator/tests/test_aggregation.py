@@ -48,3 +48,14 @@ def test_fold_is_deterministic_whatever_the_arrival_order() -> None:
 def test_reports_without_a_domain_are_grouped_not_lost() -> None:
     top, _ = TelemetryTree().aggregate([_region(0, None, 5), _region(1, "d", 5)])
     assert sorted(r.region_id for r in top) == ["d", "unassigned"]
+
+
+def test_huge_finite_values_fold_to_finite_values() -> None:
+    # Found by fuzzing the heartbeat endpoint: weighted sums of huge values overflowed to inf, which the
+    # contract refuses, and the heartbeat answered 500.
+    big = 1.5e308
+    reports = [HealthSummaryReport(region_id=f"r{i}", window=1, epoch=1, seed_count=10**9, mean_gradient_norm=big,
+                                   mean_chunk_variance=big, loss_trend=-big, budget_spent=big) for i in range(3)]
+    merged = fold(reports, region_id="d", domain_id="d")
+    assert merged.mean_gradient_norm == pytest.approx(big) and merged.loss_trend == pytest.approx(-big)
+    assert merged.budget_spent == pytest.approx(1.7976931348623157e308)

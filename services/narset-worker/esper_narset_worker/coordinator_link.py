@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import httpx
+from opentelemetry import propagate
 from pydantic import BaseModel
 
 from esper_contracts import Assignment, Heartbeat, RegionRegistration, WorkerAssignment, WorkerQuota
@@ -34,10 +35,17 @@ class CoordinatorLink(Protocol):
 
 
 class HttpCoordinator:
-    """The coordinator service over REST."""
+    """The coordinator service over REST, with the trainer's bearer token (operator role) when given.
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0, client: httpx.Client | None = None) -> None:
+    Every request carries the current trace context (W3C ``traceparent``), so the coordinator's span of a
+    heartbeat sits in the trace of the boundary that sent it.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0, client: httpx.Client | None = None,
+                 token: str | None = None) -> None:
         self._client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        if token:
+            self._client.headers["Authorization"] = f"Bearer {token}"
 
     def register(self, registration: RegionRegistration) -> Assignment:
         """POST /api/v1/regions."""
@@ -48,8 +56,9 @@ class HttpCoordinator:
         return self._post("/api/v1/heartbeat", beat)
 
     def _post(self, path: str, body: BaseModel) -> Assignment:
-        response = self._client.post(path, content=body.model_dump_json(),
-                                     headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        propagate.inject(headers)
+        response = self._client.post(path, content=body.model_dump_json(), headers=headers)
         if response.status_code >= 400:
             raise RuntimeError(f"coordinator refused {path}: {response.status_code} {response.text[:500]}")
         return Assignment.model_validate_json(response.content)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from torch import nn
 
 from esper_contracts import (
@@ -52,6 +53,7 @@ from .summary import loss_trend, packet_for_tamiyo
 from .worker import Boundary, BudgetLedger, NarsetWorker, WorkerConfig, WorkerOutput
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("esper_narset_worker")
 STATE_VERSION = 1
 
 
@@ -97,6 +99,9 @@ class NarsetHost:
         self._region_states: dict[str, dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._signals: dict[str, AdaptationSignal] = {}  # correlation id -> answer
+        # correlation id -> the span that received the answer: the spending that follows links to it
+        self._signal_spans: dict[str, trace.SpanContext] = {}
+        self._answer_span: trace.SpanContext | None = None
         self._rejected: dict[str, str] = {}  # proposal id -> reason, until the next boundary
         self._decisions: list[ProposalDecision] = []
         self._reports: list[FieldReport] = []
@@ -129,6 +134,7 @@ class NarsetHost:
     def _on_signal(self, envelope: Envelope[Any]) -> None:
         with self._cond:
             self._signals[envelope.correlation_id] = envelope.payload
+            self._signal_spans[envelope.correlation_id] = trace.get_current_span().get_span_context()
             self._cond.notify_all()
 
     def _on_allocation(self, envelope: Envelope[Any]) -> None:
@@ -167,30 +173,38 @@ class NarsetHost:
             signal = self._ask_tamiyo_in_lockstep(packet)
             if signal is None:
                 return AdaptationSignal(epoch=packet.epoch, reason="no answer from Tamiyo in time: no change")
-            self._wait_for_allocations(packet.epoch)
-            trend = loss_trend(self._previous_val_loss, packet.val_loss)
-            self._previous_val_loss = packet.val_loss
-            boundary = self._boundary(packet, signal, trend)
+            answer = self._answer_span
+            links = [trace.Link(answer)] if answer is not None and answer.is_valid else None
+            with _tracer.start_as_current_span("narset.spend", links=links,
+                                               attributes={"esper.commands": len(signal.commands)}):
+                return self._spend(packet, signal)
 
-            outputs, crashed = self._run_workers(boundary, regions=None)
-            reports = [r for out in outputs for r in out.reports]
-            if crashed:
-                # The coordinator moves the crashed workers' regions; their new owners handle this boundary.
-                lost = {r for wid in crashed for r in self.workers[wid].regions}
-                alive = sorted(set(self.workers) - set(crashed))
-                beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=alive, crashed=crashed,
-                                 reports=reports, complete=False)
-                self._apply_assignment(self._exchange(beat), lost=lost)
-                retry, _ = self._run_workers(boundary, regions=lost)
-                outputs += retry
-                reports = [r for out in retry for r in out.reports]
-            beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=sorted(self.workers), reports=reports)
-            self._apply_assignment(self._exchange(beat), lost=set())
-            self._last_epoch = packet.epoch
-            if isinstance(self.coordinator, LocalCoordinator):
-                # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
-                self.bus.publish_many(Topic.HEALTH_SUMMARIES, [r for out in outputs for r in out.reports])
-            return self._publish_and_answer(packet, signal, outputs)
+    def _spend(self, packet: SystemStatePacket, signal: AdaptationSignal) -> AdaptationSignal:
+        """Steps 2-4 of the boundary: allocations, the workers' spending, what goes out, the commands paid for."""
+        self._wait_for_allocations(packet.epoch)
+        trend = loss_trend(self._previous_val_loss, packet.val_loss)
+        self._previous_val_loss = packet.val_loss
+        boundary = self._boundary(packet, signal, trend)
+
+        outputs, crashed = self._run_workers(boundary, regions=None)
+        reports = [r for out in outputs for r in out.reports]
+        if crashed:
+            # The coordinator moves the crashed workers' regions; their new owners handle this boundary.
+            lost = {r for wid in crashed for r in self.workers[wid].regions}
+            alive = sorted(set(self.workers) - set(crashed))
+            beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=alive, crashed=crashed,
+                             reports=reports, complete=False)
+            self._apply_assignment(self._exchange(beat), lost=lost)
+            retry, _ = self._run_workers(boundary, regions=lost)
+            outputs += retry
+            reports = [r for out in retry for r in out.reports]
+        beat = Heartbeat(window=packet.epoch, epoch=packet.epoch, workers=sorted(self.workers), reports=reports)
+        self._apply_assignment(self._exchange(beat), lost=set())
+        self._last_epoch = packet.epoch
+        if isinstance(self.coordinator, LocalCoordinator):
+            # No telemetry tree without a coordinator: region reports go straight to Tamiyo.
+            self.bus.publish_many(Topic.HEALTH_SUMMARIES, [r for out in outputs for r in out.reports])
+        return self._publish_and_answer(packet, signal, outputs)
 
     def _ask_tamiyo_in_lockstep(self, packet: SystemStatePacket) -> AdaptationSignal | None:
         """Ask Tamiyo, keeping its state in step with the model's: "Tolaria saves host and Tamiyo in lockstep".
@@ -226,6 +240,7 @@ class NarsetHost:
                                 self.config.decision_timeout_s)
                     return None
                 self._cond.wait(left)
+            self._answer_span = self._signal_spans.pop(envelope.correlation_id, None)
             return self._signals.pop(envelope.correlation_id)
 
     def _wait_for_allocations(self, cycle: int) -> None:

@@ -30,7 +30,8 @@ def join(*, model: nn.Module, platform: Any, run_id: str) -> PlatformController:
     """Narset's workers for ``model`` on the platform ``platform`` (an ``esper.PlatformConfig``) names."""
     bus = connect(platform.bus_url, producer_name=f"trainer-{run_id}", topic_prefix=platform.topic_prefix)
     try:
-        return PlatformController(model, bus, coordinator=HttpCoordinator(platform.coordinator_url),
+        link = HttpCoordinator(platform.coordinator_url, token=platform.coordinator_token())
+        return PlatformController(model, bus, coordinator=link,
                                   config=HostConfig(decision_timeout_s=platform.decision_timeout_s))
     except BaseException:
         bus.close()

@@ -1,5 +1,7 @@
 """Tamiyo's REST API (OpenAPI at ``/docs``): run status, seeds, budgets, decisions, and the policy dial.
 
+Viewers read; changing the policy needs the operator role (``esper_runtime.auth``).
+
 Bad input is answered ``400`` with the reason and changes nothing: a malformed or out-of-range
 PolicyUpdate, an unknown stage filter, a page outside 1..n. A policy update older than the one in
 force is a ``409``.
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from esper_contracts import PolicyUpdate, SeedStage
+from esper_runtime import Role, require
 
 from .controller import PolicyUpdateError, StalePolicyError, TamiyoController
 
@@ -39,7 +42,7 @@ async def bad_request(_request: Request, exc: Exception) -> JSONResponse:
 
 def build_router(controller: TamiyoController, lock: threading.RLock) -> APIRouter:
     """The /api/v1 routes over ``controller`` (every call holds ``lock``, like the bus handlers)."""
-    router = APIRouter(prefix="/api/v1", tags=["tamiyo"])
+    router = APIRouter(prefix="/api/v1", tags=["tamiyo"], dependencies=[require(Role.VIEWER)])
 
     @router.get("/system/status")
     def system_status() -> dict[str, Any]:
@@ -95,8 +98,9 @@ def build_router(controller: TamiyoController, lock: threading.RLock) -> APIRout
         with lock:
             return controller.policy_view()
 
-    @router.post("/policy", responses={400: {"description": "Invalid or out-of-range update, with the reason"},
-                                       409: {"description": "Older than the policy in force"}})
+    @router.post("/policy", dependencies=[require(Role.OPERATOR)],
+                 responses={400: {"description": "Invalid or out-of-range update, with the reason"},
+                            409: {"description": "Older than the policy in force"}})
     def post_policy(body: dict[str, Any] = Body(..., description="A PolicyUpdate")) -> dict[str, Any]:
         """Change the risk posture, thresholds, budget scale or protected regions; returns the policy in force."""
         try:

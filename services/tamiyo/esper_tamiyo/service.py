@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
+from opentelemetry import trace
 from pydantic import Field
 
 from esper_contracts import Envelope, KernelStatus, Topic
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("esper_tamiyo")
 
 
 class TamiyoSettings(ServiceSettings):
@@ -44,7 +46,8 @@ class TamiyoSettings(ServiceSettings):
     domains_file: Path | None = Field(default=None, description="Hierarchical control YAML (domains-*.yaml)")
     policy: TamiyoConfig = Field(default_factory=TamiyoConfig, description="The control policy's options")
     urza_url: str | None = Field(default=None, description="Urza's base URL, where kernels are queried")
-    urza_token: str | None = Field(default=None, description="Urza's bearer token (ESPER_URZA_TOKEN, from a Secret)")
+    urza_token: str | None = Field(default=None,
+                                   description="Urza's bearer token, viewer role (ESPER_URZA_TOKEN, from a Secret)")
     kernels_file: Path | None = Field(default=None, description="A JSON list of Urza's BlueprintRecords, each "
                                       "with its compiled artifacts (instead of Urza)")
     allocator_pool: float = Field(default=1.5, gt=0, description="Energy per region for Narset's allocator")
@@ -113,12 +116,18 @@ class TamiyoService(Service):
             self.bus.publish(m.topic, m.payload, key=m.key, parent=parent)
 
     def _on_packet(self, envelope: Envelope[Any]) -> None:
-        with self.lock:
+        packet = envelope.payload
+        # The decision's span parents what it publishes: commands, allocations and field reports.
+        with _tracer.start_as_current_span("tamiyo.decide", attributes={"esper.run_id": packet.run_id,
+                                                                        "esper.epoch": packet.epoch}) as span, \
+                self.lock:
             messages = self._answers.get(envelope.message_id)
             if messages is None:
-                messages = self._answers[envelope.message_id] = self.controller.on_packet(envelope.payload)
+                messages = self._answers[envelope.message_id] = self.controller.on_packet(packet)
                 while len(self._answers) > 16:
                     self._answers.popitem(last=False)
+            else:
+                span.set_attribute("esper.repeat", True)  # a redelivered packet: the same answer again
             self._publish(messages, envelope)
 
     def _on_summary(self, envelope: Envelope[Any]) -> None:

@@ -28,7 +28,8 @@ class TezzeretSettings(JobSettings):
 
     service_name: str = "tezzeret"
     urza_url: str = Field(default="http://127.0.0.1:8000", description="base URL of Urza's REST API")
-    urza_token: str | None = Field(default=None, description="bearer token with write access to Urza")
+    urza_token: str | None = Field(default=None,
+                                   description="bearer token for Urza (operator role: it uploads binaries and results)")
     hardware: str = Field(default="cpu", pattern=r"^[a-z0-9_]+$",
                           description="the hardware target this pool compiles for (jobs for others are skipped)")
     device: Literal["cpu", "cuda"] = "cpu"

@@ -29,7 +29,7 @@ class UrabraskSettings(JobSettings):
 
     service_name: str = "urabrask"
     urza_url: str = Field(default="http://127.0.0.1:8000", description="base URL of Urza's REST API")
-    urza_token: str | None = Field(default=None, description="bearer token with read access to Urza")
+    urza_token: str | None = Field(default=None, description="bearer token for Urza (viewer role: it fetches binaries)")
     hardware: str = Field(default="cpu", pattern=r"^[a-z0-9_]+$", description="the hardware target measured here")
     device: Literal["cpu", "cuda"] = "cpu"
     sandbox: bool = Field(default=True, description="measure in a child process (a crashing kernel is rejected)")

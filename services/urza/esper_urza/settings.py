@@ -1,4 +1,4 @@
-"""Urza's settings: storage URLs, what to compile, limits and access tokens (``ESPER_*`` environment variables)."""
+"""Urza's settings: storage URLs, what to compile and limits (``ESPER_*`` environment variables)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,6 @@ class UrzaSettings(ServiceSettings):
     max_page_size: int = Field(default=500, ge=1)
     presign_expires_s: int = Field(default=600, ge=1)
 
-    # Bearer tokens; with none configured the API is open (standalone). Writes need a write token.
-    read_tokens: list[str] = Field(default_factory=list)
-    write_tokens: list[str] = Field(default_factory=list)
-
     @model_validator(mode="after")
     def _known_hardware_names(self) -> UrzaSettings:
         for name in self.hardware:
@@ -69,11 +65,6 @@ class UrzaSettings(ServiceSettings):
     def resolved_blob_url(self) -> str:
         """The blob store URL in use."""
         return self.blob_url or (self.data_dir.expanduser().resolve() / "blobs").as_uri()
-
-    @property
-    def auth_enabled(self) -> bool:
-        """True when any token is configured."""
-        return bool(self.read_tokens or self.write_tokens)
 
     def input_shape(self, interface: TensorInterface) -> list[int]:
         """The concrete shape a blueprint with ``interface`` is compiled for."""

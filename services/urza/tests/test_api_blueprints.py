@@ -315,18 +315,29 @@ def test_unexpected_errors_are_500_with_a_trace_id(client: TestClient, urza: Any
     assert "trace-123" in response.json()["detail"] and "disk on fire" not in response.json()["detail"]
 
 
-def test_tokens_guard_reads_and_writes(urza_factory: Any, make_kit: Any) -> None:
+def test_roles_guard_reads_writes_and_forced_status(urza_factory: Any, make_kit: Any) -> None:
+    from esper_runtime.testing import DEV_SECRET, hs256_token
+
+    def bearer(role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {hs256_token(role)}"}
+
     kit = make_kit()
-    urza = urza_factory(read_tokens=["reader"], write_tokens=["writer"])
+    urza = urza_factory(auth_hs256_secret=DEV_SECRET)
     body = kit.ir_json(kit.make_ir())
     with TestClient(urza.app) as client:
         assert client.get("/api/v1/blueprints").status_code == 401
         assert client.get("/api/v1/blueprints", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert client.get("/api/v1/blueprints", headers={"Authorization": "Bearer reader"}).status_code == 200
-        denied = client.post("/api/v1/blueprints", json=body, headers={"Authorization": "Bearer reader"})
-        assert denied.status_code == 403 and "may read but not write" in denied.json()["detail"]
-        allowed = client.post("/api/v1/blueprints", json=body, headers={"Authorization": "Bearer writer"})
+        assert client.get("/api/v1/blueprints", headers=bearer("viewer")).status_code == 200
+        denied = client.post("/api/v1/blueprints", json=body, headers=bearer("viewer"))
+        assert denied.status_code == 403 and "needs the operator role" in denied.json()["detail"]
+        allowed = client.post("/api/v1/blueprints", json=body, headers=bearer("operator"))
         assert allowed.status_code == 201
+        artifact = kit.artifact_id(allowed.json()["blueprint_id"])  # not compiled yet: 404 once past the guard
+        force = {"status": "FAILED", "reason": "taken out of service"}
+        assert client.post(f"/api/v1/kernels/{artifact}/status", json=force,
+                           headers=bearer("operator")).status_code == 403
+        assert client.post(f"/api/v1/kernels/{artifact}/status", json=force,
+                           headers=bearer("admin")).status_code == 404
         assert client.get("/healthz").status_code == 200  # operations endpoints stay open
 
 
@@ -345,5 +356,5 @@ def test_no_route_sends_a_dependency_to_the_thread_pool() -> None:
     routes = [r for router in (blueprints_router, kernels_router) for r in router.routes if isinstance(r, APIRoute)]
     assert len(routes) > 10
     blocking = {(r.path, getattr(c, "__qualname__", c)) for r in routes for c in calls(r.dependant)
-                if not inspect.iscoroutinefunction(c)}
+                if not (inspect.iscoroutinefunction(c) or inspect.iscoroutinefunction(type(c).__call__))}
     assert not blocking

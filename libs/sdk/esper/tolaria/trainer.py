@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from opentelemetry import trace
 from torch import nn
 
 from esper_contracts import (
@@ -89,6 +90,7 @@ from .runlog import ConsoleProgress, RunLog
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_tracer = trace.get_tracer("esper.tolaria")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -370,7 +372,16 @@ class TolariaTrainer:
     # ------------------------------------------------------------------------------------ the boundary
 
     def _boundary(self, epoch: int, metrics: dict[str, float], elapsed: float) -> AdaptationSignal:
-        """Kasmina's moves, heartbeat, decision, commands; returns the controller's signal."""
+        """Kasmina's moves, heartbeat, decision, commands; returns the controller's signal.
+
+        The boundary is one trace: the packet, the controller's decision (across the bus when it is Tamiyo's
+        service), the commands, Kasmina's transitions and the field reports.
+        """
+        with _tracer.start_as_current_span("tolaria.boundary", attributes={"esper.run_id": self.run_id,
+                                                                           "esper.epoch": epoch}):
+            return self._traced_boundary(epoch, metrics, elapsed)
+
+    def _traced_boundary(self, epoch: int, metrics: dict[str, float], elapsed: float) -> AdaptationSignal:
         wait_for_loads(self.model)  # loads take milliseconds; waiting keeps runs reproducible
         if self.ranks is not None:
             self.ranks.agree_kernel_failures(self.model, epoch)  # a kernel that failed on any rank fails on all
@@ -407,6 +418,11 @@ class TolariaTrainer:
 
         One at a time so that a GERMINATE followed by an ADVANCE of the same seed shows both steps.
         """
+        if commands:
+            with _tracer.start_as_current_span("kasmina.apply", attributes={"esper.commands": len(commands)}):
+                self._apply_each(epoch, commands, metrics)
+
+    def _apply_each(self, epoch: int, commands: list[KasminaControlCommand], metrics: dict[str, Any]) -> None:
         for cmd in commands:
             errors = apply_commands(self.model, [cmd], epoch)
             for error in errors:
@@ -446,6 +462,10 @@ class TolariaTrainer:
         """Log one stage change Kasmina reported and record it in the lineage."""
         kernel, sid, reason = move.kernel_artifact_id, move.seed_id, move.reason
         old, new = move.old.value, move.new.value
+        attributes: dict[str, str | bool] = {"esper.seed_id": sid, "esper.stage.old": str(old),
+                                             "esper.stage.new": str(new), "esper.commanded": move.commanded}
+        with _tracer.start_as_current_span("kasmina.transition", attributes=attributes):
+            pass  # a point in the trace: the stage change at this boundary, under the command that made it
         name = self.blueprint_names(kernel) if kernel else None
         metric_view = {k: metrics.get(k) for k in ("val_loss", "val_accuracy", "train_loss")}
         self.lineage.record(seed_id=sid, layer_id=move.layer_id, seed_index=move.seed_index, old=old, new=new,

@@ -1,4 +1,4 @@
-"""Urza's REST API (``/api/v1``): routers, error mapping, request limits and access tokens."""
+"""Urza's REST API (``/api/v1``): routers, error mapping and request limits."""
 
 from .app import install_api
 

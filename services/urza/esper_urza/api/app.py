@@ -1,4 +1,8 @@
-"""Puts Urza's API onto a FastAPI app: routers, error handling, limits and the objects the routes use."""
+"""Puts Urza's API onto a FastAPI app: routers, error handling, limits and the objects the routes use.
+
+Who may call what (``esper_runtime.auth``): viewers read and query; operators submit blueprints and field
+reports and write the pipeline's results (Tezzeret, Urabrask); admins force an artifact's status.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from ..catalog import Catalog
 from ..ledger import Ledger
 from ..settings import UrzaSettings
 from .blueprints import router as blueprints_router
-from .errors import ErrorBoundary, install_error_handlers
+from .errors import install_error_handlers
 from .kernels import router as kernels_router
 from .pipeline import router as pipeline_router
 from .policies import router as policies_router
@@ -24,5 +28,3 @@ def install_api(app: FastAPI, catalog: Catalog, ledger: Ledger, settings: UrzaSe
     app.include_router(pipeline_router)
     app.include_router(policies_router)
     install_error_handlers(app)
-    # Outermost: it wraps the service's body guard (esper_runtime), so a 413 or 408 carries the trace id.
-    app.add_middleware(ErrorBoundary)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from esper_contracts import BlueprintClass, BlueprintIR, BlueprintLineage, BlueprintRecord, FieldReport
 from esper_contracts.base import MAX_INT32, Text
+from esper_runtime import Role, require
 
 from ..catalog import Catalog
 from ..errors import NotFound
 from ..settings import UrzaSettings
 from . import deps
-from .auth import require
 from .schemas import (
     BlueprintCheck,
     BlueprintPage,
@@ -29,8 +29,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(prefix="/api/v1/blueprints", tags=["blueprints"], responses=ERRORS)
 CatalogDep = Annotated[Catalog, Depends(deps.catalog)]
 SettingsDep = Annotated[UrzaSettings, Depends(deps.settings)]
-read = [Depends(require("read"))]
-write = [Depends(require("write"))]
+read = [require(Role.VIEWER)]
+write = [require(Role.OPERATOR)]
 
 
 @router.post("", response_model=BlueprintRecord, status_code=201, dependencies=write,

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from esper_contracts import CompiledKernelArtifact, KernelQuery, KernelQueryResult, UrabraskValidationReport
+from esper_runtime import Role, require
 from esper_storage.blob.base import CHUNK_SIZE
 
 from ..catalog import Catalog
@@ -18,7 +19,6 @@ from ..errors import BadRequest, NotFound
 from ..ledger import BinaryInfo, Ledger, TransitionResult
 from ..settings import UrzaSettings
 from . import deps
-from .auth import require
 from .blueprints import ERRORS
 from .schemas import ArtifactDetail, BinaryView, StatusEventView, StatusUpdate, TransitionView
 
@@ -26,8 +26,10 @@ router = APIRouter(prefix="/api/v1/kernels", tags=["kernels"], responses=ERRORS)
 CatalogDep = Annotated[Catalog, Depends(deps.catalog)]
 LedgerDep = Annotated[Ledger, Depends(deps.ledger)]
 SettingsDep = Annotated[UrzaSettings, Depends(deps.settings)]
-read = [Depends(require("read"))]
-write = [Depends(require("write"))]
+read = [require(Role.VIEWER)]
+write = [require(Role.OPERATOR)]
+#: Forcing a status (FAILED takes an artifact out of service) overrides the pipeline: admins only.
+force = [require(Role.ADMIN)]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -152,7 +154,7 @@ def post_validation_report(artifact_id: str, report: UrabraskValidationReport, l
     return _transition_view(ledger.record_validation(report, source="rest"))
 
 
-@router.post("/{artifact_id}/status", response_model=TransitionView, dependencies=write)
+@router.post("/{artifact_id}/status", response_model=TransitionView, dependencies=force)
 def post_status(artifact_id: str, update: StatusUpdate, ledger: LedgerDep) -> TransitionView:
     """Move an artifact to COMPILING, VALIDATING or FAILED; with ``expected_status``, only from that status (409)."""
     return _transition_view(ledger.set_status(artifact_id, update.status, expected=update.expected_status,

@@ -7,16 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from esper_contracts import PipelineBacklog
+from esper_runtime import Role, require
 
 from ..catalog import Catalog
 from . import deps
-from .auth import require
 from .blueprints import ERRORS
 
 router = APIRouter(prefix="/api/v1/pipeline", tags=["pipeline"], responses=ERRORS)
 
 
-@router.get("/backlog", response_model=PipelineBacklog, dependencies=[Depends(require("read"))])
+@router.get("/backlog", response_model=PipelineBacklog, dependencies=[require(Role.VIEWER)])
 def get_backlog(catalog: Annotated[Catalog, Depends(deps.catalog)]) -> PipelineBacklog:
     """Compilation jobs not yet finished, artifacts compiled but not yet judged, and jobs not yet sent.
 

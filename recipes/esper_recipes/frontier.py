@@ -31,11 +31,12 @@ from sklearn.datasets import load_wine
 from torch import nn
 
 from esper.data import Batches
+from esper.tasks import TaskSpec
 from esper.tolaria import evaluate
 from esper.tolaria.pruning import train_epoch
 
 from .compact import compact_grown
-from .demo import HOSTS, NarrowMLP, TinyCNN, demo_config, run_experiment
+from .demo import BUILTIN_TASKS, CONFIGS, NarrowMLP, TinyCNN, demo_config, run_experiment
 from .tasks import TASKS, TaskData, _split
 
 PATIENCE, MAX_EPOCHS, COMPACT_EPOCHS = 10, 80, 20
@@ -48,8 +49,13 @@ def wine(seed: int = 0) -> TaskData:
     return _split("wine", bunch.data.astype(np.float64), bunch.target.astype(np.int64), seed)
 
 
+def _wine_host(data: TaskData) -> nn.Module:
+    return NarrowMLP(data.num_features, (4, 4), data.num_classes)
+
+
 TASKS.setdefault("wine", wine)
-HOSTS.setdefault("wine", (lambda d: NarrowMLP(d.num_features, (4, 4), d.num_classes), "ReLU MLP 13-4-4-3"))
+# Wine runs under the spirals config (see run_arms), so its spec names that file.
+BUILTIN_TASKS.setdefault("wine", TaskSpec("wine", wine, _wine_host, CONFIGS / "demo-spirals.yaml", "ReLU MLP 13-4-4-3"))
 
 
 def static_model(task: str, width: int, data: TaskData) -> nn.Module:

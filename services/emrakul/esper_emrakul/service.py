@@ -29,7 +29,7 @@ from esper_contracts import (
     Topic,
 )
 from esper_policy.emrakul import EmrakulSettings, plan_pruning, spend_share
-from esper_runtime import Service, ServiceSettings, load_settings
+from esper_runtime import Role, Service, ServiceSettings, load_settings, require
 from esper_runtime.metrics import counter
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class EmrakulService(Service):
             max_module_fraction=settings.max_module_fraction))
         self.plan_count = counter(self.registry, "esper_emrakul_plans")
         self.outcome_count = counter(self.registry, "esper_emrakul_outcomes")
-        self.app.add_api_route("/api/v1/status", self.planner.status, methods=["GET"], tags=["emrakul"])
+        self.app.add_api_route("/api/v1/status", self.planner.status, methods=["GET"], tags=["emrakul"],
+                               dependencies=[require(Role.VIEWER)])
 
     def _report(self, envelope: Envelope[Any]) -> None:
         plan = self.planner.on_report(envelope)

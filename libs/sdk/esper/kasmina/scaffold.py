@@ -223,3 +223,29 @@ class ScaffoldSupervisor:
     def alphas(self) -> dict[str, float]:
         """Current alpha of every supervised scaffold."""
         return {sid: self._layer(s.layer_id).alpha(s.index) for sid, s in self.scaffolds.items()}
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The supervised scaffolds for a checkpoint: ``records`` JSON-able, ``anchors`` tensors (weights_only-safe).
+
+        A rollback or resume restores them with the model, so weaning goes on from the same alpha and anchor.
+        """
+        records = [{"layer_id": s.layer_id, "index": s.index, "started_epoch": s.started_epoch,
+                    "ttl_epochs": s.ttl_epochs, "wean_epochs": s.wean_epochs, "green": s.green,
+                    "weaning_since": s.weaning_since, "losses": list(s.losses), "last_variance": s.last_variance,
+                    "history": list(s.history)} for s in self.scaffolds.values()]
+        anchors = {sid: [a.detach().clone() for a in s.anchor] for sid, s in self.scaffolds.items() if s.anchor}
+        return {"records": records, "anchors": anchors}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the supervised scaffolds with those of :meth:`state_dict` (the model is restored separately)."""
+        anchors = state.get("anchors", {})
+        self.scaffolds = {}
+        for r in state.get("records", []):
+            s = Scaffold(r["layer_id"], int(r["index"]), int(r["started_epoch"]), int(r["ttl_epochs"]),
+                         int(r["wean_epochs"]), green=int(r["green"]), weaning_since=r["weaning_since"],
+                         losses=[float(x) for x in r["losses"]], last_variance=r["last_variance"],
+                         history=list(r["history"]))
+            s.anchor = list(anchors.get(s.seed_id, []))
+            self.scaffolds[s.seed_id] = s

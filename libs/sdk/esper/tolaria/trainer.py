@@ -29,8 +29,8 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,27 +41,20 @@ from opentelemetry import trace
 from torch import nn
 
 from esper_contracts import (
-    ACTIVE_STAGES,
     AdaptationSignal,
     CommandType,
-    FieldReport,
     KasminaControlCommand,
     Outcome,
     SeedId,
     SeedStage,
     SystemStatePacket,
-    blueprint_id_of,
-    field_report,
-    validation_metric,
 )
 from esper_policy import ControlPolicy
-from esper_policy.observation import OBSERVATION_VERSION, ObservationBuilder, action_of_signal
+from esper_policy.observation import ObservationBuilder
 
 from ..config import TolariaConfig
 from ..kasmina import (
     EventKind,
-    SeedTransition,
-    apply_commands,
     begin_boundary,
     collect_telemetry,
     drain_events,
@@ -74,6 +67,7 @@ from ..kasmina import (
     seed_stages,
     wait_for_loads,
 )
+from ..kasmina.scaffold import ScaffoldSupervisor
 from ..lineage import Lineage, attach_lineage
 from .checkpoint import CheckpointStore
 from .distributed import (
@@ -86,6 +80,7 @@ from .distributed import (
     resolve_device,
 )
 from .guard import LossSpikeGuard
+from .records import RunRecords, TrainingHistory
 from .runlog import ConsoleProgress, RunLog
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -103,17 +98,6 @@ class TrainerHooks:
 
     on_epoch_end: Callable[[TolariaTrainer], None] | None = None
     on_restore: Callable[[TolariaTrainer, Path], None] | None = None
-
-
-@dataclass
-class TrainingHistory:
-    """Per-epoch metrics (restored on rollback, so they describe the final model) and the append-only event log."""
-
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    field_reports: list[dict[str, Any]] = field(default_factory=list)
-    rollbacks: list[dict[str, Any]] = field(default_factory=list)
-    unfinished: list[str] = field(default_factory=list)  # seeds live when training ended (neither kept nor culled)
 
 
 def make_optimizer(kind: str, params: list[nn.Parameter], lr: float, weight_decay: float,
@@ -172,7 +156,7 @@ def _data_from_config(cfg: TolariaConfig, train_data: Iterable[Batch] | None,
             val_data if val_data is not None else Batches(task.val, 1024, shuffle=False))
 
 
-class TolariaTrainer:
+class TolariaTrainer(RunRecords):
     """Trains a Kasmina-wrapped model under a control policy; ``train()`` returns (model, history)."""
 
     def __init__(
@@ -228,6 +212,8 @@ class TolariaTrainer:
                                     floor=cfg.spike_min_increase, mad_k=cfg.spike_mad_k,
                                     patience=cfg.spike_patience, explosion_ratio=cfg.explosion_ratio)
         self._observer = ObservationBuilder()  # the episode's observation vectors (episode.jsonl)
+        # Kasmina's side of scaffolds: adopts those Tamiyo germinates, weans them, retires them (decision 0014).
+        self.scaffolds = ScaffoldSupervisor(model)
         self._rebuild_seed_optimizer()
         # The module the training step calls: the host under DDP when there are several ranks.
         self._step_model = self.ranks.wrap(self.model) if self.ranks is not None else self.model
@@ -273,15 +259,6 @@ class TolariaTrainer:
             if self.log is not None:
                 self.log.close()
         return self.model, self.history
-
-    def _report_unfinished(self) -> None:
-        """Name the seeds whose lifecycle the run's end cut short: they count in the model's parameters and its
-        outputs (blended in part) but were never judged, so they are reported UNFINISHED, not as kept."""
-        self.history.unfinished = self._live_seeds()
-        if self.history.unfinished:
-            self._event(self.epoch, "unfinished", seeds=self.history.unfinished)
-            self._say(f"training ended with {len(self.history.unfinished)} seed(s) UNFINISHED (still in the model, "
-                      f"never fossilized): {', '.join(self.history.unfinished)}")
 
     def _run_epoch(self, epoch: int) -> None:
         start = time.perf_counter()
@@ -336,8 +313,12 @@ class TolariaTrainer:
             x, y = x.to(self.device), y.to(self.device)
             logits = self._step_model(x)  # (B, classes)
             loss = self.loss_fn(logits, y)
-            recon = reconstruction_loss(self.model)  # graph from detached host activations: seed grads only
-            objective = loss if recon is None else loss + recon
+            objective = loss
+            # Reconstruction (its graph from detached host activations: seed grads only), and a weaning
+            # scaffold's distillation and L1 anchor (host grads).
+            for extra in (reconstruction_loss(self.model), self.scaffolds.loss()):
+                if extra is not None:
+                    objective = objective + extra
             if ranks is None and not torch.isfinite(objective):
                 return math.nan, 0.0  # stop before a bad step reaches the weights
             vote = ranks.vote(not torch.isfinite(objective)) if ranks is not None else None
@@ -385,6 +366,10 @@ class TolariaTrainer:
         wait_for_loads(self.model)  # loads take milliseconds; waiting keeps runs reproducible
         if self.ranks is not None:
             self.ranks.agree_kernel_failures(self.model, epoch)  # a kernel that failed on any rank fails on all
+        for sunset in self.scaffolds.boundary(epoch, metrics["val_loss"]):  # scaffolds move on before telemetry
+            self._event(epoch, "scaffold_sunset", seed=sunset.seed_id, outcome=sunset.outcome,
+                        escalate=sunset.escalate)
+            self._say(f"epoch {epoch:3d}  {sunset.seed_id}  scaffold left: {sunset.outcome}")
         telemetry = collect_telemetry(self.model, epoch)  # runs Kasmina's boundary work (culls failed kernels)
         if self.ranks is not None:
             self.ranks.share_new_seeds(self.model)  # kernels attached just now start from rank 0's weights
@@ -424,7 +409,7 @@ class TolariaTrainer:
 
     def _apply_each(self, epoch: int, commands: list[KasminaControlCommand], metrics: dict[str, Any]) -> None:
         for cmd in commands:
-            errors = apply_commands(self.model, [cmd], epoch)
+            errors = self.scaffolds.apply([cmd], epoch)  # apply_commands, adopting scaffolds germinated
             for error in errors:
                 self._event(epoch, "command_refused", message=error)
                 self._say(f"epoch {epoch:3d}  command refused: {error}")
@@ -456,62 +441,6 @@ class TolariaTrainer:
         for report in reports:
             self._record_report(epoch, report)
 
-    # ------------------------------------------------------------------------------------ lifecycle log
-
-    def _transition(self, epoch: int, move: SeedTransition, metrics: Mapping[str, Any]) -> None:
-        """Log one stage change Kasmina reported and record it in the lineage."""
-        kernel, sid, reason = move.kernel_artifact_id, move.seed_id, move.reason
-        old, new = move.old.value, move.new.value
-        attributes: dict[str, str | bool] = {"esper.seed_id": sid, "esper.stage.old": str(old),
-                                             "esper.stage.new": str(new), "esper.commanded": move.commanded}
-        with _tracer.start_as_current_span("kasmina.transition", attributes=attributes):
-            pass  # a point in the trace: the stage change at this boundary, under the command that made it
-        name = self.blueprint_names(kernel) if kernel else None
-        metric_view = {k: metrics.get(k) for k in ("val_loss", "val_accuracy", "train_loss")}
-        self.lineage.record(seed_id=sid, layer_id=move.layer_id, seed_index=move.seed_index, old=old, new=new,
-                            epoch=epoch, metrics=metric_view, blueprint_id=blueprint_id_of(kernel),
-                            blueprint_name=name, kernel_artifact_id=kernel, reason=reason)
-        self._event(epoch, "transition", seed=sid, old=old, new=new, blueprint=name, kernel=kernel, reason=reason)
-        shown = f"  {name}" if move.new is SeedStage.GERMINATED and name else ""
-        why = f"  ({reason})" if reason else ""
-        self._say(f"epoch {epoch:3d}  {sid}  {old} -> {new}{shown}{why}")
-
-    def _report_for(self, seed_id: str, outcome: Outcome, metrics: Mapping[str, Any]) -> FieldReport:
-        """A field report for an outcome Tolaria decided (rollback, crashed kernel), from the lineage."""
-        germ = next((g for g in reversed(self.lineage.germinations) if g.seed_id == seed_id), None)
-
-        def score(m: Mapping[str, Any]) -> float:
-            return validation_metric(m.get("val_accuracy"), m.get("val_loss"))
-
-        return field_report(
-            seed_id=seed_id, outcome=outcome, run_id=self.run_id, epoch=self.epoch,
-            blueprint_id=germ.blueprint_id if germ else None,
-            kernel_artifact_id=germ.kernel_artifact_id if germ else None,
-            germinated_epoch=germ.germinated_epoch if germ else None,
-            pre_metric=score(germ.metrics_before) if germ else 0.0, post_metric=score(metrics),
-        )
-
-    def _record_step(self, packet: SystemStatePacket, observation: list[float], signal: AdaptationSignal,
-                     reports: list[FieldReport]) -> None:
-        """One line of episode.jsonl: what the controller saw, what it did, and what came of it."""
-        assert self.log is not None
-        action = action_of_signal(packet, signal)
-        stats = getattr(self.controller, "stats", None)
-        self.log.episode({
-            "epoch": packet.epoch, "observation_version": OBSERVATION_VERSION, "observation": observation,
-            "action": action.encode(), "action_name": action.describe(), "commands": len(signal.commands),
-            "outcomes": {"val_accuracy": packet.val_accuracy, "val_loss": packet.val_loss,
-                         "seed_parameters": packet.seed_parameters,
-                         "reports": [{"seed_id": r.seed_id, "outcome": r.outcome.value, "blueprint_id": r.blueprint_id}
-                                     for r in reports]},
-            "controller": stats() if callable(stats) else None,
-        })
-
-    def _record_report(self, epoch: int, report: FieldReport) -> None:
-        data = report.model_dump(mode="json")
-        self.history.field_reports.append(data)
-        self._event(epoch, "field_report", report=data)
-
     # ------------------------------------------------------------------------------------ optimizers
 
     def _rebuild_seed_optimizer(self, force: bool = False) -> None:
@@ -540,6 +469,7 @@ class TolariaTrainer:
             "epoch": self.epoch, "global_step": self.global_step, "epochs": self.history.epochs,
             "train_losses": list(self.guard.losses), "lineage": self.lineage.to_dict(),
         }
+        scaffolds = self.scaffolds.state_dict()
         return {
             "format": 1,
             "model": self.model.state_dict(),
@@ -547,6 +477,8 @@ class TolariaTrainer:
             "seed_optimizer": self.seed_optimizer.state_dict() if self.seed_optimizer is not None else None,
             "controller": json.dumps(self.controller.state_dict(), allow_nan=False),
             "trainer": json.dumps(trainer, allow_nan=False, default=str),
+            "scaffolds": json.dumps(scaffolds["records"], allow_nan=False),
+            "scaffold_anchors": scaffolds["anchors"],
         }
 
     def _checkpoint(self) -> Path:
@@ -587,6 +519,8 @@ class TolariaTrainer:
         self.epoch, self.global_step = int(trainer["epoch"]), int(trainer["global_step"])
         self.history.epochs = list(trainer["epochs"])
         self.guard.reset(trainer["train_losses"])
+        self.scaffolds.load_state_dict({"records": json.loads(state.get("scaffolds", "[]")),
+                                        "anchors": state.get("scaffold_anchors") or {}})
         self.lineage = Lineage.from_dict(trainer["lineage"])
         attach_lineage(self.model, self.lineage)
         self._seed_param_ids = []
@@ -658,27 +592,3 @@ class TolariaTrainer:
         generator = getattr(self.train_data, "generator", None)
         if isinstance(generator, torch.Generator):
             generator.manual_seed(seed)
-
-    # ------------------------------------------------------------------------------------ records
-
-    def _live_seeds(self) -> list[str]:
-        """Seeds whose stage holds a kernel now (GERMINATED .. FINE_TUNING), in model order."""
-        return [SeedId(layer_id, i) for layer_id, i, stage in seed_stages(self.model) if stage in ACTIVE_STAGES]
-
-    def _epoch_record(self, epoch: int, metrics: dict[str, float], elapsed: float) -> dict[str, Any]:
-        host, seeds = host_parameter_count(self.model), seed_parameter_count(self.model)
-        stages: dict[str, int] = {}
-        for _, _, stage in seed_stages(self.model):
-            stages[stage.value] = stages.get(stage.value, 0) + 1
-        return {"epoch": epoch, **metrics, "host_params": host, "seed_params": seeds, "total_params": host + seeds,
-                "global_step": self.global_step, "epoch_time_s": round(elapsed, 4), "stages": stages}
-
-    def _event(self, epoch: int, kind: str, **fields: Any) -> None:
-        record = {"kind": kind, "epoch": epoch, **fields}
-        self.history.events.append(record)
-        if self.log is not None:
-            self.log.event(kind, epoch, **fields)
-
-    def _say(self, line: str) -> None:
-        if self.progress is not None:
-            self.progress.log(line)

@@ -6,17 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response
 
+from esper_runtime import Role, require
+
 from ..catalog import Catalog
 from ..policies import PolicyLibrary
 from . import deps
-from .auth import require
 from .blueprints import ERRORS
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], responses=ERRORS)
 CatalogDep = Annotated[Catalog, Depends(deps.catalog)]
 
 
-@router.put("/{version}", dependencies=[Depends(require("write"))], status_code=201)
+@router.put("/{version}", dependencies=[require(Role.OPERATOR)], status_code=201)
 def put_policy(version: str, catalog: CatalogDep, response: Response,
                artifact: Annotated[dict[str, Any], Body(description="The policy artifact (esper-policy/1 JSON)")]
                ) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def put_policy(version: str, catalog: CatalogDep, response: Response,
             "created_at": stored.created_at.isoformat(), "created": new}
 
 
-@router.get("/{version}", dependencies=[Depends(require("read"))])
+@router.get("/{version}", dependencies=[require(Role.VIEWER)])
 def get_policy(version: str, catalog: CatalogDep, response: Response) -> dict[str, Any]:
     """The policy artifact as stored; ``X-Content-SHA256`` carries the digest of its canonical JSON."""
     stored = PolicyLibrary(catalog.ctx).get(version)
@@ -36,7 +37,7 @@ def get_policy(version: str, catalog: CatalogDep, response: Response) -> dict[st
     return stored.artifact
 
 
-@router.get("", dependencies=[Depends(require("read"))])
+@router.get("", dependencies=[require(Role.VIEWER)])
 def list_policies(catalog: CatalogDep) -> list[dict[str, Any]]:
     """Every stored version and its digest, oldest first."""
     stored = PolicyLibrary(catalog.ctx).versions()

@@ -208,9 +208,15 @@ class BlueprintIR(StrictModel):
         """sha256 of the canonical JSON of everything that defines the computation.
 
         Name, description, tags and lineage (parents, mutation record) are left out: two submissions of the
-        same graph are the same blueprint, whatever they are called.
+        same graph are the same blueprint, whatever they are called. Node attributes are hashed in canonical
+        form (:func:`esper_contracts.ir_shapes.canonical_attrs`: defaults written out, values normalised), so
+        an omitted default does not make a second id for the same computation (decision 0015).
         """
+        from .ir_shapes import canonical_attrs  # ir_shapes imports this module
+
         body = self.model_dump(mode="json", include={"blueprint_class", "input", "output", "nodes", "edges"})
+        for node, raw in zip(body["nodes"], self.nodes, strict=True):
+            node["attrs"] = canonical_attrs(raw.op, dict(raw.attrs))
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -143,6 +143,43 @@ def _attrs(node_id: str, op: OpType, given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Attributes whose default the canonical form leaves out (every other default is written out). The split is
+#: the built-in blueprints' own spelling, so that canonical hashing left most of their ids as they were
+#: (decision 0015); what matters is only that there is one form.
+_OMITTED_WHEN_DEFAULT = {(OpType.CONV2D, "padding"), (OpType.CONV2D, "groups"),
+                         (OpType.MULTIHEAD_ATTENTION, "dropout"), (OpType.MULTIHEAD_ATTENTION, "bias")}
+
+
+def canonical_attrs(op: OpType, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` as the blueprint id sees it: one spelling for every way of writing the same attributes.
+
+    Two IRs that differ only in a default written or omitted (``bias: true``), in ``normalized_shape`` written
+    as 7 or [7], in an integer written for a float, or in conv2d's padding given as the only value allowed,
+    compute the same thing and get the same id. Lenient: a value its checker refuses is kept as given (shape
+    inference reports it); the hash must not be where a bad IR fails.
+    """
+    schema, _layouts = _SCHEMA[op]
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        check = schema[name][0] if name in schema else None
+        try:
+            out[name] = check(value) if check is not None else value
+        except ValueError:
+            out[name] = value
+    if isinstance(out.get("normalized_shape"), int):
+        out["normalized_shape"] = [out["normalized_shape"]]
+    kernel = out.get("kernel_size")
+    for name, (_check, default) in schema.items():
+        if (op, name) in _OMITTED_WHEN_DEFAULT:
+            if name == "padding" and isinstance(kernel, int):
+                default = kernel // 2  # the one padding that keeps H and W (inference enforces it)
+            if name in out and out[name] == default:
+                del out[name]
+        elif name not in out and default is not _REQUIRED:
+            out[name] = default
+    return out
+
+
 def _at_least_one(node_id: str, op: OpType, **values: int) -> None:
     for name, value in values.items():
         if value < 1:

@@ -37,8 +37,9 @@ def _canonical_sha(ir: BlueprintIR) -> str:
 
 
 # (ir_hash, sha256 of the whole canonical IR), computed from the SDK's built-ins before they moved here
-# (commit e15fcd5). Compiled kernels are cached by IR hash and Tamiyo's choices follow the library's order:
-# a change here changes what the demo grows.
+# (commit e15fcd5); the BCHW bottleneck and depthwise ids changed once, when ir_hash began hashing canonical
+# attributes (decision 0015: their 3x3 convolutions omit bias and init). Compiled kernels are cached by IR hash
+# and Tamiyo's choices follow the library's order: a change here changes what the demo grows.
 PINNED = {
     ("BD", "residual_mlp"): ("0e577eac822cc596fed2b81fcfe527bf011686dbd75ec854e37c130a564bc7df",
                              "5c786a848a736d2f067ff01b1afd1611ba1583c8c43949e78db1b6165e7ee705"),
@@ -56,9 +57,9 @@ PINNED = {
                                 "9f7cda51fbe453c72485b308720f2a724e25d5c9c773cc5f6c8d67c48d7d3f58"),
     ("BCHW", "residual_mlp"): ("f756117420d88541050c9a1235f031541d6fa3307ef2147237a3fc5f50bc9395",
                                "88e37caaf5d99afdb2b77a1038c2dd344d447085b4d894f5d6717de551ca9174"),
-    ("BCHW", "bottleneck"): ("07ba570c2a66ce6eae3402286cfa7cf408e885d3a5d9f38d050f6932594a1bbe",
+    ("BCHW", "bottleneck"): ("eb1ac89ae2a896ed8ef0731dcea12d7c8dbd1beda0a446f01a2820811de1e89f",
                              "54c21bf31875d82a4106b71c8c23e12714d38b7a5813bc99f1808fcee9b2a66a"),
-    ("BCHW", "depthwise_conv"): ("adf23faeb1bae452b84cbf07db7181d202ee14e3b8e30eace5c274e62d9de5e2",
+    ("BCHW", "depthwise_conv"): ("4c5a6d01cc249ce5853c53ba55e7d0ed65f98feefb4f72c0dc72e37e748802d2",
                                  "17b9ef9547f9bf3b15078c3227162f50068cd0e7de16f9b9b8fb0817f0901f1d"),
     ("BCHW", "low_rank_adapter"): ("99a625d35f1ebaff184fce4e67c73fd298ab71d7d4f1ba13053f42bfdb4096ca",
                                    "f91cccfeb5740876c3cd198c936e52510da5bf1d291ad5a96a7d514160af7f09"),

@@ -60,6 +60,25 @@ def test_resubmitting_the_same_ir_returns_the_record_and_queues_nothing(client: 
     assert _counts(client) == 1
 
 
+def test_the_same_graph_with_its_defaults_spelled_out_is_the_same_blueprint(client: TestClient, kit: Any) -> None:
+    body = kit.ir_json(kit.make_ir())
+    spelled = json.loads(json.dumps(body))
+    attrs = next(n for n in spelled["nodes"] if n["op"] == "linear")["attrs"]
+    defaults = {"bias": True, "init": "default"}
+    written = {k for k, v in defaults.items() if attrs.get(k) == v}
+    for k in defaults:  # write out the defaults it leaves out, or leave out those it writes
+        if not written:
+            attrs[k] = defaults[k]
+        elif k in written:
+            del attrs[k]
+    assert spelled != body  # one submission writes the defaults, the other leaves them out
+    first = client.post("/api/v1/blueprints", json=body)
+    second = client.post("/api/v1/blueprints", json=spelled)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.json()["blueprint_id"] == first.json()["blueprint_id"]
+    assert _counts(client) == 1
+
+
 def test_each_configured_pipeline_and_hardware_gets_a_job(urza_factory: Any, make_kit: Any, collect: Any) -> None:
     kit = make_kit()
     urza = urza_factory(pipelines=["fast", "standard", "aggressive"], hardware=["cpu", "h100"], batch_size=8,

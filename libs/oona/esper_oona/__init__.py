@@ -8,6 +8,7 @@
 from .bus import Bus, BusOptions, DeadLetter, Subscription
 from .delivery import (
     DEAD_LETTER_SUBSCRIPTION,
+    REASON_DUPLICATE,
     REASON_MALFORMED,
     REASON_OVERSIZED,
     REASON_REDELIVERY_LIMIT,
@@ -31,6 +32,7 @@ from .factory import BACKENDS, connect
 __all__ = [
     "BACKENDS",
     "DEAD_LETTER_SUBSCRIPTION",
+    "REASON_DUPLICATE",
     "REASON_MALFORMED",
     "REASON_OVERSIZED",
     "REASON_REDELIVERY_LIMIT",

@@ -22,7 +22,7 @@ from .delivery import (
     Handler,
     SubscriptionStats,
 )
-from .errors import BusClosedError, PayloadValidationError
+from .errors import BusClosedError, MalformedMessageError, PayloadValidationError
 from .tracing import publish_span
 
 #: Largest message, envelope included: under Pulsar's default 5 MB limit, so the broker never refuses one that
@@ -212,6 +212,26 @@ class Bus(abc.ABC):
             for _envelope, data, message_key in encoded:
                 self._send(codec, data, message_key, properties or None)
         return [envelope for envelope, _data, _key in encoded]
+
+    def republish(self, envelope: Envelope[Any], *, key: str | None = None) -> Envelope[Any]:
+        """Send ``envelope`` again exactly as it was (same message id): the safe resend after PublishUnconfirmed.
+
+        A flush that timed out cannot say whether the broker has the message; resending a *new* envelope could
+        deliver it twice, resending the same one cannot be handled twice by a consumer that saw the first copy
+        (each consumer acknowledges an id it already handled without running its handler). Raises
+        UnknownTopicError, or PayloadValidationError when the envelope is not one of its topic's.
+        """
+        self._check_open()
+        codec = codec_for(envelope.topic)
+        data = envelope.__pydantic_serializer__.to_json(envelope)
+        try:
+            codec.decode(data)  # the same checks a consumer makes: topic, payload type, payload
+        except MalformedMessageError as exc:
+            raise PayloadValidationError(codec.topic, codec.model, str(exc)) from exc
+        self._check_size(codec, data)
+        with publish_span(envelope.topic, envelope.trace_id) as (_trace_id, properties):
+            self._send(codec, data, key, properties or None)
+        return envelope
 
     def _check_size(self, codec: TopicCodec, data: bytes) -> None:
         if len(data) > self.options.max_message_bytes:

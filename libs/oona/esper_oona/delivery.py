@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ REASON_MALFORMED = "malformed"
 REASON_OVERSIZED = "oversized"
 REASON_REDELIVERY_LIMIT = "redelivery_limit"
 REASON_REJECTED = "rejected"
+#: Not a dead letter: the reason on the ACK of a message this consumer had already handled (sent twice).
+REASON_DUPLICATE = "duplicate"
 
 #: Message properties Oona writes on a dead letter (the payload is the original bytes, unchanged).
 PROP_SOURCE_TOPIC = "oona-source-topic"
@@ -73,6 +77,35 @@ class Outcome:
 
 _ACK = Outcome(Verdict.ACK)
 _NACK = Outcome(Verdict.NACK)
+_DUPLICATE = Outcome(Verdict.ACK, REASON_DUPLICATE)
+
+
+class RecentIds:
+    """The message ids a consumer handled lately, so that a message sent twice is handled once.
+
+    A publisher that resends after an unconfirmed flush (``Bus.republish``: same envelope, same id) may
+    deliver a message twice; the consumer acknowledges the repeat without running its handler. Bounded
+    (oldest ids forgotten first) and per consumer: a repeat that lands on another consumer of the same
+    subscription, or arrives after ``capacity`` newer messages, is handled again, so handlers stay idempotent
+    where it matters (job workers check Urza's record; Tamiyo answers a repeated packet from its cache).
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, message_id: object) -> bool:
+        with self._lock:
+            return message_id in self._ids
+
+    def add(self, message_id: str) -> None:
+        """Remember ``message_id`` as handled."""
+        with self._lock:
+            self._ids[message_id] = None
+            self._ids.move_to_end(message_id)
+            while len(self._ids) > self.capacity:
+                self._ids.popitem(last=False)
 
 
 def process(
@@ -84,6 +117,7 @@ def process(
     subscription: str,
     properties: Mapping[str, str] | None = None,
     max_bytes: int | None = None,
+    seen: RecentIds | None = None,
 ) -> Outcome:
     """Decode ``data`` and run ``handler`` on it (in the message's trace); decide ack, nack or dead letter.
 
@@ -92,6 +126,7 @@ def process(
     go straight to the dead-letter topic: redelivering them cannot help. A handler that raises anything
     else on a message already redelivered ``max_redeliveries`` times sends it to the dead-letter topic
     instead of asking for another try, so the handler runs at most ``max_redeliveries + 1`` times.
+    A message whose id is in ``seen`` (this consumer handled it already) is acknowledged unhandled.
     """
     if max_bytes is not None and len(data) > max_bytes:
         error = f"{len(data)} bytes, over the bus limit of {max_bytes}"
@@ -104,6 +139,10 @@ def process(
         logger.warning("oona: malformed message on %s/%s goes to the dead-letter topic: %s",
                        codec.topic, subscription, _truncate(str(exc), 300))
         return Outcome(Verdict.DEAD_LETTER, REASON_MALFORMED, _truncate(str(exc)))
+    if seen is not None and envelope.message_id in seen:
+        logger.info("oona: message %s on %s/%s was handled already; acknowledged again", envelope.message_id,
+                    codec.topic, subscription)
+        return _DUPLICATE
     try:
         with consume_span(envelope, properties, subscription):
             handler(envelope)
@@ -122,6 +161,8 @@ def process(
                        codec.topic, subscription, envelope.message_id, redelivery_count, max_redeliveries,
                        exc_info=True)
         return _NACK
+    if seen is not None:
+        seen.add(envelope.message_id)
     return _ACK
 
 
@@ -148,6 +189,7 @@ class SubscriptionStats:
     acked: int = 0
     nacked: int = 0
     dead_lettered: int = 0
+    duplicates: int = 0  # acknowledged without running the handler: handled before
     by_reason: dict[str, int] = field(default_factory=dict)
 
     def record(self, outcome: Outcome) -> None:
@@ -155,6 +197,7 @@ class SubscriptionStats:
         self.delivered += 1
         if outcome.verdict is Verdict.ACK:
             self.acked += 1
+            self.duplicates += outcome.reason == REASON_DUPLICATE
         elif outcome.verdict is Verdict.NACK:
             self.nacked += 1
         else:

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from .bus import Bus, BusOptions, DeadLetter, InitialPosition, Subscription
 from .codec import TopicCodec, codec_for
-from .delivery import DEAD_LETTER_SUBSCRIPTION, Handler, Outcome, Verdict, dead_letter_properties, process
+from .delivery import (
+    DEAD_LETTER_SUBSCRIPTION,
+    Handler,
+    Outcome,
+    RecentIds,
+    Verdict,
+    dead_letter_properties,
+    process,
+)
 from .errors import BusClosedError
 
 #: Messages a memory topic keeps for subscriptions created with ``initial_position="earliest"``.
@@ -246,6 +254,7 @@ class MemorySubscription(Subscription):
         self._state = state
         self._handler = handler
         self._max_redeliveries = max_redeliveries
+        self._seen = RecentIds()  # a message sent twice (a resend after an unconfirmed flush) is handled once
         self._nack_delay_ms = nack_delay_ms
         self.stopping = False
         self.in_flight: set[_Pending] = set()
@@ -284,7 +293,7 @@ class MemorySubscription(Subscription):
                 return
             outcome = process(self._codec, self._handler, pending.record.data, pending.redelivery_count,
                               self._max_redeliveries, state.name, pending.record.properties,
-                              self._bus.options.max_message_bytes)
+                              self._bus.options.max_message_bytes, self._seen)
             if outcome.verdict is Verdict.DEAD_LETTER:
                 self._bus._dead_letter(self._codec, state.name, pending, outcome)
             if state.settle(self, pending, outcome.verdict, self._nack_delay_ms):

@@ -20,7 +20,15 @@ import pulsar
 
 from .bus import Bus, BusOptions, DeadLetter, InitialPosition, Subscription
 from .codec import TopicCodec
-from .delivery import DEAD_LETTER_SUBSCRIPTION, Handler, Outcome, Verdict, dead_letter_properties, process
+from .delivery import (
+    DEAD_LETTER_SUBSCRIPTION,
+    Handler,
+    Outcome,
+    RecentIds,
+    Verdict,
+    dead_letter_properties,
+    process,
+)
 from .errors import BrokerError, BusClosedError, PublishError, PublishUnconfirmed
 
 logger = logging.getLogger("esper_oona")
@@ -66,6 +74,7 @@ class PulsarSubscription(Subscription):
         self._codec = codec
         self._handler = handler
         self._max_redeliveries = max_redeliveries
+        self._seen = RecentIds()  # a message sent twice (a resend after an unconfirmed flush) is handled once
         self._stop = threading.Event()
         self._close_lock = threading.Lock()
         self._consumer_closed = False
@@ -142,7 +151,7 @@ class PulsarSubscription(Subscription):
         consumer = self._consumer
         redelivery_count = message.redelivery_count()
         outcome = process(self._codec, self._handler, message.data(), redelivery_count, self._max_redeliveries,
-                          self.name, message.properties(), self._bus.options.max_message_bytes)
+                          self.name, message.properties(), self._bus.options.max_message_bytes, self._seen)
         try:
             if outcome.verdict is Verdict.ACK:
                 consumer.acknowledge(message)
@@ -267,7 +276,7 @@ class PulsarBus(Bus):
         if unconfirmed:
             raise PublishUnconfirmed(
                 f"{unconfirmed} message(s) were not acknowledged within {self.options.send_timeout_ms} ms: they "
-                f"may or may not be on the broker (a resend may deliver them twice; consumers skip repeats by id)",
+                f"may or may not be on the broker (resend each with Bus.republish: a consumer skips an id it handled)",
                 unconfirmed)
 
     # --- consuming ------------------------------------------------------------------------------------

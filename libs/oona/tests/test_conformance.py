@@ -106,6 +106,29 @@ def test_acknowledged_messages_are_not_delivered_again(make_bus: Any) -> None:
     assert epochs(second.received) == [99]
 
 
+def test_a_message_sent_again_with_republish_is_handled_once(make_bus: Any) -> None:
+    bus = make_bus()
+    recorder = Recorder()
+    sub = bus.subscribe(TELEMETRY, "resend", recorder)
+    first = bus.publish(TELEMETRY, telemetry(1))
+    bus.flush()
+    recorder.wait_received(1)
+    assert bus.republish(first) is first  # the resend after an unconfirmed flush: same envelope, same id
+    bus.publish(TELEMETRY, telemetry(2))  # a new message behind it is still handled
+    bus.flush()
+
+    wait_for(lambda: sub.stats.delivered == 3)
+    assert epochs(recorder.received) == [1, 2]
+    assert (sub.stats.acked, sub.stats.duplicates, sub.stats.dead_lettered) == (3, 1, 0)
+
+
+def test_republish_refuses_an_envelope_that_is_not_its_topics(make_bus: Any) -> None:
+    bus = make_bus()
+    envelope = bus.publish(TELEMETRY, telemetry(1))
+    with pytest.raises(PayloadValidationError):
+        bus.republish(envelope.model_copy(update={"topic": STATE}))
+
+
 def test_a_failing_handler_gets_the_message_again(make_bus: Any) -> None:
     bus = make_bus()
     failed: set[str] = set()

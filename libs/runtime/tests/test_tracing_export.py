@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 from esper_runtime import ServiceSettings
 
@@ -36,9 +36,9 @@ def test_tracing_is_off_by_default() -> None:
 
 
 class _Collector(BaseHTTPRequestHandler):
-    received: list[tuple[str, bytes]] = []
+    received: ClassVar[list[tuple[str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         _Collector.received.append((self.path, body))
         self.send_response(200)

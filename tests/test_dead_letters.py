@@ -68,6 +68,11 @@ SAMPLES: dict[str, Callable[[], dict[str, Any]]] = {
     "ProtectedZone": lambda: {"module_patterns": ["m.0"], "reason": "volatile", "created_epoch": 1},
     "ImportanceReport": lambda: {"epoch": 1, "checkpoint_id": "ckpt-1"},
     "PruningPlan": lambda: {"epoch": 1, "importance_report_id": "imp-1", "allowance": 0.1},
+    "ImportanceRequest": lambda: {"run_id": "r", "epoch": 1, "checkpoint_id": "ckpt-1",
+                                  "checkpoint_key": "checkpoints/r/1.safetensors",
+                                  "modules": [{"module_path": "m.0", "kind": "linear"}]},
+    "PruningOutcome": lambda: {"plan_id": "plan-1", "epoch": 1, "mode": "probe", "accepted": False,
+                               "reason": "refused: the plan names a protected zone"},
 }
 
 

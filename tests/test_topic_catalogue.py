@@ -59,7 +59,9 @@ PLANNED_SERVICES = {
 }
 #: Roles that open issues give to services that exist today.
 PLANNED_ROLES = {
-    (Topic.SEED_HEALTH, "kasmina"): "#15 Nissa consumes seed health from the bus, so the trainer publishes it",
+    # Not owed by an open issue any more: seed health rides in every SystemStatePacket, which Nissa reads; the
+    # topic stays reserved until SeedTelemetry names its run (see its catalogue entry).
+    (Topic.SEED_HEALTH, "kasmina"): "reserved: per-seed health between boundaries, once SeedTelemetry names a run",
 }
 
 

@@ -171,8 +171,10 @@ def test_the_urza_client_carries_the_trace_into_urzas_span(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------------------------- one trace, end to end
 
-KASMINA = {"chunks_per_layer": 1, "training_min_steps": 2, "training_max_steps": 6, "alpha_ramp_steps": 4,
-           "stabilization_steps": 2, "evaluation_steps": 2, "fine_tuning_steps": 2}
+# The head holds a slot too (as before heads were left alone by default): its 2-feature seed is what the default
+# ATP budget can pay for; a 16-feature one is priced above it and would only ever wait.
+KASMINA = {"chunks_per_layer": 1, "include_head": True, "training_min_steps": 2, "training_max_steps": 6,
+           "alpha_ramp_steps": 4, "stabilization_steps": 2, "evaluation_steps": 2, "fine_tuning_steps": 2}
 POLICY = {"warmup_epochs": 1, "plateau_patience_epochs": 1, "plateau_min_delta": 10.0, "max_germinations": 1,
           "max_concurrent_adaptations": 1, "evaluation_epochs": 1, "fine_tuning_epochs": 1, "min_improvement": -1.0,
           "cull_regression_tolerance": 1.0, "stage_timeout_epochs": 2}

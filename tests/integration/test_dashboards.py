@@ -28,6 +28,7 @@ import pytest
 from esper.config import EsperConfig
 from esper_devtools.observability import dashboard_queries, substitute, uncatalogued
 from esper_devtools.processes import ESPER, ROOT, Proc, free_port
+from esper_urza_client import UrzaClient
 
 from .test_platform_e2e import KASMINA, TAMIYO_POLICY, _wait, germinated, submit_kernels_for_the_trainer
 
@@ -49,6 +50,10 @@ class Platform:
     hardware: str
     procs: dict[str, Proc]
     tmp: Path
+
+    def urza(self) -> UrzaClient:
+        """A client of Urza (this platform runs without authentication, as a developer's would)."""
+        return UrzaClient(self.urza_url)
 
     def run_config(self, run_id: str) -> Path:
         config = {
@@ -117,6 +122,13 @@ def finite(result: list[dict[str, Any]]) -> list[float]:
 def test_every_panel_returns_data_from_a_real_run(platform: Platform, prometheus_url: str,
                                                   prometheus_targets: Any) -> None:
     instances = {name: prometheus_targets.add(name, proc.port) for name, proc in platform.procs.items()}
+
+    def every_service_scraped() -> bool:
+        up = {r["metric"]["instance"]: float(r["value"][1]) for r in query(prometheus_url, 'up{job="esper"}')}
+        return all(up.get(i) == 1.0 for i in instances.values())
+
+    # Before any work: counters must be seen at their starting values, or an increase over the run is nothing.
+    _wait("Prometheus to scrape every service once", every_service_scraped, 120)
     submit_kernels_for_the_trainer(platform)  # type: ignore[arg-type]
     run_id = f"dash-{uuid.uuid4().hex[:6]}"
     run_dir = platform.tmp / "runs" / run_id

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from esper_contracts import CompilationJob, Topic
+from esper_contracts import CompilationJob, CompilationPipeline, Topic
 from esper_runtime import JobHandler, JobService, JobSettings, load_settings
 from esper_runtime.metrics import counter, histogram
 from esper_urza_client import UrzaClient
@@ -55,6 +55,10 @@ class TezzeretService(JobService[CompilationJob, JobOutcome]):
         self.urza = UrzaClient(settings.urza_url, token=settings.urza_token, timeout_s=settings.urza_timeout_s)
         self.jobs = counter(self.registry, "esper_tezzeret_jobs")
         self.compile_seconds = histogram(self.registry, "esper_tezzeret_compile_seconds")
+        # Every compiled pipeline's series exists from the start at zero: a rate or increase over the first
+        # compile then sees it rise (a series born already counting would show an increase of nothing).
+        for pipeline in (CompilationPipeline.FAST, CompilationPipeline.STANDARD, CompilationPipeline.AGGRESSIVE):
+            self.compile_seconds.labels(pipeline.value)
         self.worker: CompileWorker | None = None
 
     def job_handler(self) -> JobHandler[CompilationJob, JobOutcome]:

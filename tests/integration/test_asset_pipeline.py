@@ -4,7 +4,8 @@
 only through ``ESPER_*`` variables. A blueprint submitted to Urza is compiled (fast + standard), validated
 and tagged, found by a tag query, and loaded and executed inside a KasminaLayer in this process. On the
 way, the Tezzeret worker is killed with SIGKILL in the middle of the standard compile: after a restart
-the job completes. Finally Urza itself is killed and restarted: nothing it recorded is lost.
+the job completes. Finally Urza itself is killed and restarted: nothing it recorded is lost; and the jobs sent
+again, as an outbox does after a kill -9, are acknowledged by Tezzeret and Urabrask without doing the work twice.
 
 Each run uses its own hardware name, database and S3 prefix, so messages other runs left on the shared
 broker are skipped by these workers (they belong to another hardware target's subscription).
@@ -29,15 +30,19 @@ from esper.kasmina import kasmina_layers, wrap
 from esper.kasmina.testing import Driver, advance, fast_config, mlp, train_steps
 from esper_contracts import (
     BlueprintIR,
+    CompilationJob,
     CompilationPipeline,
     KernelQuery,
     KernelStatus,
     SeedStage,
     TensorInterface,
+    Topic,
+    ValidationJob,
     builtin_blueprints,
 )
 from esper_devtools.processes import Proc, free_port
 from esper_kernels import CompiledKernel, UrzaKernelSource
+from esper_oona import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -110,7 +115,14 @@ def _blueprint() -> BlueprintIR:
     return next(ir for ir in irs if ir.tags[0] == "bottleneck")
 
 
-def test_blueprint_to_running_seed_through_real_services_surviving_kills(platform: Any) -> None:
+def _counted(proc: Any, metric: str, outcome: str) -> float:
+    """The sum of ``metric``'s samples with ``outcome`` on ``proc``'s /metrics (0 before the first)."""
+    text = httpx.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "{") and f'outcome="{outcome}"' in line)
+
+
+def test_blueprint_to_running_seed_through_real_services_surviving_kills(platform: Any, pulsar_url: str) -> None:
     http = httpx.Client(base_url=platform.url, timeout=30)
     ir = _blueprint()
     created = http.post("/api/v1/blueprints", content=ir.model_dump_json(),
@@ -170,4 +182,22 @@ def test_blueprint_to_running_seed_through_real_services_surviving_kills(platfor
     assert [a.artifact_id for a in again.query(query).artifacts] == [aid]
     kernel = again.load(aid)
     assert torch.equal(kernel(torch.ones(2, 16)), source.load(aid)(torch.ones(2, 16)))
+
+    # After a kill -9 the outbox may send a job again (the same job): neither worker does the work twice.
+    jobs = [CompilationJob.model_validate(j["job"]) for j in http.get(f"/api/v1/blueprints/{bid}/jobs").json()]
+    histories = {a["artifact_id"]: http.get(f"/api/v1/kernels/{a['artifact_id']}").json()["history"]
+                 for a in arts.values()}
+    replay = connect(pulsar_url, producer_name="outbox-replay")
+    try:
+        for job in jobs:
+            replay.publish(Topic.COMPILATION_JOBS, job)
+        replay.publish(Topic.VALIDATION_JOBS, ValidationJob(artifact_id=aid, blueprint_id=bid,
+                                                            hardware=platform.hardware))
+        replay.flush()
+    finally:
+        replay.close()
+    _wait(lambda: _counted(platform.tezzeret, "esper_tezzeret_jobs_total", "repeat") >= len(jobs)
+          and _counted(platform.urabrask, "esper_urabrask_jobs_total", "repeat") >= 1, 120,
+          "both workers to acknowledge the repeated jobs", platform)
+    assert {a: http.get(f"/api/v1/kernels/{a}").json()["history"] for a in histories} == histories  # no new work
     http.close()

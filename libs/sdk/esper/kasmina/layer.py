@@ -47,11 +47,12 @@ from esper_contracts import (
 )
 from esper_kernels import KernelSource
 
+from . import layer_state
 from .blending import STRATEGIES, ChunkLayout, alpha_at, blend, chunk_bounds
 from .config import KasminaConfig
 from .grafted import GraftedModule, HostAttributeFallback
 from .lifecycle import MODULE_STAGES, TRAINED_STAGES, SeedFacts, resolve_command
-from .loader import build_kernel, submit_load
+from .loader import submit_load
 from .state import SeedStateTable, StateField
 from .targets import OutputGeometry
 from .telemetry import EventKind, HealthAccumulator, SeedEvent, SeedTransition, finite, recon_estimate
@@ -62,7 +63,6 @@ _RELEASE_STAGES = frozenset({SeedStage.CULLED, SeedStage.CANCELLED, SeedStage.RO
 _CULLED_ON_FAILURE = (MODULE_STAGES | {SeedStage.LOADING}) - {SeedStage.FOSSILIZED}
 #: Stages in which a seed holds (or is loading) a kernel, so a kernel failure still matters.
 _HOLDS_KERNEL = MODULE_STAGES | {SeedStage.LOADING}
-_STATE_VERSION = 1
 #: Stages whose seed output is part of the layer's output.
 _BLENDED_STAGES = frozenset({SeedStage.GRAFTING, SeedStage.STABILIZATION, SeedStage.EVALUATING,
                              SeedStage.FINE_TUNING, SeedStage.FOSSILIZED})
@@ -560,49 +560,12 @@ class KasminaLayer(HostAttributeFallback):
 
     def get_extra_state(self) -> dict[str, Any]:
         """The state tensor, health accumulator, kernel table and which seeds hold a module."""
-        return {
-            "version": _STATE_VERSION, "state": self.seed_state.tensor.clone(), "health": self.health.state(),
-            "kernels": list(self.kernel_table), "attached": sorted(int(k) for k in self.seeds),
-            "layout": self.chunks.layout, "infer_layout": self._infer_layout, "countdown": self._countdown[0],
-            "boundary": self._boundary, "scaffolds": sorted(self.scaffold_seeds),
-            "wean": {str(i): a for i, a in self._wean_alpha.items()},
-        }
+        return layer_state.save(self)
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint: rebuild every saved seed module through the KernelSource (its weights are then
         loaded from the same state dict) and restart loads that were under way."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"{self.layer_id}: unsupported Kasmina state version {state.get('version')!r}")
-        saved = state["state"]
-        if saved.dim() == 2 and saved.shape[1] != self.seed_state.n:
-            raise ValueError(f"{self.layer_id!r}: the saved state has {saved.shape[1]} seed(s) for this layer and this "
-                             f"model has {self.seed_state.n}: it was wrapped with a different chunks_per_layer "
-                             f"({self.config.chunks_per_layer} here); wrap with the chunks_per_layer it was saved with")
-        self.close()
-        self.seed_state.load(saved)
-        self.health.load(state["health"])
-        self.kernel_table = list(state["kernels"])
-        self._set_layout(state["layout"])
-        self._infer_layout = bool(state["infer_layout"])
-        self._countdown, self._boundary = [int(state["countdown"])], int(state["boundary"])
-        self._recon, self._distill = [], []
-        self.scaffold_seeds = {int(i) for i in state.get("scaffolds", [])}
-        self._wean_alpha = {int(i): float(a) for i, a in state.get("wean", {}).items()}
-        for key in list(self.seeds):
-            del self.seeds[key]
-        self._failures = {}
-        device, dtype = self._placement()
-        for i in state["attached"]:
-            kernel = self.kernel_id(i)
-            if kernel is None:
-                raise ValueError(f"{SeedId(self.layer_id, i)}: checkpoint has a seed module but no kernel id")
-            self.kernels.register_interface(self.chunks.interface(i))
-            module = build_kernel(self.kernels, kernel, device, dtype)
-            module.train(self.training)
-            module.requires_grad_(self.seed_state.stage(i) in TRAINED_STAGES)
-            self.seeds[str(i)] = module
-        self._restart_loads()
-        self._rebuild_plan()
+        layer_state.restore(self, state)
 
     def __getstate__(self) -> dict[str, Any]:
         # Futures and autograd graphs cannot be copied; a copy restarts unfinished loads at its next boundary.

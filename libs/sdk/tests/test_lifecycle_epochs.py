@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,9 +46,24 @@ def test_lengths_in_epochs_become_steps_of_each_datasets_batches(tmp_path: Path)
     with pytest.raises(ValueError, match="not both: alpha_ramp_epochs and alpha_ramp_steps"):
         KasminaConfig(alpha_ramp_epochs=1.0, alpha_ramp_steps=5)
     assert KasminaConfig(alpha_ramp_steps=7).in_steps(4).alpha_ramp_steps == 7  # lengths in steps still work
-    unsized = (batch for batch in Batches(_split(64), 16))
     with pytest.raises(ConfigError, match="has no len"):
-        _trainer(tmp_path, 64, 16, train_data=unsized)
+        _trainer(tmp_path, 64, 16, train_data=Unsized(Batches(_split(64), 16)))
+
+
+class Unsized:
+    """Iterable every epoch, but with no len()."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+
+def test_a_one_pass_generator_is_refused_up_front(tmp_path: Path) -> None:
+    spent_after_one_epoch = (batch for batch in Batches(_split(64), 16))
+    with pytest.raises(TypeError, match="train_data is a one-pass iterator"):
+        _trainer(tmp_path, 64, 16, train_data=spent_after_one_epoch)
 
 
 def test_seeds_still_live_when_training_ends_are_reported_unfinished(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +184,10 @@ class TolariaTrainer(RunRecords):
         self.controller = controller
         if train_data is None or val_data is None:
             train_data, val_data = _data_from_config(cfg, train_data, val_data)
+        for name, data in (("train_data", train_data), ("val_data", val_data)):
+            if isinstance(data, Iterator):  # a generator is spent after one pass: epoch 2 would see no batches
+                raise TypeError(f"TolariaTrainer: {name} is a one-pass iterator ({type(data).__name__}); pass "
+                                f"something it can iterate every epoch (a list, a DataLoader, esper.Batches)")
         self.train_data, self.val_data, self.loss_fn = train_data, val_data, loss_fn
         self._lifecycle_in_steps(model, train_data)
         self.blueprint_names = blueprint_names or _kernel_names(model)

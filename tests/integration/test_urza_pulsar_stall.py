@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -34,31 +33,34 @@ def _broker_pid() -> int:
     return int(path.read_text().strip())
 
 
+class BrokerStall:
+    """Stops the broker process (SIGSTOP) and resumes it (SIGCONT); resuming twice is harmless."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.stopped = pid, False
+
+    def __call__(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def resume(self) -> None:
+        if self.stopped:
+            os.kill(self.pid, signal.SIGCONT)
+            self.stopped = False
+
+
 @pytest.fixture
-def stalled_broker(pulsar_url: str) -> Iterator[Any]:
-    """A function stopping the broker; the broker is resumed after the test whatever happens."""
-    pid = _broker_pid()
-    stopped = False
-
-    def stall() -> None:
-        nonlocal stopped
-        os.kill(pid, signal.SIGSTOP)
-        stopped = True
-
-    def resume() -> None:
-        nonlocal stopped
-        if stopped:
-            os.kill(pid, signal.SIGCONT)
-            stopped = False
-
-    stall.resume = resume  # type: ignore[attr-defined]
+def stalled_broker(pulsar_url: str) -> Iterator[BrokerStall]:
+    """A stall of the local broker, resumed after the test whatever happens."""
+    stall = BrokerStall(_broker_pid())
     try:
         yield stall
     finally:
-        resume()
+        stall.resume()
 
 
-def test_a_stalled_broker_never_holds_a_submission(pulsar_url: str, stalled_broker: Any, tmp_path: Path) -> None:
+def test_a_stalled_broker_never_holds_a_submission(pulsar_url: str, stalled_broker: BrokerStall,
+                                                   tmp_path: Path) -> None:
     prefix = f"stall-{uuid.uuid4().hex[:8]}."
     watcher = connect(pulsar_url, producer_name="test", topic_prefix=prefix)
     jobs = Recorder()

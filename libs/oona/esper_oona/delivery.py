@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,20 +91,17 @@ class RecentIds:
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+        self._ids: OrderedDict[str, None] = OrderedDict()  # only the consumer's own thread reads or writes it
 
     def __contains__(self, message_id: object) -> bool:
-        with self._lock:
-            return message_id in self._ids
+        return message_id in self._ids
 
     def add(self, message_id: str) -> None:
         """Remember ``message_id`` as handled."""
-        with self._lock:
-            self._ids[message_id] = None
-            self._ids.move_to_end(message_id)
-            while len(self._ids) > self.capacity:
-                self._ids.popitem(last=False)
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
 
 
 def process(

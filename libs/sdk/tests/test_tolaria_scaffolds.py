@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from esper import KasminaConfig, LocalKernelLibrary, TolariaConfig, wrap
 from esper.data import Batches
 from esper.kasmina import host_parameter_count, kasmina_layers, seed_parameter_count
 from esper.kasmina.scaffold import ScaffoldGates
+from esper.kasmina.testing import TinyMLP
 from esper.tolaria import TolariaTrainer, TrainerHooks
 from esper_contracts import AdaptationSignal, CommandType, KasminaControlCommand, SeedStage, SystemStatePacket, family
 from esper_policy import NullPolicy
@@ -22,17 +22,6 @@ from esper_policy.scaffolds import SCAFFOLD_TAG
 from esper_recipes.tasks import two_spirals
 
 LAYER = "fc2"
-
-
-class TinyMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(2, 8)
-        self.fc2 = nn.Linear(8, 8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 class ScaffoldAtEpoch(NullPolicy):

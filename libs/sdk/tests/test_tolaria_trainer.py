@@ -17,23 +17,13 @@ from torch import nn
 from esper import KasminaConfig, LocalKernelLibrary, TolariaConfig, wrap
 from esper.data import Batches
 from esper.kasmina import kasmina_layers
+from esper.kasmina.testing import TinyMLP
 from esper.tolaria import TolariaTrainer, TrainerHooks
 from esper_contracts import Outcome, SeedStage
 from esper_policy import HeuristicPolicy, TamiyoConfig
 from esper_recipes.tasks import two_spirals
 
 S = SeedStage
-
-
-class TinyMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(2, 8)
-        self.fc2 = nn.Linear(8, 8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 # Every lifecycle step takes about one epoch of 5 batches; the policy sees a "plateau" at every boundary.

@@ -23,6 +23,19 @@ def fast_config(**overrides: object) -> KasminaConfig:
     return KasminaConfig(**{**FAST, **overrides})  # type: ignore[arg-type]
 
 
+class TinyMLP(nn.Module):
+    """2 -> 8 -> 8 -> 2 with named layers (``fc1``, ``fc2``, ``head``): the trainer tests' two-spirals host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
 def mlp(seed: int = 0) -> nn.Sequential:
     """8 -> 16 -> 4 MLP."""
     torch.manual_seed(seed)
